@@ -1,0 +1,36 @@
+# The README's commands. Each creates the virtual environment first if needed.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+export MATMETA_SHARED_DATA ?= $(DATA)
+
+.PHONY: env demo test lint bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned first: the CPU build of 2.13.0 (an unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check matmeta tests
+
+test: $(STAMP) lint
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+bench: $(STAMP)
+	for r in recipes/ingest.toml recipes/engine.toml recipes/jmak.toml recipes/fewshot_perovskites.toml recipes/generate.toml recipes/explain.toml; do \
+	  $(VENV)/bin/matmeta bench $$r || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache out

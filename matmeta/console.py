@@ -1,0 +1,57 @@
+"""One rich console for progress bars and result tables (stdout for results, stderr for progress)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def progress(disable: bool | None = None) -> Progress:
+    """A progress bar on stderr; hidden when stderr is not a terminal unless ``disable=False``."""
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def format_cell(value: Any, digits: int = 4) -> str:
+    """Numbers to a compact string; everything else ``str``."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return "" if value is None else str(value)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 4) -> None:
+    """Print a result table to stdout."""
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(format_cell(v, digits) for v in row))
+    console.print(table)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def report_error(message: str) -> None:
+    """One error line on stderr (for bad items in a batch that otherwise goes on)."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)

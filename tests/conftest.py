@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny known crystals and the shared development data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$MATMETA_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("MATMETA_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def require_shared(relative: str) -> Path:
+    """Path of a shared data file; in CI a missing file fails the test, elsewhere it skips."""
+    path = shared_data_dir() / relative
+    if not path.exists():
+        message = f"shared data file missing: {path} (set MATMETA_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def perovskites_csv() -> Path:
+    return require_shared("perovskites/perovskites.csv")
+
+
+@pytest.fixture
+def ttt_csv() -> Path:
+    return require_shared("jmak/ttt_steel.csv")
+
+
+@pytest.fixture
+def cu():
+    """fcc Cu, conventional cell a = 3.615 Å (12 nearest neighbours at a/√2)."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], [[0, 0, 0]])
+
+
+@pytest.fixture
+def nacl():
+    """Rocksalt NaCl, a = 5.64 Å (6 nearest neighbours at a/2)."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture
+def srtio3():
+    """Cubic perovskite SrTiO3, a = 3.905 Å (Ti–O 1.9525 Å, octahedral B site)."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
