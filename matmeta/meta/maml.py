@@ -19,8 +19,13 @@ what the model is. Two rules it enforces or relies on:
 * a task is ``(support, query)``; ``loss_fn(forward, batch) -> scalar`` knows how to feed a batch
   to ``forward(*inputs)``, the model evaluated with the given parameters.
 
-Same-shaped tensor tasks (JMAK curves, padded decoders) are vectorised with ``torch.func.vmap``;
-others (graphs) run in a loop. Both give the same meta-gradient.
+Same-shaped tensor tasks (JMAK curves, padded decoders) are vectorised with ``torch.func.vmap``:
+the adapted parameters carry a task dimension and one ``autograd.grad`` per inner step serves the
+whole meta-batch. Other tasks (graphs) run in a loop. Both give the same meta-gradient (tested).
+
+Training vs inference: in ``train()`` mode the adaptation keeps the graph to the meta-parameters
+(second order unless ``first_order``); in ``eval()`` mode it is first order and detached, which is
+what validation and few-shot fine-tuning at inference need (no outer gradient is possible then).
 """
 
 from __future__ import annotations
@@ -131,10 +136,12 @@ class MAML(nn.Module):
         self.inner_lr = float(inner_lr)
         self.log_lrs = nn.ParameterDict()
         if learn_inner_lr:
-            shapes = dict(model.named_parameters())
+            params = dict(model.named_parameters())
             for name in self.adapt_names:
-                shape = shapes[name].shape if per_element_lr else ()
-                self.log_lrs[self._key(name)] = nn.Parameter(torch.full(shape, float(inner_lr)).log())
+                like = params[name]
+                shape = like.shape if per_element_lr else ()
+                rate = torch.full(shape, float(inner_lr), dtype=like.dtype, device=like.device)
+                self.log_lrs[self._key(name)] = nn.Parameter(rate.log())
 
     @staticmethod
     def _key(name: str) -> str:
@@ -148,11 +155,21 @@ class MAML(nn.Module):
         """Inner step size for parameter ``name``."""
         return self.log_lrs[self._key(name)].exp() if self.learn_inner_lr else self.inner_lr
 
+    def _update(self, name: str, value: Tensor, grad: Tensor) -> Tensor:
+        """One inner step ``value − α ⊙ grad`` (a single fused op for a fixed scalar α)."""
+        if self.learn_inner_lr:
+            return value - self.lr(name) * grad
+        return torch.add(value, grad, alpha=-self.inner_lr)
+
     def functional(self, params: Params | None = None) -> Forward:
         """``forward(*args, **kwargs)`` of the model evaluated at ``params`` (missing names: meta values)."""
         if not params:
             return self.model
-        full = {**dict(self.model.named_buffers()), **self.meta_parameters(), **params}
+        return self._bind({**dict(self.model.named_buffers()), **self.meta_parameters()}, params)
+
+    def _bind(self, base: Params, params: Params) -> Forward:
+        """The model's forward at ``base`` (buffers and meta-parameters) overridden by ``params``."""
+        full = {**base, **params}
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             return functional_call(self.model, full, args, kwargs)
@@ -188,16 +205,14 @@ class MAML(nn.Module):
         if create_graph is None:
             create_graph = self.training and not self.first_order
         track = self.training or create_graph  # keep a path to the meta-parameters for the outer loss
-        fast = {
-            n: (params[n] if params and n in params else p)
-            for n, p in self.meta_parameters().items()
-            if n in self.adapt_names
-        }
+        meta = self.meta_parameters()
+        base = {**dict(self.model.named_buffers()), **meta}
+        fast = {n: (params[n] if params and n in params else meta[n]) for n in self.adapt_names}
         if not track:
             fast = {n: p.detach().requires_grad_(True) for n, p in fast.items()}
         for _ in range(steps):
             with torch.enable_grad():
-                loss = loss_fn(self.functional(fast), support)
+                loss = loss_fn(self._bind(base, fast), support)
                 grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph, allow_unused=True)
             updated = {}
             for (name, value), grad in zip(fast.items(), grads, strict=True):
@@ -206,50 +221,85 @@ class MAML(nn.Module):
                     continue
                 if not create_graph:
                     grad = grad.detach()
-                updated[name] = value - self.lr(name) * grad
+                updated[name] = self._update(name, value, grad)
             fast = updated if track else {n: v.detach().requires_grad_(True) for n, v in updated.items()}
         return fast if track else {n: v.detach() for n, v in fast.items()}
 
-    def _adapt_functional(self, meta: Params, support: Any, loss_fn: LossFn) -> Params:
-        """Inner loop with ``torch.func.grad`` (usable under ``vmap``)."""
-        frozen = {n: p for n, p in meta.items() if n not in self.adapt_names}
-        fast = {n: meta[n] for n in self.adapt_names}
-
-        def support_loss(fast_params: Params) -> Tensor:
-            return loss_fn(self.functional({**frozen, **fast_params}), support)
-
-        for _ in range(self.inner_steps):
-            grads = torch.func.grad(support_loss)(fast)
-            if self.first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
-            fast = {n: v - self.lr(n) * grads[n] for n, v in fast.items()}
-        return fast
-
-    def meta_loss(self, tasks: Sequence[Task], loss_fn: LossFn, vectorize: bool | None = None) -> Tensor:
+    def meta_loss(
+        self,
+        tasks: Sequence[Task],
+        loss_fn: LossFn,
+        vectorize: bool | None = None,
+        query_loss_fn: LossFn | None = None,
+    ) -> Tensor:
         """Mean query loss after adapting on each task's support set (differentiable).
+
+        In training mode the graph reaches the meta-parameters (second order unless
+        ``first_order``); after ``eval()`` the adaptation is first order and keeps no graph (wrap
+        the call in ``torch.no_grad()`` for validation).
 
         Args:
             tasks: ``[(support, query), ...]``.
-            loss_fn: ``loss_fn(forward, batch) -> scalar``, used for support and query.
+            loss_fn: ``loss_fn(forward, batch) -> scalar``, used for support (and query).
             vectorize: ``vmap`` over tasks; default: when all tasks are same-shaped tensors.
+            query_loss_fn: loss on the query sets (default ``loss_fn``), e.g. a validation metric.
+
+        Returns:
+            Scalar: the mean over tasks of the query loss at the adapted parameters.
         """
         if not tasks:
             raise MatmetaError("meta_loss needs at least one task")
+        query_loss_fn = query_loss_fn or loss_fn
         if vectorize is None:
             vectorize = _is_stackable(tasks)
         if not vectorize:
-            losses = [loss_fn(self.functional(self.adapt(s, loss_fn)), q) for s, q in tasks]
+            losses = [query_loss_fn(self.functional(self.adapt(s, loss_fn)), q) for s, q in tasks]
             return torch.stack(losses).mean()
+        return self._meta_loss_vmap(tasks, loss_fn, query_loss_fn)
+
+    def _meta_loss_vmap(self, tasks: Sequence[Task], loss_fn: LossFn, query_loss_fn: LossFn) -> Tensor:
+        """``meta_loss`` for same-shaped tensor tasks, all tasks at once.
+
+        The adapted parameters get a leading task dimension (an ``expand`` of the meta-parameters,
+        so the outer gradient sums over tasks); the model runs under ``vmap`` over (task
+        parameters, task data). Tasks are independent, so the gradient of the *sum* of the task
+        support losses with respect to the task-batched parameters is every task's own gradient:
+        one ``autograd.grad`` per inner step for the whole meta-batch, no nested functorch
+        transforms. Outside training (``eval()``) the adaptation keeps no second-order graph.
+
+        Shapes:
+            every leaf of every task: the same shape; stacked to ``(n_tasks, *shape)``.
+        """
         from torch.utils._pytree import tree_map
 
-        stacked = (
-            tree_map(lambda *xs: torch.stack(xs), *tasks) if len(tasks) > 1 else tree_map(lambda x: x[None], tasks[0])
-        )
-        meta = self.meta_parameters()
+        n_tasks = len(tasks)
+        support, query = tree_map(lambda *xs: torch.stack(xs), *tasks)
+        create_graph = self.training and not self.first_order
+        fixed = {**dict(self.model.named_buffers()), **self.meta_parameters()}
+        fast = {n: fixed.pop(n).unsqueeze(0).expand(n_tasks, *fixed_shape) for n, fixed_shape in self._shapes()}
+        if not self.training:
+            fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
 
-        def task_loss(task: Task) -> Tensor:
-            support, query = task
-            fast = self._adapt_functional(meta, support, loss_fn)
-            return loss_fn(self.functional(fast), query)
+        def task_loss(task_params: Params, batch: Any, fn: LossFn) -> Tensor:
+            return fn(lambda *a, **k: functional_call(self.model, {**fixed, **task_params}, a, k), batch)
 
-        return torch.func.vmap(task_loss, randomness="different")(stacked).mean()
+        batched = torch.func.vmap(task_loss, in_dims=(0, 0, None), randomness="different")
+        for _ in range(self.inner_steps):
+            with torch.enable_grad():
+                losses = batched(fast, support, loss_fn)
+                grads = torch.autograd.grad(
+                    losses.sum(), list(fast.values()), create_graph=create_graph, allow_unused=True
+                )
+            fast = {
+                n: v if g is None else self._update(n, v, g if create_graph else g.detach())
+                for (n, v), g in zip(fast.items(), grads, strict=True)
+            }
+            if not self.training:
+                fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        if not self.training:
+            fast = {n: v.detach() for n, v in fast.items()}
+        return batched(fast, query, query_loss_fn).mean()
+
+    def _shapes(self) -> list[tuple[str, torch.Size]]:
+        shapes = {n: p.shape for n, p in self.model.named_parameters()}
+        return [(n, shapes[n]) for n in self.adapt_names]

@@ -1,0 +1,294 @@
+"""``matmeta bench recipes/generate.toml``: inverse design for a band gap, ours and baselines side by side.
+
+For every target gap (default 1, 2, 3, 4 eV, window ± tolerance) each method proposes the same
+number ``n`` of candidates:
+
+1. ``meta-decoder (cond.)``: the meta-learned conditional decoder, conditioned on the window
+   (+ classifier-free guidance on the species, weight ``guidance``); ``(cond., w=0)`` is the
+   ablation without guidance (conditioning alone);
+2. ``decoder uncond.+screen``: the same decoder with the null condition, screened by the predictor;
+3. ``substitution+screen``: a random training prototype whose A and B cations are replaced by
+   cations seen on those sites, redrawn until SMACT finds the composition charge-neutral, screened
+   by the predictor (the practical baseline);
+4. held-out (test) B-site families: the decoder adapted with the inner loop from 5 unlabelled
+   examples of the family vs not adapted, both conditioned on the window; ``n`` split over the families.
+
+Per method and target: structural / compositional validity, uniqueness (among the structurally
+valid), novelty (vs the training families' structures), success = valid ∧ predicted non-metal ∧
+predicted gap in the window (per generated candidate; screening cannot raise it, it only
+discards), novel success (also unique and novel), and COV-R / COV-P (matmeta.validity) against
+the held-out test structures (for method 4: against the family's structures outside the 5 examples);
+``in fam.`` is the fraction of candidates whose B site is the held-out family's cation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class GenerateBenchConfig:
+    """The ``[bench]`` section of recipes/generate.toml.
+
+    Attributes:
+        name: "generate".
+        checkpoint: generator checkpoint ("" = the shipped one).
+        predictor: predictor checkpoint ("" = the shipped one).
+        store: the perovskite graph store.
+        n: candidates per method and target.
+        targets: band-gap targets (eV).
+        tolerance: half-width of each window (eV).
+        guidance: classifier-free guidance weight of method 1 and 4.
+        k_examples: examples method 4 adapts from.
+        max_test_families: held-out families used by method 4 (0 = all).
+        seed: the one seed.
+        out_dir: where results.csv and the plot go.
+    """
+
+    name: str = "generate"
+    checkpoint: str = ""
+    predictor: str = ""
+    store: Path = Path("out/perov.lmdb")
+    n: int = 200
+    targets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    tolerance: float = 0.5
+    guidance: float = 3.0
+    k_examples: int = 5
+    max_test_families: int = 0
+    seed: int = 0
+    out_dir: Path = Path("out/bench/generate")
+
+
+def substitution_candidates(
+    prototypes: list[Any], cations: tuple[list[str], list[str]], n: int, rng: np.random.Generator, max_tries: int = 200
+) -> list[Any]:
+    """``n`` structures: random prototypes with charge-neutral (SMACT) random A/B cations.
+
+    Args:
+        prototypes: training structures (canonical ABX3 order: A, B, then anions).
+        cations: elements seen on the A and on the B site.
+        n: how many.
+        rng: the randomness.
+        max_tries: redraws per candidate before keeping the last (then likely invalid) draw.
+    """
+    from matmeta.validity import compositional_validity
+
+    out = []
+    for _ in range(n):
+        proto = prototypes[int(rng.integers(len(prototypes)))]
+        for _ in range(max_tries):
+            a = cations[0][int(rng.integers(len(cations[0])))]
+            b = cations[1][int(rng.integers(len(cations[1])))]
+            cand = proto.copy()
+            cand.replace(0, a)
+            cand.replace(1, b)
+            if a != b and compositional_validity(cand.composition):
+                break
+        out.append(cand)
+    return out
+
+
+def _canonical(structures: list[Any], elements: tuple[str, ...]) -> list[Any]:
+    """Re-order sites to A, B, X1..X3 (so site 0/1 are the A/B cations)."""
+    from matmeta.design import canonical_cell, cell_to_structure
+
+    cells = [canonical_cell(s, elements) for s in structures]
+    return [cell_to_structure(i, f, lat, elements) for i, f, lat in cells]
+
+
+def _score(
+    structures: list[Any], window: tuple[float, float], predictor: Any, reference: Any, test: list[Any], scaler: Any
+) -> dict[str, float]:
+    from matmeta.validity import coverage, judge_candidates
+
+    judged = judge_candidates(structures, reference)
+    preds = predictor.predict_structures(structures)
+    n = len(structures)
+    sv = np.array([j["struct_valid"] for j in judged])
+    valid = np.array([j["valid"] for j in judged])
+    unique = np.array([j["unique"] for j in judged])
+    novel = np.array([bool(j["novel"]) for j in judged])
+    gap = np.array([p["band_gap"] for p in preds])
+    metal = np.array([p["p_metal"] for p in preds])
+    hit = valid & (metal < 0.5) & (gap >= window[0]) & (gap <= window[1])
+    cov_r, cov_p = coverage([s for s, ok in zip(structures, sv, strict=True) if ok], test, scaler)
+    return {
+        "struct_valid": sv.mean(),
+        "comp_valid": np.mean([j["comp_valid"] for j in judged]),
+        "unique": unique.sum() / max(sv.sum(), 1),
+        "novel": novel.sum() / max(sv.sum(), 1),
+        "success": hit.sum() / n,
+        "novel_success": (hit & unique & novel).sum() / n,
+        "cov_r": cov_r,
+        "cov_p": cov_p,
+    }
+
+
+def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
+    """Run the benchmark and print its table (also ``results.csv`` and ``success.png`` in ``out_dir``)."""
+    from matmeta.console import print_table, progress
+    from matmeta.design import Generator
+    from matmeta.predict import Predictor
+    from matmeta.recipes import config_from_dict
+    from matmeta.store import GraphStore
+    from matmeta.validity import FingerprintScaler, ReferenceSet, composition_fingerprint
+
+    torch.set_num_threads(1)
+    section = {k: v for k, v in recipe.get("bench", {}).items() if k != "quick"}
+    if quick:
+        section.update(recipe.get("bench", {}).get("quick", {}))
+    cfg = config_from_dict(GenerateBenchConfig, section, f"{recipe_path}[bench]")
+    root = Path(recipe_path).resolve().parent.parent
+    store_path = cfg.store if cfg.store.is_absolute() else root / cfg.store
+    gen = Generator.load(cfg.checkpoint or None)
+    predictor = Predictor.load(cfg.predictor or None)
+    meta = gen.metadata
+    graphs = GraphStore(store_path)
+    families = graphs.family_keys(meta["family_by"])
+    split = meta["families"]
+    train_idx = [i for i, f in enumerate(families) if f in set(split["train"])]
+    test_idx = [i for i, f in enumerate(families) if f in set(split["test"])]
+    rng = np.random.default_rng(cfg.seed)
+    if quick:
+        train_idx = sorted(rng.choice(train_idx, size=min(400, len(train_idx)), replace=False).tolist())
+        test_idx = sorted(rng.choice(test_idx, size=min(150, len(test_idx)), replace=False).tolist())
+    start = time.perf_counter()
+    train_structs = _canonical([graphs.structure(i) for i in train_idx], gen.elements)
+    test_structs = _canonical([graphs.structure(i) for i in test_idx], gen.elements)
+    reference = ReferenceSet(train_structs)
+    scaler = FingerprintScaler(np.stack([composition_fingerprint(s.composition) for s in train_structs]))
+    sites = meta["site_elements"]
+    mask = gen.element_mask()
+    test_fams = sorted({families[i] for i in test_idx})
+    if cfg.max_test_families:
+        test_fams = test_fams[: cfg.max_test_families]
+    by_family = {f: [s for s, i in zip(test_structs, test_idx, strict=True) if families[i] == f] for f in test_fams}
+    by_family = {f: v for f, v in by_family.items() if len(v) > cfg.k_examples}
+    rows: list[list[Any]] = []
+    with progress() as bar:
+        task = bar.add_task("generate bench", total=len(cfg.targets) * 6)
+        for t_i, target in enumerate(cfg.targets):
+            window = (max(target - cfg.tolerance, 0.0), target + cfg.tolerance)
+            seed = cfg.seed + 1000 * t_i
+            gaps = window[0] + (window[1] - window[0]) * torch.rand(
+                cfg.n, generator=torch.Generator().manual_seed(seed)
+            )
+            methods = {
+                "meta-decoder (cond.)": lambda gaps=gaps, seed=seed: gen.sample(
+                    cfg.n, gaps, seed=seed, element_mask=mask, guidance=cfg.guidance
+                ),
+                "meta-decoder (cond., w=0)": lambda gaps=gaps, seed=seed: gen.sample(
+                    cfg.n, gaps, seed=seed, element_mask=mask, guidance=0.0
+                ),
+                "decoder uncond.+screen": lambda seed=seed: gen.sample(cfg.n, None, seed=seed, element_mask=mask),
+                "substitution+screen": lambda seed=seed: substitution_candidates(
+                    train_structs, (sites[0], sites[1]), cfg.n, np.random.default_rng(seed)
+                ),
+            }
+            for name, make in methods.items():
+                structures = make()
+                rows.append(
+                    [
+                        name,
+                        target,
+                        "-",
+                        *_score(structures, window, predictor, reference, test_structs, scaler).values(),
+                    ]
+                )
+                bar.advance(task)
+            for adapted in (True, False):
+                per_fam = max(1, cfg.n // max(len(by_family), 1))
+                structures, held, in_family = [], [], 0
+                for f_i, (fam, members) in enumerate(by_family.items()):
+                    pick = np.random.default_rng(seed + f_i).permutation(len(members))
+                    examples = [members[j] for j in pick[: cfg.k_examples]]
+                    held.extend(members[j] for j in pick[cfg.k_examples :])
+                    if adapted:
+                        gen.adapt(examples, seed=seed + f_i)
+                    fam_gaps = gaps[:per_fam] if len(gaps) >= per_fam else gaps.repeat(per_fam)[:per_fam]
+                    made = gen.sample(per_fam, fam_gaps, seed=seed + f_i, element_mask=mask, guidance=cfg.guidance)
+                    gen.reset()
+                    in_family += sum(s[1].specie.symbol == fam for s in made)
+                    structures.extend(made)
+                name = "held-out fam: adapted" if adapted else "held-out fam: not adapted"
+                scores = _score(structures, window, predictor, reference, held, scaler)
+                rows.append([name, target, in_family / max(len(structures), 1), *scores.values()])
+                bar.advance(task)
+    columns = [
+        "method",
+        "target eV",
+        "in fam.",
+        "struct valid",
+        "comp valid",
+        "unique",
+        "novel",
+        "success",
+        "novel success",
+        "COV-R",
+        "COV-P",
+    ]
+    print_table(
+        f"inverse design, window ±{cfg.tolerance:g} eV, {cfg.n} candidates per method and target "
+        f"({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s)",
+        columns,
+        rows,
+        digits=3,
+    )
+    _summary(rows, cfg)
+    _write(rows, columns, root / cfg.out_dir if not cfg.out_dir.is_absolute() else cfg.out_dir)
+
+
+def _summary(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:
+    from matmeta.console import print_table
+
+    out = []
+    for target in cfg.targets:
+        ours = next(r for r in rows if r[0] == "meta-decoder (cond.)" and r[1] == target)
+        base = next(r for r in rows if r[0] == "substitution+screen" and r[1] == target)
+        ratio = ours[7] / base[7] if base[7] > 0 else (math.inf if ours[7] > 0 else float("nan"))
+        out.append([target, ours[7], base[7], ratio, "yes" if ratio >= 2 else "no"])
+    print_table(
+        "success per candidate: meta-decoder vs substitution (goal >= 2x)",
+        ["target eV", "decoder", "substitution", "ratio", "goal met"],
+        out,
+        digits=3,
+    )
+
+
+def _write(rows: list[list[Any]], columns: list[str], out_dir: Path) -> None:
+    import csv
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matmeta.atomic import atomic_path, write_text_atomic
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_text_atomic(out_dir / "results.csv", buffer.getvalue())
+    methods = list(dict.fromkeys(r[0] for r in rows))
+    targets = list(dict.fromkeys(r[1] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(methods)
+    for m_i, method in enumerate(methods):
+        vals = [next(r[7] for r in rows if r[0] == method and r[1] == t) for t in targets]
+        ax.bar(np.arange(len(targets)) + m_i * width, vals, width, label=method)
+    ax.set_xticks(np.arange(len(targets)) + 0.4 - width / 2, [f"{t:g} eV" for t in targets])
+    ax.set_ylabel("success per candidate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out_dir / "success.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

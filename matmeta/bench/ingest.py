@@ -1,0 +1,207 @@
+"""``matmeta bench recipes/ingest.toml``: structures/s of each ingest stage, baselines side by side.
+
+On the shared perovskites (CIF text in a CSV column), one table:
+
+1. CIF parsing on one core: pymatgen ``CifParser`` and ``ase.io.read`` (baselines) against
+   ``matmeta.io.parse_cif`` (fast P1 path + the checks of ``check_structure``, returns a
+   ``Structure``) and ``parse_cif_arrays`` (the same without building a ``Structure``: what ingest runs).
+2. Graph construction on one core: pymatgen ``Structure.get_neighbor_list`` (baseline: pairs
+   only, no neighbour limit, no arrays to store) against ``matmeta.graphs.graph_arrays`` (pairs,
+   nearest-``max_neighbors`` selection, edge vectors, schema dtypes).
+3. Family keys on one core (anion set, A/B sites, chemical system, spglib space group).
+4. Full ingest CSV → LMDB with ``workers`` processes (spawn start-up included).
+5. Store reads: ``GraphStore[i]`` → ``Data``, in order and shuffled.
+
+The machine's 1-minute load average is printed with the table: the benchmark shares the CPUs
+with whatever else runs, and every rate is a wall-clock rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestBenchConfig:
+    """The ``[bench]`` section of recipes/ingest.toml (besides ``name``).
+
+    Attributes:
+        csv: Perovskite CSV, relative to the shared data directory.
+        cif_column, id_column, targets: How to read it.
+        limit: Rows used (0 = all); ``--quick`` uses 150.
+        baseline_rows: Rows for the slower single-core baselines (pymatgen, ase parsing).
+        workers: Processes of the full ingest.
+        read_repeats: Passes over the store for the read rates (the best is reported).
+        seed: Shuffle of the random-order reads.
+        out_dir: Where the store and results.csv go.
+    """
+
+    csv: str = "perovskites/perovskites.csv"
+    cif_column: str = "cif"
+    id_column: str = "material_id"
+    targets: tuple[str, ...] = ("heat_ref", "ind_gap", "dir_gap")
+    limit: int = 0
+    baseline_rows: int = 1000
+    workers: int = 2
+    read_repeats: int = 3
+    seed: int = 0
+    out_dir: str = "out/bench/ingest"
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _single_core_stages(texts: list[str], n_base: int, config: Any) -> list[tuple[str, str, int, float, str]]:
+    """Stages 1–3 (parsing, graphs, family keys) on one core, baselines first."""
+    from pymatgen.io.cif import CifParser
+
+    from matmeta.families import all_family_keys_of
+    from matmeta.graphs import graph_arrays, wrap_fractional
+    from matmeta.io import parse_cif, parse_cif_arrays
+
+    rows: list[tuple[str, str, int, float, str]] = []
+
+    def pymatgen_parse() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t in texts[:n_base]:
+                CifParser.from_str(t).parse_structures(primitive=False)
+
+    _, seconds = _timed(pymatgen_parse)
+    rows.append(("CIF parsing", "pymatgen CifParser (baseline)", n_base, seconds, "1 core"))
+
+    def ase_parse() -> None:
+        import io
+
+        import ase.io
+
+        for t in texts[:n_base]:
+            ase.io.read(io.StringIO(t), format="cif")
+
+    _, seconds = _timed(ase_parse)
+    rows.append(("CIF parsing", "ase.io.read (baseline)", n_base, seconds, "1 core"))
+    structures, seconds = _timed(lambda: [parse_cif(t, f"row {i + 1}") for i, t in enumerate(texts)])
+    rows.append(("CIF parsing", "matmeta parse_cif → Structure", len(texts), seconds, "1 core; fast P1 path + checks"))
+    arrays, seconds = _timed(lambda: [parse_cif_arrays(t, f"row {i + 1}") for i, t in enumerate(texts)])
+    rows.append(("CIF parsing", "matmeta parse_cif_arrays", len(texts), seconds, "1 core; the ingest path"))
+
+    def pymatgen_neighbors() -> None:
+        for structure in structures:
+            structure.get_neighbor_list(config.cutoff_angstrom)
+
+    _, seconds = _timed(pymatgen_neighbors)
+    rows.append(
+        ("graph construction", "pymatgen get_neighbor_list (baseline)", len(texts), seconds, "1 core; pairs only")
+    )
+    arrays = [(lattice, wrap_fractional(frac), numbers) for lattice, frac, numbers in arrays]
+    _, seconds = _timed(lambda: [graph_arrays(lat, frac, z, config) for lat, frac, z in arrays])
+    rows.append(("graph construction", "matmeta graph_arrays", len(arrays), seconds, "1 core; 6 Å, 12 nearest"))
+    _, seconds = _timed(lambda: [all_family_keys_of(lat, frac, z, "x") for lat, frac, z in arrays])
+    rows.append(("family keys", "matmeta all_family_keys_of", len(arrays), seconds, "1 core; incl. spglib"))
+    return rows
+
+
+def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
+    """Measure every stage and print one table; results also go to ``out_dir/results.csv``."""
+    import csv as csv_module
+
+    import torch
+
+    from matmeta.atomic import write_text_atomic
+    from matmeta.console import print_table
+    from matmeta.errors import MatmetaInputError
+    from matmeta.graphs import GraphConfig
+    from matmeta.io import read_csv
+    from matmeta.recipes import config_from_dict
+    from matmeta.store import GraphStore, ingest
+
+    torch.set_num_threads(1)
+    section = {k: v for k, v in recipe.get("bench", {}).items() if k != "name"}
+    cfg = config_from_dict(IngestBenchConfig, section, f"{recipe_path} [bench]")
+    data_dir = Path(os.environ.get("MATMETA_SHARED_DATA", "../shared/data"))  # read at the command level only
+    csv_path = data_dir / cfg.csv
+    if not csv_path.exists():
+        raise MatmetaInputError(f"{csv_path}: benchmark data not found (set MATMETA_SHARED_DATA)")
+    _, rows = read_csv(csv_path, [cfg.cif_column, cfg.id_column, *cfg.targets])
+    limit = 150 if quick else (cfg.limit or len(rows))
+    rows = rows[:limit]
+    texts = [r[cfg.cif_column] for r in rows]
+    n_base = min(len(texts), 50 if quick else cfg.baseline_rows)
+    config = GraphConfig()
+    table: list[list[Any]] = []
+
+    def add(stage: str, impl: str, count: int, seconds: float, note: str) -> None:
+        table.append([stage, impl, count, seconds, _rate(count, seconds), note])
+
+    for row in _single_core_stages(texts, n_base, config):
+        add(*row)
+    # the parsed structures (many small Python objects) are gone now: they would slow every later
+    # stage through the garbage collector, and a real ingest or training process never holds them
+    gc.collect()
+
+    # 4. full ingest
+    out_dir = Path(cfg.out_dir)
+    store_path = out_dir / f"bench-{cfg.workers}.lmdb"
+    limited_csv = out_dir / "rows.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with limited_csv.open("w", newline="") as handle:
+        writer = csv_module.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for workers in sorted({1, cfg.workers}):
+        path = out_dir / f"bench-{workers}.lmdb"
+        if path.exists():
+            shutil.rmtree(path)
+        report = ingest(
+            limited_csv,
+            path,
+            config,
+            targets=cfg.targets,
+            id_column=cfg.id_column,
+            workers=workers,
+            show_progress=False,
+        )
+        note = f"{workers} process{'es' if workers > 1 else ''}, CSV → LMDB" + (
+            ", spawn start-up incl." if workers > 1 else ""
+        )
+        add("full ingest", f"matmeta ingest (workers={workers})", report.added, report.seconds, note)
+        store_path = path
+
+    # 5. reads
+    store = GraphStore(store_path)
+    n = len(store)
+    store[0]  # warm-up: the first read imports torch_geometric
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    for label, index in (("in order", np.arange(n)), ("shuffled", order)):
+        best = float("inf")
+        for _ in range(1 if quick else cfg.read_repeats):
+            _, seconds = _timed(lambda index=index: [store[int(i)] for i in index])
+            best = min(best, seconds)
+        add("store reads", f"GraphStore[i] → Data ({label})", n, best, f"best of {1 if quick else cfg.read_repeats}")
+
+    load = os.getloadavg()[0]
+    columns = ["stage", "implementation", "structures", "seconds", "structures/s", "note"]
+    print_table(
+        f"ingest benchmark: {csv_path.name}, {n} structures, load average {load:.1f} on {os.cpu_count()} CPUs",
+        columns,
+        table,
+        digits=4,
+    )
+    lines = [",".join(columns)] + [",".join(f'"{v}"' if isinstance(v, str) else f"{v}" for v in row) for row in table]
+    write_text_atomic(out_dir / "results.csv", "\n".join(lines) + "\n")

@@ -1,0 +1,135 @@
+"""``matmeta jmak``: fit JMAK curves from sparse points, meta-train the prior.
+
+``jmak_app`` is module-level so other apps can add commands to it (``matmeta jmak explain``).
+Heavy modules are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+jmak_app = typer.Typer(
+    name="jmak",
+    help="JMAK kinetics X(t) = 1 - exp(-k t^n): fit (k, n) from 2+ points with a meta-learned prior.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _is_ttt(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            header = handle.readline().lower()
+    except OSError:
+        return False
+    return "t_start" in header
+
+
+def run_fit(
+    points: Path,
+    method: str = "maml",
+    prior: Path | None = None,
+    noise: float | None = None,
+    out: Path | None = None,
+    plot: Path | None = None,
+    level: float = 0.9,
+) -> int:
+    """Fit every good curve of ``points``, print the table, write outputs; returns the number of bad items."""
+    from matmeta.console import print_table, report_error, warn
+    from matmeta.errors import MatmetaInputError
+    from matmeta.kinetics.api import fit_curves
+    from matmeta.kinetics.data import load_ttt, read_points
+
+    if not 0 < level < 1:
+        raise MatmetaInputError(f"--level {level}: must be between 0 and 1")
+    if noise is not None and noise <= 0:
+        raise MatmetaInputError(f"--noise {noise}: must be > 0")
+    errors: list[str] = []
+
+    def on_error(message: str) -> None:
+        errors.append(message)
+        report_error(message)
+
+    if _is_ttt(points):
+        curves = [row.curve() for row in load_ttt(points, warn=warn)]
+    else:
+        curves = read_points(points, on_error=on_error)
+    if not curves:
+        raise MatmetaInputError(f"{points}: no curve could be read")
+    result = fit_curves(curves, method=method, prior=prior, noise=noise)
+    rows = result.rows()
+    for row in rows:
+        if not row["ok"]:
+            on_error(f"{points}: curve {row['curve']!r}: the {method} fit failed (no finite fit with n > 0)")
+
+    def pm(value: float, std: float) -> str:
+        return f"{value:.4g} ± {std:.2g}"
+
+    print_table(
+        f"JMAK fits ({method}; ± = 1σ Laplace, noise σ = {result.noise:g})",
+        ["curve", "pts", "k (s^-n)", "ln k", "n", "t10 (s)", "t50 (s)", "t90 (s)", "residual"],
+        [
+            [
+                r["curve"],
+                r["points"],
+                f"{r['k']:.4g}",
+                pm(r["ln_k"], r["ln_k_std"]),
+                pm(r["n"], r["n_std"]),
+                r["t10_s"],
+                r["t50_s"],
+                r["t90_s"],
+                r["residual_rms"],
+            ]
+            for r in rows
+            if r["ok"]
+        ],
+    )
+    if out is not None:
+        result.write_csv(out)
+        typer.echo(f"fits: {out}")
+    if plot is not None:
+        from matmeta.kinetics.plot import plot_fits
+
+        plot_fits(result, plot, level=level)
+        typer.echo(f"plot: {plot}")
+    return len(errors)
+
+
+@jmak_app.command("fit")
+def fit(
+    points: Path = typer.Argument(..., help="CSV with curve,time_s,fraction rows (or a TTT table)."),
+    method: str = typer.Option("maml", "--method", help="maml | least-squares | avrami."),
+    prior: Path = typer.Option(None, "--prior", help="Prior checkpoint (default: the shipped one)."),
+    noise: float = typer.Option(None, "--noise", help="Measurement sigma of the fractions (default: the prior's)."),
+    out: Path = typer.Option(None, "--out", help="Write the fits as CSV."),
+    plot: Path = typer.Option(None, "--plot", help="Plot data, fits and uncertainty bands (e.g. fits.png)."),
+    level: float = typer.Option(0.9, "--level", help="Coverage of the plotted band."),
+) -> None:
+    """Fit k and n of every curve; prints k, ln k, n (± 1σ), t10/t50/t90 and the residual."""
+    if run_fit(points, method, prior, noise, out, plot, level):
+        raise typer.Exit(1)
+
+
+@jmak_app.command("meta-train")
+def meta_train(
+    recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/jmak.toml."),
+    out: Path = typer.Option(None, "--out", help="Checkpoint path (default: the recipe's)."),
+    steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
+) -> None:
+    """Meta-train the JMAK prior on synthetic Arrhenius families."""
+    from matmeta.commands.train import run_meta_train
+    from matmeta.errors import RecipeError
+    from matmeta.recipes import load_recipe
+
+    if load_recipe(recipe).get("meta_train", {}).get("app") != "jmak":
+        raise RecipeError(f"{recipe}: [meta_train] app must be 'jmak' for matmeta jmak meta-train")
+    path = run_meta_train(recipe, out=out, steps=steps)
+    typer.echo(f"checkpoint: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``jmak`` command group to the CLI."""
+    app.add_typer(jmak_app, name="jmak")

@@ -1,0 +1,716 @@
+"""Which support points steered an adaptation, and which of them look wrong.
+
+Works for any model the MAML engine adapts: it only needs the engine (:class:`~matmeta.meta.maml.MAML`),
+the support items, ``collate(items) -> batch``, ``per_example_loss(forward, batch) -> (n,)`` (every app
+defines its support loss as the mean of it) and ``query_fn(forward) -> (m,)``, the adapted predictions
+to explain. ``forward(*inputs)`` runs the model at the adapted weights and ``forward.params`` holds those
+weights by name, for queries that are functions of the parameters (a JMAK curve's t50).
+
+Two estimates of the influence of support point i on a query prediction f:
+
+* **exact leave-one-out** (LOO): re-adapt without point i (n adaptations),
+  ``I_i = f(θ_T(all)) − f(θ_T(all but i))``;
+* **differentiation through the inner loop**: weight each point's loss,
+  ``L_w(θ) = (1/n) Σ_j w_j ℓ_j(θ)``, adapt with ``create_graph`` and take ``g_j = ∂f(θ_T(w))/∂w_j`` at
+  w = 1 (one backward pass per query output). Leaving point i out is the weight change
+  ``w_i: 1 → 0`` and ``w_j: 1 → n/(n−1)`` for j ≠ i (the LOO loss is a mean over n−1 points), so to first
+  order ``f(without i) − f(all) ≈ Σ_j g_j Δw_j = (Σ_j g_j − n g_i)/(n−1)``, i.e.
+
+      I_i ≈ (n g_i − Σ_j g_j) / (n − 1) = n/(n−1) · (g_i − mean_j g_j).
+
+  This is the influence-function idea of Koh & Liang (ICML 2017) applied to the unrolled inner loop
+  rather than to an optimum. A ``first_order`` variant drops the Hessian terms that carry a weight
+  change of step t on to later steps (``θ_T ≈ θ_0 − Σ_t α ∇L_w(θ_t)``, as first-order MAML does); it
+  is TracIn's sum of per-step gradient products (Pruthi et al., NeurIPS 2020) over the inner steps,
+  with the query gradient taken at the adapted weights.
+
+For one inner step of a model linear in its parameters under a squared loss, f is linear in w, so the
+approximation equals exact LOO; with more steps or a non-linear model it is a Taylor estimate. If an
+app's per-example loss spreads a shared term over the points (a prior penalty divided by n), the
+weight path scales that term by (n−1)/n where true LOO keeps it whole: a small extra discrepancy.
+
+Self-influence: the loss of point i under the model adapted without it (its LOO error). Its square
+root ``|e_i|`` is the absolute LOO residual for a squared-error loss; points whose modified z-score
+``0.6745 |e_i| / median_j |e_j|`` exceeds 3.5 (Iglewicz & Hoaglin, 1993) are flagged "check this
+measurement".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from matmeta.atomic import atomic_path
+from matmeta.errors import MatmetaError
+from matmeta.meta.maml import MAML, Forward, Params
+
+Collate = Callable[[Sequence[Any]], Any]
+PerExampleLoss = Callable[[Forward, Any], Tensor]
+QueryFn = Callable[[Forward], Tensor]
+
+FLAG_Z = 3.5
+CHECK = "check this measurement"
+
+
+# --------------------------------------------------------------------------------------------------
+# A small dataframe-like table
+# --------------------------------------------------------------------------------------------------
+
+
+class Table:
+    """Rows of one dataclass type with column access and an atomic ``to_csv`` (no pandas needed).
+
+    Args:
+        rows: dataclass instances, all of the same type.
+        columns: column names (default: the dataclass fields of the first row).
+    """
+
+    def __init__(self, rows: Sequence[Any], columns: Sequence[str] | None = None) -> None:
+        self.rows = list(rows)
+        if columns is None:
+            columns = [f.name for f in dataclasses.fields(self.rows[0])] if self.rows else []
+        self.columns = tuple(columns)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+    def __getitem__(self, key: int | str) -> Any:
+        """``table[i]`` is a row, ``table["name"]`` a column (list)."""
+        if isinstance(key, str):
+            return self.column(key)
+        return self.rows[key]
+
+    def column(self, name: str) -> list[Any]:
+        """Values of one column, in row order."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns: {', '.join(self.columns)}")
+        return [getattr(row, name) for row in self.rows]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Rows as plain dicts (e.g. for ``pandas.DataFrame`` or JSON)."""
+        return [{c: getattr(row, c) for c in self.columns} for row in self.rows]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table as CSV, atomically; returns the path."""
+        path = Path(path)
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            for row in self.rows:
+                writer.writerow([_csv_cell(getattr(row, c)) for c in self.columns])
+        return path
+
+    def __repr__(self) -> str:
+        return f"Table({len(self.rows)} rows; columns: {', '.join(self.columns)})"
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else value
+
+
+@dataclass(frozen=True)
+class InfluenceRow:
+    """Influence of one support point on one adapted query prediction.
+
+    ``influence_*`` = prediction with all support points − prediction without this one (in the units of
+    the query output); ``rank`` 1 is the largest ``|influence_loo|`` for this query.
+    """
+
+    query: str
+    support: str
+    rank: int
+    influence_loo: float
+    influence_approx: float
+    prediction: float
+    prediction_without: float
+    support_loo_loss: float
+    support_z: float
+    check: str
+
+
+@dataclass(frozen=True)
+class SelfInfluenceRow:
+    """A support point's own leave-one-out loss, its robust z-score and whether it is flagged."""
+
+    support: str
+    loo_loss: float
+    robust_z: float
+    flagged: bool
+
+
+# --------------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Explanation:
+    """Influence of every support point on every query output.
+
+    Shapes:
+        predictions: (m,) adapted predictions with the full support set.
+        loo: (n, m) exact leave-one-out influence, ``predictions − prediction without point i``.
+        approx: (n, m) the through-the-inner-loop estimate of ``loo`` (None when not computed).
+        loo_loss: (n,) loss of point i under the model adapted without it (self-influence).
+        robust_z: (n,) modified z-score of ``sqrt(loo_loss)`` (see :func:`robust_z`).
+        spearman: (m,) rank correlation between ``loo[:, j]`` and ``approx[:, j]`` (NaN if undefined).
+    """
+
+    support_names: list[str]
+    query_names: list[str]
+    predictions: np.ndarray
+    loo: np.ndarray
+    approx: np.ndarray | None
+    loo_loss: np.ndarray
+    robust_z: np.ndarray
+    spearman: np.ndarray
+    flag_z: float = FLAG_Z
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[str]:
+        """Support points whose leave-one-out error is far above the rest ("check this measurement"), worst first."""
+        order = np.argsort(-self.robust_z, kind="stable")
+        return [self.support_names[i] for i in order if self.robust_z[i] > self.flag_z]
+
+    @property
+    def influence(self) -> Table:
+        """One row per (query, support point), ranked by ``|influence_loo|`` within each query."""
+        rows = []
+        n = len(self.support_names)
+        for j, query in enumerate(self.query_names):
+            order = np.argsort(-np.abs(self.loo[:, j]), kind="stable")
+            for rank, i in enumerate(order, start=1):
+                z = float(self.robust_z[i])
+                rows.append(
+                    InfluenceRow(
+                        query=query,
+                        support=self.support_names[i],
+                        rank=rank,
+                        influence_loo=float(self.loo[i, j]),
+                        influence_approx=float(self.approx[i, j]) if self.approx is not None else math.nan,
+                        prediction=float(self.predictions[j]),
+                        prediction_without=float(self.predictions[j] - self.loo[i, j]),
+                        support_loo_loss=float(self.loo_loss[i]),
+                        support_z=z,
+                        check=CHECK if z > self.flag_z else "",
+                    )
+                )
+        assert len(rows) == n * len(self.query_names)
+        return Table(rows)
+
+    @property
+    def self_influence(self) -> Table:
+        """One row per support point, largest leave-one-out loss first."""
+        order = np.argsort(-self.loo_loss, kind="stable")
+        return Table(
+            [
+                SelfInfluenceRow(
+                    support=self.support_names[i],
+                    loo_loss=float(self.loo_loss[i]),
+                    robust_z=float(self.robust_z[i]),
+                    flagged=bool(self.robust_z[i] > self.flag_z),
+                )
+                for i in order
+            ]
+        )
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :attr:`influence` (with the self-influence columns) as CSV, atomically."""
+        return self.influence.to_csv(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Core computations
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _eval_mode(maml: MAML) -> Iterator[None]:
+    """Evaluate with dropout off and no meta-graph kept; restore the training flag afterwards."""
+    was_training = maml.training
+    maml.eval()
+    try:
+        yield
+    finally:
+        maml.train(was_training)
+
+
+def _checked_losses(per_example_loss: PerExampleLoss, forward: Forward, batch: Any, n: int) -> Tensor:
+    losses = per_example_loss(forward, batch)
+    if not isinstance(losses, Tensor) or losses.shape != (n,):
+        shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise MatmetaError(f"per_example_loss must return a tensor of shape ({n},) for {n} support items, got {shape}")
+    return losses
+
+
+def _mean_loss(per_example_loss: PerExampleLoss, n: int) -> Callable[[Forward, Any], Tensor]:
+    def loss_fn(forward: Forward, batch: Any) -> Tensor:
+        return _checked_losses(per_example_loss, forward, batch, n).mean()
+
+    return loss_fn
+
+
+def _weighted_loss(per_example_loss: PerExampleLoss, weights: Tensor) -> Callable[[Forward, Any], Tensor]:
+    """``(1/n) Σ_i w_i ℓ_i`` — the app's mean loss when every weight is 1."""
+    n = weights.shape[0]
+
+    def loss_fn(forward: Forward, batch: Any) -> Tensor:
+        return (weights * _checked_losses(per_example_loss, forward, batch, n)).mean()
+
+    return loss_fn
+
+
+class AdaptedForward:
+    """``forward(*args, **kwargs)``: the model at adapted weights; ``params``: those weights by name."""
+
+    def __init__(self, maml: MAML, params: Params) -> None:
+        self.params = params
+        self._forward = maml.functional(params)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model at the adapted weights."""
+        return self._forward(*args, **kwargs)
+
+
+def _query(query_fn: QueryFn, maml: MAML, params: Params) -> Tensor:
+    out = query_fn(AdaptedForward(maml, params))
+    if not isinstance(out, Tensor):
+        raise MatmetaError(f"query_fn must return a tensor, got {type(out).__name__}")
+    return out.reshape(-1)
+
+
+def _detached_start(maml: MAML) -> Params:
+    """The meta-parameters that adapt, cut from the meta-graph (we differentiate w.r.t. weights only)."""
+    return {n: p.detach().requires_grad_(True) for n, p in maml.meta_parameters().items() if n in maml.adapt_names}
+
+
+def leave_one_out(
+    maml: MAML,
+    items: Sequence[Any],
+    collate: Collate,
+    per_example_loss: PerExampleLoss,
+    query_fn: QueryFn,
+    steps: int | None = None,
+    batched: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact leave-one-out: adapt on all n items, then n times without one of them.
+
+    Args:
+        maml: the engine wrapping the (meta-trained) model.
+        items: the support items (whatever ``collate`` accepts), n ≥ 2.
+        collate: ``collate(items) -> batch``.
+        per_example_loss: ``per_example_loss(forward, batch) -> (len(items),)``.
+        query_fn: ``query_fn(forward) -> (m,)`` predictions to explain.
+        steps: inner steps (default: the engine's).
+        batched: run the n leave-one-out adaptations at once (``torch.func.vmap`` over n copies of
+            the adapted weights, point i weighted 0 and the others n/(n−1) in copy i). Exact only when
+            an item's loss does not depend on which other items are in the batch (true for the
+            crystal predictor, not for a loss that spreads a prior penalty over the points), and the
+            model's ops must support ``vmap``.
+
+    Returns:
+        ``(predictions, influence, loo_loss)``.
+
+    Shapes:
+        predictions: (m,); influence: (n, m) = predictions − predictions without item i;
+        loo_loss: (n,) loss of item i under the model adapted without it.
+    """
+    n = len(items)
+    if n < 2:
+        raise MatmetaError(f"leave-one-out needs at least 2 support points, got {n}")
+    with _eval_mode(maml):
+        full = maml.adapt(collate(items), _mean_loss(per_example_loss, n), steps=steps, create_graph=False)
+        with torch.no_grad():
+            predictions = _query(query_fn, maml, full).detach()
+        if batched:
+            without, loo_loss = _leave_one_out_vmap(maml, collate(items), n, per_example_loss, query_fn, steps)
+            return predictions, predictions[None, :] - without, loo_loss
+        influence = torch.empty(n, predictions.shape[0], dtype=predictions.dtype)
+        loo_loss = torch.empty(n, dtype=predictions.dtype)
+        for i in range(n):
+            rest = [item for j, item in enumerate(items) if j != i]
+            fast = maml.adapt(collate(rest), _mean_loss(per_example_loss, n - 1), steps=steps, create_graph=False)
+            with torch.no_grad():
+                influence[i] = predictions - _query(query_fn, maml, fast)
+                loo_loss[i] = _checked_losses(per_example_loss, maml.functional(fast), collate([items[i]]), 1)[0]
+    return predictions, influence, loo_loss
+
+
+def _leave_one_out_vmap(
+    maml: MAML, batch: Any, n: int, per_example_loss: PerExampleLoss, query_fn: QueryFn, steps: int | None
+) -> tuple[Tensor, Tensor]:
+    """The n leave-one-out adaptations as one vmapped program (see :func:`leave_one_out`).
+
+    Shapes:
+        returns predictions without item i (n, m) and the loss of item i in copy i (n,).
+    """
+    from torch.func import functional_call, vmap
+
+    steps = maml.inner_steps if steps is None else steps
+    model = maml.model
+    adapted = set(maml.adapt_names)
+    fixed = {name: t.detach() for name, t in model.named_buffers()}
+    fixed.update({name: p.detach() for name, p in model.named_parameters() if name not in adapted})
+    fast = {
+        name: p.detach().unsqueeze(0).expand(n, *p.shape).clone().requires_grad_(True)
+        for name, p in model.named_parameters()
+        if name in adapted
+    }
+    weights = torch.full((n, n), n / (n - 1), dtype=next(iter(fast.values())).dtype)
+    weights.fill_diagonal_(0.0)
+
+    def forward_at(params: Params) -> Forward:
+        return lambda *args, **kwargs: functional_call(model, {**fixed, **params}, args, kwargs)
+
+    def copy_loss(params: Params, w: Tensor) -> Tensor:
+        return (w * _checked_losses(per_example_loss, forward_at(params), batch, n)).mean()
+
+    losses_of = vmap(copy_loss)
+    lrs = {name: maml.lr(name) for name in fast}
+    lrs = {name: lr.detach() if isinstance(lr, Tensor) else lr for name, lr in lrs.items()}
+    for _ in range(steps):
+        with torch.enable_grad():
+            grads = torch.autograd.grad(losses_of(fast, weights).sum(), list(fast.values()), allow_unused=True)
+        fast = {
+            name: (value if grad is None else value - lrs[name] * grad).detach().requires_grad_(True)
+            for (name, value), grad in zip(fast.items(), grads, strict=True)
+        }
+    fast = {name: value.detach() for name, value in fast.items()}
+
+    class _Forward:
+        def __init__(self, params: Params) -> None:
+            self.params = params
+            self._forward = forward_at(params)
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return self._forward(*args, **kwargs)
+
+    with torch.no_grad():
+        without = vmap(lambda params: query_fn(_Forward(params)).reshape(-1))(fast)
+        own = vmap(lambda params: _checked_losses(per_example_loss, forward_at(params), batch, n))(fast)
+    return without, own.diagonal()
+
+
+def weight_gradients(
+    maml: MAML,
+    items: Sequence[Any],
+    collate: Collate,
+    per_example_loss: PerExampleLoss,
+    query_fn: QueryFn,
+    steps: int | None = None,
+    first_order: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Derivative of the adapted predictions with respect to each support point's loss weight, at w = 1.
+
+    The support loss is ``(1/n) Σ_i w_i ℓ_i``; the inner loop is unrolled with ``create_graph`` so that
+    the fast weights, and the predictions, are differentiable functions of w. ``first_order`` drops the
+    Hessian terms (each step's gradient is taken at the detached current weights), as FOMAML does.
+
+    Returns:
+        ``(predictions, grads)``.
+
+    Shapes:
+        predictions: (m,); grads: (n, m), ``grads[i, j] = ∂ prediction_j / ∂ w_i``.
+    """
+    n = len(items)
+    batch = collate(items)
+    with _eval_mode(maml):
+        dtype = next(iter(maml.meta_parameters().values())).dtype
+        weights = torch.ones(n, dtype=dtype, requires_grad=True)
+        loss_fn = _weighted_loss(per_example_loss, weights)
+        steps = maml.inner_steps if steps is None else steps
+        if not first_order:
+            fast = maml.adapt(batch, loss_fn, steps=steps, create_graph=True, params=_detached_start(maml))
+        else:
+            fast = _first_order_unroll(maml, batch, loss_fn, steps)
+        predictions = _query(query_fn, maml, fast)
+        grads = _jacobian_wrt_weights(predictions, weights)
+    return predictions.detach(), grads
+
+
+def _jacobian_wrt_weights(predictions: Tensor, weights: Tensor) -> Tensor:
+    """``∂predictions_j/∂w_i`` by reverse mode.
+
+    All outputs in one vmapped backward pass where the model's ops allow it, one backward pass per
+    output otherwise.
+
+    Shapes:
+        predictions: (m,); weights: (n,); returns (n, m).
+    """
+    n, m = weights.shape[0], predictions.shape[0]
+    grads = torch.zeros(n, m, dtype=weights.dtype)
+    if m == 0 or not predictions.requires_grad:
+        return grads
+    try:
+        (batched,) = torch.autograd.grad(
+            predictions,
+            weights,
+            grad_outputs=torch.eye(m, dtype=predictions.dtype),
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        if batched is not None:
+            grads = batched.T.to(weights.dtype).contiguous()
+        return grads
+    except (RuntimeError, NotImplementedError):  # an op without a batching rule: one pass per output
+        pass
+    for j in range(m):
+        (grad,) = torch.autograd.grad(predictions[j], weights, retain_graph=True, allow_unused=True)
+        if grad is not None:
+            grads[:, j] = grad
+    return grads
+
+
+def _first_order_unroll(maml: MAML, batch: Any, loss_fn: Callable[[Forward, Any], Tensor], steps: int) -> Params:
+    """``θ_T = θ_0 − Σ_t α ∇L_w(sg(θ_t))``: fast weights that depend on w only through each step's gradient."""
+    fast = _detached_start(maml)
+    for _ in range(steps):
+        point = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        with torch.enable_grad():
+            loss = loss_fn(maml.functional(point), batch)
+            grads = torch.autograd.grad(loss, list(point.values()), create_graph=True, allow_unused=True)
+        fast = {
+            name: value if grad is None else value - maml.lr(name) * grad
+            for (name, value), grad in zip(fast.items(), grads, strict=True)
+        }
+    return fast
+
+
+def approx_from_weight_gradients(grads: Tensor) -> Tensor:
+    """First-order LOO influence from weight gradients: ``(n g_i − Σ_j g_j) / (n − 1)``.
+
+    Leaving point i out sets ``w_i = 0`` and ``w_j = n/(n−1)`` (j ≠ i), so
+    ``f(all) − f(without i) ≈ −Σ_j g_j Δw_j = (n g_i − Σ_j g_j)/(n − 1)``.
+
+    Shapes:
+        grads: (n, m); returns (n, m).
+    """
+    n = grads.shape[0]
+    if n < 2:
+        raise MatmetaError(f"leave-one-out needs at least 2 support points, got {n}")
+    return (n * grads - grads.sum(dim=0, keepdim=True)) / (n - 1)
+
+
+def approx_influence(
+    maml: MAML,
+    items: Sequence[Any],
+    collate: Collate,
+    per_example_loss: PerExampleLoss,
+    query_fn: QueryFn,
+    steps: int | None = None,
+    first_order: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Fast estimate of the leave-one-out influence by differentiating through the inner loop.
+
+    Returns:
+        ``(predictions, influence)``.
+
+    Shapes:
+        predictions: (m,); influence: (n, m), estimate of :func:`leave_one_out`'s influence.
+    """
+    predictions, grads = weight_gradients(maml, items, collate, per_example_loss, query_fn, steps, first_order)
+    return predictions, approx_from_weight_gradients(grads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def robust_z(abs_errors: np.ndarray) -> np.ndarray:
+    """Modified z-score of absolute residuals: ``0.6745 |e_i| / median_j |e_j|`` (Iglewicz & Hoaglin).
+
+    For residuals centred on 0 (leave-one-out residuals of an unbiased fit), the median absolute
+    deviation is ``median |e|`` and this is the usual ``0.6745 (e − median) / MAD``; a score above 3.5
+    is an outlier. Working on ``|e|`` (rather than a MAD of ``|e|`` around its own median) keeps the
+    false-alarm rate for Gaussian residuals at about 5e-4 per point. When more than half the errors are
+    exactly 0 the mean (``0.7979 σ`` for a half-normal) sets the scale; if all are 0, every score is 0.
+
+    Shapes:
+        abs_errors: (n,) non-negative; returns (n,).
+    """
+    errors = np.abs(np.asarray(abs_errors, dtype=float))
+    median = np.median(errors)
+    if median > 0:
+        return 0.6745 * errors / median
+    mean = errors.mean()
+    if mean > 0:
+        return 0.7979 * errors / mean
+    return np.zeros_like(errors)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant.
+
+    Shapes:
+        a, b: (n,).
+    """
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(np.asarray(a, dtype=float)), rankdata(np.asarray(b, dtype=float))
+    if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# --------------------------------------------------------------------------------------------------
+# One call
+# --------------------------------------------------------------------------------------------------
+
+
+def explain_adaptation(
+    maml: MAML,
+    items: Sequence[Any],
+    collate: Collate,
+    per_example_loss: PerExampleLoss,
+    query_fn: QueryFn,
+    support_names: Sequence[str] | None = None,
+    query_names: Sequence[str] | None = None,
+    steps: int | None = None,
+    approx: bool = True,
+    first_order: bool = False,
+    flag_z: float = FLAG_Z,
+    batched_loo: bool = False,
+) -> Explanation:
+    """Influence of each support item on each adapted query prediction, exact and approximate.
+
+    Args:
+        maml: the engine wrapping the (meta-trained) model; its training flag is restored afterwards.
+        items: the n ≥ 2 support items.
+        collate: ``collate(items) -> batch``.
+        per_example_loss: ``per_example_loss(forward, batch) -> (n,)``; the support loss is its mean.
+        query_fn: ``query_fn(forward) -> (m,)``, the adapted predictions to explain.
+        support_names: n labels for the support items (default ``support_0`` …).
+        query_names: m labels for the query outputs (default ``query_0`` …).
+        steps: inner steps (default: the engine's).
+        approx: also compute the through-the-inner-loop estimate.
+        first_order: use the first-order (no Hessian) variant of the estimate.
+        flag_z: robust z-score above which a support point is flagged.
+        batched_loo: run the leave-one-out adaptations in one vmapped program (see :func:`leave_one_out`).
+
+    Returns:
+        An :class:`Explanation`; ``.influence`` and ``.self_influence`` are tables with ``to_csv``.
+    """
+    n = len(items)
+    support_names = [f"support_{i}" for i in range(n)] if support_names is None else [str(s) for s in support_names]
+    if len(support_names) != n:
+        raise MatmetaError(f"{len(support_names)} support names for {n} support items")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    predictions, loo, loo_loss = leave_one_out(maml, items, collate, per_example_loss, query_fn, steps, batched_loo)
+    seconds["loo"] = time.perf_counter() - start
+    m = predictions.shape[0]
+    query_names = [f"query_{j}" for j in range(m)] if query_names is None else [str(q) for q in query_names]
+    if len(query_names) != m:
+        raise MatmetaError(f"{len(query_names)} query names for {m} query outputs")
+    approx_np = None
+    if approx:
+        start = time.perf_counter()
+        _, estimate = approx_influence(maml, items, collate, per_example_loss, query_fn, steps, first_order)
+        seconds["approx"] = time.perf_counter() - start
+        approx_np = estimate.numpy().astype(float)
+    loo_np = loo.numpy().astype(float)
+    loss_np = loo_loss.numpy().astype(float)
+    if not np.isfinite(loss_np).all() or not np.isfinite(loo_np).all():
+        raise MatmetaError("an adaptation produced a non-finite loss or prediction; check the support labels")
+    correlation = np.array(
+        [spearman(loo_np[:, j], approx_np[:, j]) if approx_np is not None else math.nan for j in range(m)]
+    )
+    return Explanation(
+        support_names=support_names,
+        query_names=query_names,
+        predictions=predictions.numpy().astype(float),
+        loo=loo_np,
+        approx=approx_np,
+        loo_loss=loss_np,
+        robust_z=robust_z(np.sqrt(np.clip(loss_np, 0.0, None))),
+        spearman=correlation,
+        flag_z=flag_z,
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_explanation(
+    explanation: Explanation | Sequence[Explanation],
+    path: str | Path,
+    unit: str = "",
+    max_panels: int = 12,
+    max_support: int = 15,
+) -> Path:
+    """Bar chart per query: exact LOO influence of each support point (bars) and the estimate (dots).
+
+    Flagged support points ("check this measurement") are drawn in red. Written atomically; the
+    format follows the file suffix (png, pdf, svg).
+
+    Args:
+        explanation: the result of :func:`explain_adaptation`, or several (e.g. one per JMAK curve).
+        path: output image.
+        unit: unit of the query outputs, for the axis label.
+        max_panels: at most this many panels (the first queries).
+        max_support: the most influential support points shown per panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    explanations = [explanation] if isinstance(explanation, Explanation) else list(explanation)
+    panels = [(e, j) for e in explanations for j in range(len(e.query_names))][:max_panels]
+    if not panels:
+        raise MatmetaError("nothing to plot: no query outputs")
+    m = len(panels)
+    cols = min(m, 3)
+    rows = -(-m // cols)
+    shown = min(max(len(e.support_names) for e, _ in panels), max_support)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.5 + (0.28 * shown + 0.9) * rows), squeeze=False)
+    for p in range(rows * cols):
+        ax = axes[p // cols][p % cols]
+        if p >= m:
+            ax.axis("off")
+            continue
+        e, j = panels[p]
+        flagged = set(e.flagged)
+        order = np.argsort(-np.abs(e.loo[:, j]), kind="stable")[:shown][::-1]
+        names = [e.support_names[i] for i in order]
+        colors = ["tab:red" if name in flagged else "tab:blue" for name in names]
+        y = np.arange(len(order))
+        ax.barh(y, e.loo[order, j], color=colors, alpha=0.8, label="leave-one-out")
+        if e.approx is not None:
+            ax.plot(e.approx[order, j], y, "k.", label="through inner loop")
+        ax.axvline(0.0, color="0.5", lw=0.8)
+        ax.set_yticks(y, names, fontsize=7)
+        rho = e.spearman[j]
+        title = f"{e.query_names[j]}: {e.predictions[j]:.4g} {unit}".strip()
+        ax.set_title(title + ("" if math.isnan(rho) else f"\nSpearman ρ = {rho:.2f}"), fontsize=8)
+        ax.set_xlabel(f"influence (with − without){f' [{unit}]' if unit else ''}", fontsize=8)
+        if p == 0:
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=130)
+    plt.close(fig)
+    return path

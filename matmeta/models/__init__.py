@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` models (no training loops); import submodules directly."""

@@ -1,0 +1,275 @@
+"""Crystal graph network: atom embeddings, edge-gated graph convolutions, pooling, property heads.
+
+The layer is the edge-gated graph convolution of Bresson & Laurent ("Residual Gated Graph
+ConvNets", arXiv:1711.07553, 2017) as used by ALIGNN (Choudhary & DeCost, npj Comput. Mater.
+7, 185, 2021), on Gaussian-expanded interatomic distances as in CGCNN (Xie & Grossman, PRL 120,
+145301, 2018). A CGCNN convolution is available as an alternative (``conv="cgcnn"``).
+LayerNorm only (no BatchNorm: running statistics would mix MAML tasks).
+
+The model reads plain tensors (see :class:`GraphBatch`), never modifies them, and returns one
+row per graph: ``[heat per atom (normalised), metal logit, band gap (normalised)]``. Turning
+those into eV is the app's job (``matmeta.predict``), with statistics stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+N_ELEMENTS = 119  # row 0 is the UNK element (never seen in training), rows 1..118 are Z
+OUTPUTS = ("heat_per_atom", "metal_logit", "gap")
+
+
+@dataclasses.dataclass(frozen=True)
+class GNNConfig:
+    """Architecture of :class:`CrystalGNN` (saved in every checkpoint).
+
+    Attributes:
+        hidden: width of atom and edge features.
+        layers: number of graph convolutions.
+        n_rbf: Gaussians in the distance expansion.
+        cutoff_angstrom: largest distance the expansion covers (the graph's cutoff).
+        conv: ``"edge_gated"`` (ALIGNN-style, edge features updated) or ``"cgcnn"``.
+        dropout: dropout before the last head layer (also used for MC-dropout uncertainty).
+    """
+
+    hidden: int = 64
+    layers: int = 3
+    n_rbf: int = 32
+    cutoff_angstrom: float = 6.0
+    conv: str = "edge_gated"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.conv not in ("edge_gated", "cgcnn"):
+            raise ValueError(f"conv must be 'edge_gated' or 'cgcnn', got {self.conv!r}")
+        if self.hidden < 1 or self.layers < 1 or self.n_rbf < 2 or self.cutoff_angstrom <= 0:
+            raise ValueError("hidden, layers >= 1, n_rbf >= 2 and cutoff_angstrom > 0 are required")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphBatch:
+    """A batch of crystal graphs as the model reads them (a plain container, not a pytree).
+
+    Shapes:
+        atomic_numbers: (N,) int64, 0 = unknown element.
+        edge_index: (2, E) int64, row 0 = neighbour j (source), row 1 = centre i (target).
+        edge_dist: (E,) float32, Å.
+        batch: (N,) int64, graph of each atom.
+        n_atoms: (G,) float32 atoms per graph.
+        y: (G, 3) float32 normalised targets ``[heat per atom, is_metal, gap]``; NaN = unknown.
+    """
+
+    atomic_numbers: Tensor
+    edge_index: Tensor
+    edge_dist: Tensor
+    batch: Tensor
+    n_atoms: Tensor
+    y: Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        """Number of graphs G."""
+        return int(self.n_atoms.shape[0])
+
+    def inputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """Positional arguments of :meth:`CrystalGNN.forward`."""
+        return self.atomic_numbers, self.edge_index, self.edge_dist, self.batch, self.num_graphs
+
+
+def collate(graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBatch:
+    """Concatenate ``(atomic_numbers, edge_index, edge_dist, y)`` graphs into one :class:`GraphBatch`.
+
+    Shapes:
+        each graph: (n,), (2, e), (e,), (3,) → batch as in :class:`GraphBatch`.
+    """
+    if not graphs:
+        raise ValueError("collate needs at least one graph")
+    sizes = torch.tensor([g[0].shape[0] for g in graphs])
+    offsets = torch.cumsum(sizes, 0) - sizes
+    edge_index = torch.cat([g[1] + int(o) for g, o in zip(graphs, offsets.tolist(), strict=True)], dim=1)
+    return GraphBatch(
+        atomic_numbers=torch.cat([g[0] for g in graphs]),
+        edge_index=edge_index,
+        edge_dist=torch.cat([g[2] for g in graphs]),
+        batch=torch.repeat_interleave(torch.arange(len(graphs)), sizes),
+        n_atoms=sizes.to(torch.float32),
+        y=torch.stack([g[3] for g in graphs]),
+    )
+
+
+class GaussianExpansion(nn.Module):
+    """Distances to Gaussian features ``exp(-(d - μ_k)² / (2 w²))``, μ_k evenly spaced in [0, cutoff].
+
+    Shapes:
+        distances: (E,) → (E, n_rbf).
+    """
+
+    def __init__(self, cutoff: float, n_rbf: int) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, n_rbf))
+        self.width = cutoff / (n_rbf - 1)
+
+    def forward(self, distances: Tensor) -> Tensor:
+        """Expand ``distances`` (E,) into (E, n_rbf)."""
+        return torch.exp(-((distances[:, None] - self.centers) ** 2) / (2 * self.width**2))
+
+
+def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
+    """Sum rows of ``src`` into ``size`` buckets (out of place, twice differentiable).
+
+    Shapes:
+        src: (E, F), index: (E,) → (size, F).
+    """
+    return torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device).index_add(0, index, src)
+
+
+class EdgeGatedConv(nn.Module):
+    """Residual edge-gated graph convolution (Bresson & Laurent 2017; the ALIGNN variant).
+
+    Update rule, for centre i and neighbours j::
+
+        ê_ij = A h_i + B h_j + C e_ij,      η_ij = σ(ê_ij) / (Σ_j σ(ê_ij) + ε)
+        h_i' = h_i + SiLU(LN(U h_i + Σ_j η_ij ⊙ V h_j))
+        e_ij' = e_ij + SiLU(LN(ê_ij))
+
+    Shapes:
+        h: (N, H), edge_index: (2, E), e: (E, H) → h': (N, H), e': (E, H).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.src_gate = nn.Linear(hidden, hidden)
+        self.dst_gate = nn.Linear(hidden, hidden)
+        self.edge_gate = nn.Linear(hidden, hidden)
+        self.src_update = nn.Linear(hidden, hidden)
+        self.dst_update = nn.Linear(hidden, hidden)
+        self.norm_nodes = nn.LayerNorm(hidden)
+        self.norm_edges = nn.LayerNorm(hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        """One message-passing step; returns new node and edge features."""
+        src, dst = edge_index[0], edge_index[1]
+        e_hat = self.dst_gate(h)[dst] + self.src_gate(h)[src] + self.edge_gate(e)
+        sigma = torch.sigmoid(e_hat)
+        numerator = scatter_sum(sigma * self.src_update(h)[src], dst, h.shape[0])
+        denominator = scatter_sum(sigma, dst, h.shape[0]) + 1e-6
+        h_new = h + self.act(self.norm_nodes(self.dst_update(h) + numerator / denominator))
+        e_new = e + self.act(self.norm_edges(e_hat))
+        return h_new, e_new
+
+
+class CGConv(nn.Module):
+    """CGCNN convolution (Xie & Grossman 2018) with LayerNorm instead of BatchNorm.
+
+    Update rule, with z_ij = [h_i, h_j, e_ij]::
+
+        h_i' = h_i + SiLU(LN(Σ_j σ(W_f z_ij + b_f) ⊙ softplus(W_s z_ij + b_s)))
+
+    Edge features are passed through unchanged.
+
+    Shapes:
+        h: (N, H), edge_index: (2, E), e: (E, H) → h': (N, H), e: (E, H).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.filter = nn.Linear(3 * hidden, hidden)
+        self.core = nn.Linear(3 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        """One message-passing step; edge features are returned as they came."""
+        src, dst = edge_index[0], edge_index[1]
+        z = torch.cat([h[dst], h[src], e], dim=1)
+        message = torch.sigmoid(self.filter(z)) * nn.functional.softplus(self.core(z))
+        return h + self.act(self.norm(scatter_sum(message, dst, h.shape[0]))), e
+
+
+class CrystalGNN(nn.Module):
+    """Crystal graph network with a heat-of-formation head and a two-stage band-gap head.
+
+    Outputs per graph: the normalised heat of formation per atom, the logit of P(metal) and the
+    normalised band gap of a non-metal (MEGNet-style two-stage gap model). ``head_prefixes``
+    names the head for ANIL (adapt the head only).
+
+    Args:
+        config: the architecture.
+
+    Shapes:
+        atomic_numbers: (N,), edge_index: (2, E), edge_dist: (E,), batch: (N,) → (G, 3).
+    """
+
+    head_prefixes = ("head.",)
+
+    def __init__(self, config: GNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GNNConfig()
+        hidden = self.config.hidden
+        self.embedding = nn.Embedding(N_ELEMENTS, hidden)
+        self.rbf = GaussianExpansion(self.config.cutoff_angstrom, self.config.n_rbf)
+        self.edge_embedding = nn.Linear(self.config.n_rbf, hidden)
+        layer = EdgeGatedConv if self.config.conv == "edge_gated" else CGConv
+        self.convs = nn.ModuleList(layer(hidden) for _ in range(self.config.layers))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Dropout(self.config.dropout),
+            nn.Linear(hidden, len(OUTPUTS)),
+        )
+
+    def forward(
+        self,
+        atomic_numbers: Tensor,
+        edge_index: Tensor,
+        edge_dist: Tensor,
+        batch: Tensor,
+        num_graphs: int,
+        mc_samples: int = 0,
+        mc_seed: int = 0,
+    ) -> Tensor:
+        """Per-graph outputs ``[heat per atom (norm.), metal logit, gap (norm.)]``.
+
+        Args:
+            atomic_numbers: element of each atom (0 = unknown element).
+            edge_index: neighbour (row 0) and centre (row 1) of each edge.
+            edge_dist: length of each edge in Å.
+            batch: graph of each atom.
+            num_graphs: G.
+            mc_samples: when > 0, return that many Monte-Carlo-dropout samples of the head
+                (dropout active whatever the mode; the graph part is computed once). The same
+                ``mc_samples`` dropout masks (drawn from ``mc_seed``) are used for every graph, so
+                a structure's samples do not depend on the rest of the batch.
+            mc_seed: seed of the dropout masks.
+
+        Shapes:
+            → (G, 3), or (mc_samples, G, 3) when ``mc_samples > 0``.
+        """
+        h = self.embedding(atomic_numbers)
+        e = self.edge_embedding(self.rbf(edge_dist))
+        for conv in self.convs:
+            h, e = conv(h, edge_index, e)
+        counts = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add(
+            0, batch, torch.ones_like(batch, dtype=h.dtype)
+        )
+        pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)[:, None]
+        if mc_samples <= 0:
+            return self.head(pooled)
+        hidden = self.head[1](self.head[0](pooled))
+        generator = torch.Generator(device=hidden.device).manual_seed(mc_seed)
+        keep = torch.rand(mc_samples, 1, hidden.shape[1], generator=generator, device=hidden.device)
+        masks = (keep >= self.config.dropout).to(hidden.dtype) / (1.0 - self.config.dropout)
+        return self.head[3](hidden * masks)
+
+    def set_unknown_embedding(self, seen: Sequence[int]) -> None:
+        """Set the UNK row (0) to the mean embedding of the elements seen in training."""
+        with torch.no_grad():
+            rows = torch.as_tensor(sorted(set(seen)), dtype=torch.long)
+            self.embedding.weight[0] = self.embedding.weight[rows].mean(0)

@@ -1,0 +1,178 @@
+"""Graph store records and the ingest worker; imports neither torch nor LMDB.
+
+A record is safetensors bytes: the graph fields of :mod:`matmeta.graphs`, ``lattice`` (3, 3)
+float64, ``frac_coords`` (N, 3) float64, ``cif`` (uint8 text) and, in the header metadata, the
+JSON ``info`` (``id``, ``source``, ``families``, ``family_errors``). Ingest workers import only
+this module (and pymatgen/spglib through io, graphs and families), so spawned workers start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matmeta.graphs import GRAPH_SCHEMA, GraphConfig
+
+_DTYPES = {"I64": np.int64, "F32": np.float32, "F64": np.float64, "U8": np.uint8}
+GRAPH_FIELDS = tuple(GRAPH_SCHEMA)
+_ITEMSIZE = {code: np.dtype(dtype).itemsize for code, dtype in _DTYPES.items()}
+
+
+# ----------------------------------------------------------------------------- records
+
+
+_CODES = {np.dtype(np.int64): "I64", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.uint8): "U8"}
+
+
+def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
+    """Safetensors bytes of one record (arrays + JSON ``info`` in the header metadata).
+
+    Written directly (the format is an 8-byte header length, a JSON header padded with spaces to
+    a multiple of 8 bytes, then the little-endian array bytes); ``safetensors.numpy.load`` reads it.
+    """
+    header: dict[str, Any] = {"__metadata__": {"info": json.dumps(info)}}
+    chunks = []
+    offset = 0
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        code = _CODES.get(array.dtype)
+        if code is None:
+            raise TypeError(f"record field {key}: unsupported dtype {array.dtype}")
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[key] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *chunks])
+
+
+def _header(raw: bytes | memoryview) -> tuple[dict[str, Any], int]:
+    (length,) = struct.unpack_from("<Q", raw, 0)
+    return json.loads(bytes(raw[8 : 8 + length])), 8 + length
+
+
+def decode_record(
+    raw: bytes, keys: Sequence[str] | None = None, with_info: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays (all, or only ``keys``) and ``info`` of a record (``{}`` unless ``with_info``).
+
+    The arrays share one private, writable copy of ``raw``.
+    """
+    header, base = _header(raw)
+    info = json.loads(header.get("__metadata__", {}).get("info", "{}")) if with_info else {}
+    buffer = bytearray(raw)
+    arrays = {}
+    for key in keys if keys is not None else [k for k in header if k != "__metadata__"]:
+        entry = header[key]
+        dtype = _DTYPES[entry["dtype"]]
+        start, end = entry["data_offsets"]
+        count = (end - start) // _ITEMSIZE[entry["dtype"]]
+        arrays[key] = np.frombuffer(buffer, dtype=dtype, count=count, offset=base + start).reshape(entry["shape"])
+    return arrays, info
+
+
+def record_info(raw: bytes) -> dict[str, Any]:
+    """Only the JSON ``info`` of a record (no array is touched)."""
+    header, _ = _header(raw)
+    return json.loads(header.get("__metadata__", {}).get("info", "{}"))
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How raw inputs are validated at ingest (stored in the store metadata).
+
+    Attributes:
+        max_atoms: Refuse cells with more atoms.
+        ordered_approximation: Replace partially occupied sites by their majority species.
+        on_isolated_atoms: ``"error"`` | ``"warn"`` | ``"ignore"`` for atoms with no neighbour.
+        allow_missing_targets: Store empty/NaN targets as NaN instead of refusing the row.
+    """
+
+    max_atoms: int = 500
+    ordered_approximation: bool = False
+    on_isolated_atoms: str = "error"
+    allow_missing_targets: bool = False
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work: where the structure comes from and what is stored with it."""
+
+    id: str
+    where: str
+    kind: str  # "cif_text" | "file"
+    payload: str
+    y: tuple[float, ...]
+    columns: tuple[tuple[str, str], ...] = ()
+
+
+def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) -> list[tuple[str, bytes, list[str]]]:
+    """Parse, validate, graph and label one item; ``[(id, record_bytes, warnings)]`` (several for multi-frame files)."""
+    from matmeta.families import all_family_keys_of
+    from matmeta.graphs import graph_arrays, targets_array, wrap_fractional
+    from matmeta.io import parse_cif_arrays, read_structure_file, structure_to_cif
+
+    options = {"max_atoms": settings.max_atoms, "ordered_approximation": settings.ordered_approximation}
+    crystals: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], str]] = []
+    if item.kind == "cif_text":
+        crystals.append((item.id, parse_cif_arrays(item.payload, item.where, **options), item.payload))
+    else:
+        text = Path(item.payload).read_text(errors="replace") if item.payload.lower().endswith(".cif") else None
+        for name, s in read_structure_file(item.payload, **options):
+            arrays_of = (
+                np.array(s.lattice.matrix, dtype=np.float64),
+                np.array(s.frac_coords, dtype=np.float64),
+                np.array(s.atomic_numbers, dtype=np.int64),
+            )
+            crystals.append((name, arrays_of, text if text is not None else structure_to_cif(s)))
+    out = []
+    for rid, (lattice, raw_frac, numbers), cif_text in crystals:
+        where = item.where if rid == item.id else f"{item.where} ({rid})"
+        frac = wrap_fractional(raw_frac)
+        arrays, warnings = graph_arrays(
+            lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where
+        )  # type: ignore[arg-type]
+        arrays["y"] = targets_array(item.y)
+        arrays["lattice"] = lattice
+        arrays["frac_coords"] = frac
+        arrays["cif"] = np.frombuffer(cif_text.encode("utf-8"), dtype=np.uint8)
+        families, family_errors = all_family_keys_of(lattice, frac, numbers, where)
+        families.update({f"column:{k}": v for k, v in item.columns})
+        info = {"id": rid, "source": where, "families": families, "family_errors": family_errors}
+        out.append((rid, encode_record(arrays, info), warnings))
+    return out
+
+
+def work_chunk(
+    chunk: list[WorkItem], config_dict: dict[str, Any], settings_dict: dict[str, Any]
+) -> list[tuple[list[tuple[str, bytes, list[str]]], str | None]]:
+    """Worker entry point (top level, so it pickles under ``spawn``): one result per item."""
+    import warnings as _warnings
+
+    from matmeta.errors import MatmetaError
+
+    config = GraphConfig.from_dict(config_dict)
+    settings = IngestSettings(**settings_dict)
+    results = []
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        for item in chunk:
+            try:
+                results.append((build_record(item, config, settings), None))
+            except MatmetaError as exc:
+                results.append(([], str(exc)))
+            except Exception as exc:  # noqa: BLE001 - one bad input must not stop the batch
+                results.append(([], f"{item.where}: {type(exc).__name__}: {exc}"))
+    return results
+
+
+def star_work(args: tuple[list[WorkItem], dict[str, Any], dict[str, Any]]) -> Any:
+    """:func:`work_chunk` with packed arguments (for ``Pool.imap``)."""
+    return work_chunk(*args)

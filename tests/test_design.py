@@ -1,0 +1,260 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matmeta.errors import MatmetaInputError
+from matmeta.validity import (
+    FingerprintScaler,
+    ReferenceSet,
+    composition_fingerprint,
+    compositional_validity,
+    coverage,
+    judge_candidates,
+    min_distance,
+    structural_validity,
+    unique_mask,
+)
+
+
+def _abx3(a: str, b: str, x=("O", "O", "O"), lattice: float = 4.0):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice.cubic(lattice), [a, b, *x], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    )
+
+
+# ----------------------------------------------------------------------------------- validity
+
+
+def test_srtio3_is_valid(srtio3):
+    ok, shortest, volume = structural_validity(srtio3)
+    assert ok
+    assert shortest == pytest.approx(3.905 / 2)  # Ti-O
+    assert volume == pytest.approx(3.905**3 / 5)
+    assert compositional_validity(srtio3.composition)
+
+
+def test_overlapping_atoms_are_flagged(srtio3):
+    bad = srtio3.copy()
+    bad.translate_sites([1], [0.05, 0.0, 0.0], frac_coords=True)  # Ti off-centre by 0.195 A: still fine
+    assert structural_validity(bad)[0]
+    bad.translate_sites([1], [0.0, 0.0, 0.45], frac_coords=True)  # Ti at (.55,.5,.95): 0.276 A from O at (.5,.5,1)
+    ok, shortest, _ = structural_validity(bad)
+    assert not ok and shortest == pytest.approx(3.905 * 0.05 * 2**0.5)
+    assert shortest == pytest.approx(min_distance(bad))
+
+
+def test_distance_to_own_periodic_image_counts():
+    from pymatgen.core import Lattice, Structure
+
+    thin = Structure(Lattice.tetragonal(0.4, 30.0), ["Sr", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert min_distance(thin) == pytest.approx(0.4)
+    assert not structural_validity(thin, volume_range=(0.0, 1e9))[0]
+
+
+def test_volume_per_atom_range(srtio3):
+    swollen = _abx3("Sr", "Ti", lattice=9.0)  # 146 A^3 per atom
+    assert not structural_validity(swollen)[0]
+    assert structural_validity(swollen, volume_range=(5.0, 200.0))[0]
+
+
+def test_charge_imbalanced_formula_is_flagged():
+    assert not compositional_validity("NaKO3")  # +1 +1 vs -6
+    assert not compositional_validity(_abx3("Cs", "K", ("F", "F", "F")).composition)
+    assert compositional_validity("BaTiO3") and compositional_validity("LaAlO3")
+
+
+def test_uniqueness_and_novelty(srtio3):
+    moved = srtio3.copy()
+    moved.translate_sites(list(range(5)), [0.25, 0.1, 0.0])  # same crystal, other origin
+    bto = _abx3("Ba", "Ti", lattice=4.01)
+    assert unique_mask([srtio3, moved, bto, bto]) == [True, False, True, False]
+    assert unique_mask([srtio3, moved], considered=[False, True]) == [False, True]
+    ref = ReferenceSet([srtio3])
+    assert ref.contains(moved) and not ref.contains(bto)
+    rows = judge_candidates([moved, bto], ref)
+    assert [r["novel"] for r in rows] == [False, True]
+    assert all(r["valid"] for r in rows)
+
+
+def test_coverage_recall_and_precision():
+    ref = [_abx3("Sr", "Ti"), _abx3("Ba", "Zr", lattice=4.2), _abx3("K", "Nb")]
+    scaler = FingerprintScaler(np.stack([composition_fingerprint(s.composition) for s in ref]))
+    assert coverage(ref, ref, scaler) == (1.0, 1.0)
+    # one of the three reference crystals, plus a far-away one: recall 1/3, precision 1/2
+    far = _abx3("Li", "Au", ("N", "N", "N"), lattice=3.0)
+    far.translate_sites([1], [0.2, 0.1, 0.0])
+    recall, precision = coverage([ref[0], far], ref, scaler)
+    assert recall == pytest.approx(1 / 3) and precision == pytest.approx(1 / 2)
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+def test_gap_window_and_impossible_requests():
+    from matmeta.design import check_request, parse_gap_window
+
+    assert parse_gap_window("2.0", 0.3) == pytest.approx((1.7, 2.3))
+    assert parse_gap_window("1.5:2.5") == (1.5, 2.5)
+    assert parse_gap_window("0.1", 0.5) == (0.0, 0.6)
+    with pytest.raises(MatmetaInputError, match="--band-gap 'abc'"):
+        parse_gap_window("abc")
+    with pytest.raises(MatmetaInputError, match="low <= high"):
+        parse_gap_window("3:1")
+    with pytest.raises(MatmetaInputError, match="nothing to generate"):
+        check_request(0, (1.7, 2.3), (0.0, 7.0))
+    with pytest.raises(MatmetaInputError, match="outside what the decoder was trained on"):
+        check_request(10, (49.7, 50.3), (0.0, 7.0))
+
+
+# ----------------------------------------------------------------------------------- training + generation
+
+
+class FixedPredictor:
+    """Test-only scorer: a fixed function of the composition (never used by the product)."""
+
+    def predict_structures(self, structures):
+        out = []
+        for s in structures:
+            gap = 2.0 if "O" in s.composition.reduced_formula else 0.0
+            out.append(
+                {
+                    "heat_ref": -1.0,
+                    "heat_ref_std": 0.1,
+                    "band_gap": gap,
+                    "band_gap_std": 0.2,
+                    "p_metal": 0.1 if gap else 0.9,
+                    "warning": None,
+                }
+            )
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, request):
+    from conftest import require_shared
+
+    from matmeta.store import ingest
+
+    source = require_shared("perovskites/perovskites.csv")
+    folder = tmp_path_factory.mktemp("store")
+    csv.field_size_limit(10**8)
+    with source.open() as handle:
+        rows = list(csv.DictReader(handle))[:400]
+    subset = folder / "perov400.csv"
+    with subset.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = folder / "perov.lmdb"
+    ingest(
+        subset, out, targets=("heat_ref", "ind_gap", "dir_gap"), id_column="material_id", workers=1, show_progress=False
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_store, tmp_path_factory):
+    from matmeta.design import meta_train_from_recipe
+
+    folder = tmp_path_factory.mktemp("gen")
+    recipe = {
+        "meta_train": {
+            "app": "generator",
+            "store": str(tiny_store),
+            "k_support": 3,
+            "k_query": 4,
+            "k_nonmetal": 1,
+            "checkpoint": str(folder / "tiny.ckpt"),
+        },
+        "model": {"latent_dim": 4, "hidden": 32},
+        "trainer": {"outer_steps": 30, "meta_batch_size": 4, "val_every": 15, "val_batches": 1, "seed": 0},
+    }
+    path = meta_train_from_recipe(recipe, folder / "recipes" / "generator.toml", steps=None)
+    return path
+
+
+def test_meta_train_writes_a_self_describing_checkpoint(tiny_generator):
+    from matmeta.checkpoint import read_metadata
+
+    meta = read_metadata(tiny_generator)
+    assert meta["kind"] == "generator" and meta["model_class"] == "CrystalCVAE"
+    assert meta["training"]["step"] == 30
+    assert set(meta["families"]) == {"train", "val", "test"}
+    assert not set(meta["families"]["train"]) & set(meta["families"]["test"])
+    assert meta["site_elements"][2] and set(meta["site_elements"][2]) <= {"O", "N", "F", "S"}
+    assert meta["gap_range_ev"][1] > 0
+
+
+def test_generate_ranks_judges_and_writes_parseable_cifs(tiny_generator, tiny_store, tmp_path):
+    from pymatgen.core import Structure
+
+    from matmeta.design import Generator, generate, training_reference, write_candidates
+
+    gen = Generator.load(tiny_generator)
+    reference = training_reference(gen, tiny_store)
+    result = generate(12, (1.5, 2.5), gen, FixedPredictor(), seed=3, reference=reference)
+    counts = [c for _, c in result.counts]
+    assert counts[0] == 12 and all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+    assert sorted(r["rank"] for r in result.rows) == list(range(1, 13))
+    best = min(result.rows, key=lambda r: r["rank"])
+    if counts[-1]:
+        assert best["in_window"] and best["unique"]
+    path = write_candidates(result, tmp_path / "cands")
+    with path.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["rank"]) for r in table] == list(range(1, 13))
+    for row in table:
+        if row["cif"]:
+            s = Structure.from_file(tmp_path / "cands" / row["cif"])
+            assert s.composition.reduced_formula == row["formula"]
+    assert not list((tmp_path / "cands").glob("*.tmp"))
+    again = generate(12, (1.5, 2.5), gen, FixedPredictor(), seed=3, reference=reference)
+    assert [s.composition.formula for s in again.structures] == [s.composition.formula for s in result.structures]
+
+
+def test_family_adaptation_moves_the_decoder(tiny_generator, srtio3):
+    import torch
+
+    from matmeta.design import Generator
+
+    gen = Generator.load(tiny_generator)
+    examples = [srtio3.copy() for _ in range(3)]
+    species, angles, lattice = gen.encode_structures(examples)
+    before = gen.sample(64, None, seed=1)
+    gen.adapt(examples, seed=0, steps=10)
+    assert gen.fast is not None
+    after = gen.sample(64, None, seed=1)
+    sr_ti = lambda ss: sum(s[0].specie.symbol == "Sr" or s[1].specie.symbol == "Ti" for s in ss)  # noqa: E731
+    assert sr_ti(after) > sr_ti(before)
+    gen.reset()
+    assert [s.composition for s in gen.sample(64, None, seed=1)] == [s.composition for s in before]
+    assert torch.isfinite(angles).all()
+
+
+def test_element_constraints(tiny_generator):
+    from matmeta.design import Generator
+
+    gen = Generator.load(tiny_generator)
+    with pytest.raises(MatmetaInputError, match="'Xx' is not an element"):
+        gen.element_mask(["Xx"])
+    with pytest.raises(MatmetaInputError, match="no allowed element left for the anion"):
+        gen.element_mask(exclude=["O", "N", "F", "S"])
+    allowed = ["Sr", "Ba", "Ti", "Zr", "O"]
+    allowed = [e for e in allowed if e in gen.elements]
+    mask = gen.element_mask(allowed)
+    for s in gen.sample(20, None, seed=0, element_mask=mask):
+        assert {e.symbol for e in s.composition} <= set(allowed)
+
+
+def test_repository_recipe_is_loadable():
+    from matmeta.design import GeneratorTrainConfig
+    from matmeta.recipes import config_from_dict, load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "generator.toml")
+    assert recipe["meta_train"]["app"] == "generator"
+    cfg = config_from_dict(GeneratorTrainConfig, {k: v for k, v in recipe["meta_train"].items() if k != "app"})
+    assert cfg.family_by == "b_site"

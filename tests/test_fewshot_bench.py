@@ -1,0 +1,68 @@
+"""Pieces of the few-shot benchmark that can be checked exactly (the full run is `matmeta bench`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_roc_auc_known_values():
+    from matmeta.bench.fewshot import roc_auc
+
+    positive = np.array([True, True, False, False])
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), positive) == 1.0
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), positive) == 0.0
+    assert roc_auc(np.array([0.9, 0.2, 0.8, 0.1]), positive) == 0.75
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), positive) == 0.5  # ties count half
+    assert math.isnan(roc_auc(np.array([0.1, 0.2]), np.array([True, True])))
+
+
+def test_mean_ci95():
+    from matmeta.predictor_data import mean_ci95
+
+    mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def _table(families):
+    from matmeta.predictor_data import GraphTable, TargetStats
+
+    n = len(families)
+    graph = (torch.tensor([8, 22]), torch.tensor([[0, 1], [1, 0]]), torch.tensor([2.0, 2.0]))
+    heat = np.arange(n, dtype=float)
+    gap = np.where(np.arange(n) % 3 == 0, 2.0, 0.0)
+    stats = TargetStats.fit(heat, gap, np.full(n, 2.0))
+    return GraphTable(
+        [graph] * n, stats.encode(heat, gap, np.full(n, 2.0)), heat, gap, families, [str(i) for i in range(n)]
+    )
+
+
+def test_episodes_are_disjoint_within_one_family_and_seeded():
+    from matmeta.bench.fewshot import make_episodes
+
+    families = ["Ti"] * 30 + ["Zr"] * 25 + ["tiny"] * 3
+    table = _table(families)
+    episodes = make_episodes(table, ["Ti", "Zr", "tiny"], k=5, per_family=4, query=10, seed=1)
+    assert len(episodes) == 8  # "tiny" has fewer than k + 2 members
+    for family, support, query in episodes:
+        assert len(support) == 5 and len(query) == 10
+        assert not set(support) & set(query)
+        assert {families[i] for i in (*support, *query)} == {family}
+    again = make_episodes(table, ["Ti", "Zr", "tiny"], k=5, per_family=4, query=10, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(episodes, again, strict=True))
+
+
+def test_adam_finetune_leaves_the_pooled_model_untouched():
+    from matmeta.bench.fewshot import adam_finetune
+    from matmeta.models.gnn import CrystalGNN, GNNConfig
+
+    table = _table(["Ti"] * 12)
+    model = CrystalGNN(GNNConfig(hidden=8, layers=1, n_rbf=4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = adam_finetune(model, table, np.arange(6), steps=3, lr=1e-2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())

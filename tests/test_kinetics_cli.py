@@ -1,0 +1,71 @@
+import csv
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fit_demo_points_with_plot_and_csv(tmp_path):
+    from typer.testing import CliRunner
+
+    from matmeta.cli import app
+
+    out, plot = tmp_path / "fits.csv", tmp_path / "fits.png"
+    result = CliRunner().invoke(
+        app, ["jmak", "fit", str(REPO / "data" / "jmak_points.csv"), "--out", str(out), "--plot", str(plot)]
+    )
+    assert result.exit_code == 0, result.output
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+    with out.open() as handle:
+        rows = {r["curve"]: r for r in csv.DictReader(handle)}
+    assert len(rows) == 4 and all(r["method"] == "maml" and r["ok"] == "True" for r in rows.values())
+    for row in rows.values():
+        assert all(math.isfinite(float(row[c])) for c in ("ln_k", "ln_k_std", "n", "n_std", "t50_s", "residual_rms"))
+        assert float(row["t10_s"]) < float(row["t50_s"]) < float(row["t90_s"])
+    # documented truth (matmeta.kinetics.synthetic.DEMO_CURVES): t50 = 3600 s, n = 1.5 from 3 points
+    assert 0.5 < float(rows["AlCu_ageing_190C"]["t50_s"]) / 3600 < 2
+    assert 0.6 < float(rows["Cu_recrystallisation_250C"]["n"]) / 3.0 < 1.4
+    assert "t50" in result.output and f"fits: {out}" in result.output
+
+
+def test_fit_accepts_the_ttt_table_after_cleaning(ttt_csv, capsys, tmp_path):
+    from matmeta.commands.jmak import run_fit
+
+    assert run_fit(ttt_csv, method="avrami", out=tmp_path / "f.csv") == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 19 and all("dropped" in w for w in warnings)
+    with (tmp_path / "f.csv").open() as handle:
+        rows = {r["curve"]: r for r in csv.DictReader(handle)}
+    assert len(rows) == 88 and rows["Bainite@327.6C"]["points"] == "3"
+    # t_10 and t_90 are points of the fit: the fitted t10/t90 lie close to them
+    assert abs(float(rows["Bainite@327.6C"]["t90_s"]) / 297 - 1) < 0.1
+
+
+def test_unknown_method_is_refused():
+    import pytest
+
+    from matmeta.errors import MatmetaInputError
+    from matmeta.kinetics.api import fit_curves
+    from matmeta.kinetics.data import read_points
+
+    curves = read_points(REPO / "data" / "jmak_points.csv", on_error=lambda m: None)
+    with pytest.raises(MatmetaInputError, match="spline"):
+        fit_curves(curves, method="spline")
+
+
+def test_bench_quick_runs_both_parts(tmp_path, ttt_csv, monkeypatch, capsys):
+    from matmeta.bench.jmak import run
+    from matmeta.recipes import load_recipe
+
+    monkeypatch.setenv("MATMETA_SHARED_DATA", str(ttt_csv.parents[1]))
+    recipe = load_recipe(REPO / "recipes" / "jmak.toml")
+    recipe["bench"]["out_dir"] = str(tmp_path)
+    run(recipe, REPO / "recipes" / "jmak.toml", quick=True)
+    text = capsys.readouterr().out
+    assert "held-out synthetic" in text and "leave-one-phase-out" in text
+    with (tmp_path / "synthetic.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and {r["method"] for r in rows} == {"MAML", "Avrami", "curve_fit"}
+    assert all(r["failures"] == "0" for r in rows if r["method"] == "MAML")
+    assert (tmp_path / "ttt.csv").exists()
