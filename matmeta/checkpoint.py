@@ -62,18 +62,19 @@ def _open(path: Path) -> tuple[None, dict[str, Any]]:
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a .ckpt file")
-    with path.open("rb") as handle:
-        head = handle.read(8)
-    if head[:1] == _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]:
-        raise CheckpointError(
-            f"{path}: refused: a pickled file (torch.save/pickle) can run code; matmeta reads safetensors only"
-        )
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("matmeta")
     except Exception as exc:
+        with path.open("rb") as stream:
+            head = stream.read(4)
+        # Only after safetensors failed: a safetensors header length may itself start with 0x80.
+        if head[:1] == _PICKLE_MAGIC[0] or head == _PICKLE_MAGIC[1]:
+            raise CheckpointError(
+                f"{path}: refused: a pickled file (torch.save/pickle) can run code; matmeta reads safetensors only"
+            ) from None
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if raw is None:
         raise CheckpointError(f"{path}: safetensors file without matmeta metadata")

@@ -774,7 +774,8 @@ def generate(
         key=lambda i: (
             not (rows[i]["in_window"] and rows[i]["unique"]),
             not rows[i]["valid"],
-            not bool(rows[i].get("novel", True)),
+            not rows[i]["unique"],
+            rows[i].get("novel") is False,
             abs(rows[i]["band_gap_ev"] - centre) + 10.0 * rows[i]["p_metal"],
             rows[i]["heat_ref_ev_per_cell"],
         ),

@@ -202,6 +202,8 @@ def download(
     finally:
         for path in staging.values():
             path.unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()  # a failed first download leaves nothing behind
     return folder
 
 

@@ -126,7 +126,10 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
         if header is None:
             return None  # stray value
         in_values = True
-        values.extend(_TOKEN.findall(line))
+        tokens = _TOKEN.findall(line)
+        if any(token[0] == "#" for token in tokens):
+            return None  # trailing comment: the general parser knows where the row ends
+        values.extend(tokens)
     if blocks != 1:
         return None
 
@@ -269,7 +272,7 @@ def parse_cif_arrays(
 
     if "\x00" in text:
         raise MatmetaInputError(f"{name}: binary data, not a CIF")
-    if "_cell_length_a" not in text and "_cell_length_A" not in text:
+    if "_cell_length_a" not in text and "_cell_length_a" not in text.lower():
         raise MatmetaInputError(f"{name}: not a CIF (no _cell_length_a)")
     fast = _fast_p1_cif(text, name)
     if fast is None:

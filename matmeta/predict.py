@@ -57,6 +57,7 @@ class MAMLSettings:
         learn_inner_lr: Meta-SGD rates (one per parameter tensor, or per element).
         per_element_lr: one rate per weight element.
         adapt: parameters the inner loop changes: ``"all"``, ``"head"`` (ANIL) or ``"re:<regex>"``.
+        lr_gain: Meta-SGD rates are ``exp(lr_gain · θ)``; > 1 lets the outer loop move them faster.
     """
 
     inner_lr: float = 0.01
@@ -65,12 +66,39 @@ class MAMLSettings:
     learn_inner_lr: bool = True
     per_element_lr: bool = False
     adapt: str = "all"
+    lr_gain: float = 1.0
+
+
+class PredictorMAML(MAML):
+    """The engine with Meta-SGD rates parameterised as ``α = exp(gain · θ)`` (``θ`` stored in ``log_lrs``).
+
+    With one outer learning rate η for all meta-parameters (the trainer's Adam), ``log α`` moves
+    at most ~η per outer step, so with η = 3e-4 the rates stay at their initial value for hundreds
+    of steps (measured: 0.0100 → 0.0099 after 250 steps). A gain lets the rates move ``gain``
+    times faster without touching the weights' step size. ``gain = 1`` is the engine's own MAML.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr_gain: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.lr_gain = float(lr_gain)
+        if self.lr_gain <= 0:
+            raise ValueError(f"lr_gain must be > 0, got {lr_gain}")
+        with torch.no_grad():
+            for value in self.log_lrs.values():
+                value.div_(self.lr_gain)
+
+    def lr(self, name: str) -> Tensor | float:
+        """Inner step size for parameter ``name``."""
+        if not self.learn_inner_lr:
+            return self.inner_lr
+        return (self.log_lrs[self._key(name)] * self.lr_gain).exp()
 
 
 def build_maml(model_config: GNNConfig, settings: MAMLSettings) -> MAML:
     """A fresh ``CrystalGNN`` wrapped in the engine with ``settings``."""
-    return MAML(
+    return PredictorMAML(
         CrystalGNN(model_config),
+        lr_gain=settings.lr_gain,
         inner_lr=settings.inner_lr,
         inner_steps=settings.inner_steps,
         first_order=settings.first_order,

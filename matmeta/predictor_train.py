@@ -365,6 +365,22 @@ def predictor_metadata(
     }
 
 
+def _cached_pooled(path: Path, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """Weights of a pooled network cached at ``path`` when it was trained with the same ``key``."""
+    import json
+
+    from matmeta.checkpoint import load_checkpoint
+
+    if not path.exists():
+        return None
+    try:
+        tensors, metadata = load_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a broken cache is simply retrained
+        return None
+    same = json.loads(json.dumps(metadata.get("pooled_key"))) == json.loads(json.dumps(key))
+    return tensors if same else None
+
+
 def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = None, steps: int | None = None) -> Path:
     """Meta-train the predictor described by ``recipe``; returns the checkpoint path."""
     from matmeta.checkpoint import save_checkpoint
@@ -405,12 +421,17 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     maml = build_maml(cfg.model, cfg.maml)
     seed = trainer_cfg.seed
     if cfg.pretrain.epochs > 0:
-        pooled = train_pooled(
-            table, train_idx, cfg.model, cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr, seed
-        )
         key = pooled_key(family_split.train, cfg.model, cfg.pretrain, seed, stats, len(table))
-        save_checkpoint(work / "pooled.ckpt", pooled.state_dict(), {"kind": "pooled-cache", "pooled_key": key})
-        maml.model.load_state_dict(pooled.state_dict())
+        state = _cached_pooled(work / "pooled.ckpt", key)
+        if state is None:
+            pooled = train_pooled(
+                table, train_idx, cfg.model, cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr, seed
+            )
+            state = pooled.state_dict()
+            save_checkpoint(work / "pooled.ckpt", state, {"kind": "pooled-cache", "pooled_key": key})
+        else:
+            console.print(f"pooled pretraining: reusing {work / 'pooled.ckpt'} (same data, split, config and seed)")
+        maml.model.load_state_dict(state)
     train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
     val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
     metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)

@@ -606,6 +606,9 @@ def ingest(
                 for rid, blob, warnings in records:
                     for message in warnings:
                         warn(message)
+                    if rid in present:  # e.g. a frame of a multi-frame file stored by an interrupted run
+                        report.already_present += 1
+                        continue
                     if rid in seen:
                         message = f"{rid}: duplicate id (already stored)"
                         report.errors.append(message)

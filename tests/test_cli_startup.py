@@ -9,7 +9,8 @@ import sys
 def test_help_imports_no_heavy_modules():
     code = (
         "import sys, matmeta.cli\n"
-        "heavy = [m for m in ('torch', 'torch_geometric', 'pymatgen', 'ase', 'scipy', 'matplotlib') if m in sys.modules]\n"
+        "names = ('torch', 'torch_geometric', 'pymatgen', 'ase', 'scipy', 'matplotlib')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -171,7 +171,7 @@ def tiny_generator(tiny_store, tmp_path_factory):
             "checkpoint": str(folder / "tiny.ckpt"),
         },
         "model": {"latent_dim": 4, "hidden": 32},
-        "trainer": {"outer_steps": 30, "meta_batch_size": 4, "val_every": 15, "val_batches": 1, "seed": 0},
+        "trainer": {"outer_steps": 20, "meta_batch_size": 4, "val_every": 15, "val_batches": 1, "seed": 0},
     }
     path = meta_train_from_recipe(recipe, folder / "recipes" / "generator.toml", steps=None)
     return path
@@ -182,7 +182,7 @@ def test_meta_train_writes_a_self_describing_checkpoint(tiny_generator):
 
     meta = read_metadata(tiny_generator)
     assert meta["kind"] == "generator" and meta["model_class"] == "CrystalCVAE"
-    assert meta["training"]["step"] == 30
+    assert meta["training"]["step"] == 20
     assert set(meta["families"]) == {"train", "val", "test"}
     assert not set(meta["families"]["train"]) & set(meta["families"]["test"])
     assert meta["site_elements"][2] and set(meta["site_elements"][2]) <= {"O", "N", "F", "S"}

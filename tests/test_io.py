@@ -56,6 +56,12 @@ def test_symmetrized_cif_uses_the_general_parser(nacl):
     assert len(structure) == 8 and structure.composition.reduced_formula == "NaCl"
 
 
+def test_trailing_comment_in_a_row(srtio3):
+    text = str(CifWriter(srtio3)).replace("  0.50000000  1\n", "  0.50000000  1  # body centre\n", 1)
+    assert "# body centre" in text and _fast_p1_cif(text, "x") is None
+    assert canonical(parse_cif(text, "x"))[0].tolist() == canonical(srtio3)[0].tolist()
+
+
 def test_uncertainties_and_oxidation_states(srtio3):
     text = str(CifWriter(srtio3)).replace("3.90500000", "3.905(2)")
     assert "3.905(2)" in text

@@ -234,3 +234,16 @@ def test_records_are_safetensors_and_the_store_pickles(tmp_path, srtio3):
         store, batch_size=1, num_workers=2, multiprocessing_context="fork", collate_fn=lambda items: items
     )
     assert [batch[0].num_nodes for batch in forked] == [5]
+
+
+def test_multi_frame_file_is_resumable(tmp_path, nacl, cu):
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    ase.io.write(tmp_path / "two.extxyz", [AseAtomsAdaptor.get_atoms(s) for s in (nacl, cu)], format="extxyz")
+    errors = []
+    first = ingest(tmp_path / "two.extxyz", tmp_path / "x.lmdb", workers=1, on_error=quiet(errors))
+    again = ingest(tmp_path / "two.extxyz", tmp_path / "x.lmdb", workers=1, on_error=quiet(errors))
+    assert (first.added, again.added, again.already_present, errors) == (2, 0, 2, [])
+    store = GraphStore(tmp_path / "x.lmdb")
+    assert store.ids == ["two:0", "two:1"] and [store[i].num_nodes for i in range(2)] == [8, 4]

@@ -236,13 +236,23 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     ]
     print_table(
         f"inverse design, window ±{cfg.tolerance:g} eV, {cfg.n} candidates per method and target "
-        f"({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s)",
+        f"({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s; decoder {_digest(gen.path)}, "
+        f"predictor {_digest(predictor.path)})",
         columns,
         rows,
         digits=3,
     )
     _summary(rows, cfg)
     _write(rows, columns, root / cfg.out_dir if not cfg.out_dir.is_absolute() else cfg.out_dir)
+
+
+def _digest(path: Path | None) -> str:
+    """File name and the first 8 hex digits of its SHA-256 (which checkpoint gave the numbers)."""
+    import hashlib
+
+    if path is None:
+        return "?"
+    return f"{Path(path).name}#{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]}"
 
 
 def _summary(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:

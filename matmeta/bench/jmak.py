@@ -66,7 +66,7 @@ class BenchConfig:
     speed_curves: int = 200_000
     ttt_csv: str = "jmak/ttt_steel.csv"
     ttt_steps: int = 150
-    ttt_lr: float = 0.003
+    ttt_lr: float = 0.02
     ttt_noise: float = 0.005
     repeats: int = 3
     threads: int = 1

@@ -36,6 +36,7 @@ def run_fit(
     out: Path | None = None,
     plot: Path | None = None,
     level: float = 0.9,
+    steps: int | None = None,
 ) -> int:
     """Fit every good curve of ``points``, print the table, write outputs; returns the number of bad items."""
     from matmeta.console import print_table, report_error, warn
@@ -59,7 +60,9 @@ def run_fit(
         curves = read_points(points, on_error=on_error)
     if not curves:
         raise MatmetaInputError(f"{points}: no curve could be read")
-    result = fit_curves(curves, method=method, prior=prior, noise=noise)
+    if steps is not None and steps < 0:
+        raise MatmetaInputError(f"--steps {steps}: must be >= 0")
+    result = fit_curves(curves, method=method, prior=prior, noise=noise, steps=steps)
     rows = result.rows()
     for row in rows:
         if not row["ok"]:
@@ -107,9 +110,10 @@ def fit(
     out: Path = typer.Option(None, "--out", help="Write the fits as CSV."),
     plot: Path = typer.Option(None, "--plot", help="Plot data, fits and uncertainty bands (e.g. fits.png)."),
     level: float = typer.Option(0.9, "--level", help="Coverage of the plotted band."),
+    steps: int = typer.Option(None, "--steps", help="Inner steps of the MAML fit (default: the prior's)."),
 ) -> None:
     """Fit k and n of every curve; prints k, ln k, n (± 1σ), t10/t50/t90 and the residual."""
-    if run_fit(points, method, prior, noise, out, plot, level):
+    if run_fit(points, method, prior, noise, out, plot, level, steps):
         raise typer.Exit(1)
 
 

@@ -101,6 +101,7 @@ def fit_curves(
     prior: str | Path | None = None,
     noise: float | None = None,
     maml: Any = None,
+    steps: int | None = None,
 ) -> CurveFits:
     """Fit every curve (batched), with Laplace uncertainty and derived times.
 
@@ -110,6 +111,7 @@ def fit_curves(
         prior: prior checkpoint for ``maml`` (None: the shipped one).
         noise: measurement σ of the fractions (default: the prior's, else 0.02).
         maml: an already loaded prior (skips loading ``prior``).
+        steps: inner steps of the ``maml`` fit (default: the prior's own).
 
     Raises:
         MatmetaInputError: unknown method or no curves.
@@ -128,7 +130,7 @@ def fit_curves(
             maml, metadata = load_prior(prior)
             noise = float(metadata["model_config"]["noise"]) if noise is None else noise
         noise = DEFAULT_NOISE if noise is None else noise
-        fits = fit_maml(maml, time_s, fraction, mask, noise)
+        fits = fit_maml(maml, time_s, fraction, mask, noise, steps=steps)
         prior_prec = maml.model.prior_precision().detach().double()
     elif method == "avrami":
         fits = fit_avrami(time_s, fraction, mask)

@@ -11,6 +11,11 @@ no initial guess is needed. Results are mapped back to seconds at the end.
 * ``least-squares``: scipy ``curve_fit`` (Levenberg–Marquardt) started from the linearisation.
 * ``avrami``: linear regression of ln(−ln(1 − X)) on ln t over the points with 0 < X < 1.
 
+Known limit of ``maml``: the inner loop is a fixed number of gradient steps on the squared error
+in X, and where every point sits at X ≲ 5 % (dX/dz ≈ X) those steps move the parameters little —
+the prior then dominates although the data are precise. For such curves (e.g. TTT start/10 %
+readings) use more ``steps``, a smaller ``noise``, or ``least-squares``.
+
 The loss is the mean over a curve's points of :func:`per_example_loss`; :func:`collate` turns
 one curve's (time, fraction) items into a batch (both are what ``matmeta.explain`` uses).
 """
