@@ -3,7 +3,7 @@
 Pipeline of :func:`generate`::
 
     decoder (optionally adapted to a family from a few example CIFs with the MAML inner loop)
-      → sample n cells conditioned on (non-metal, gap), with classifier-free guidance on the species
+      → sample n cells conditioned on (non-metal, gap); optional classifier-free guidance on the species
                                                                     [steering 1: conditioning]
       → structural / compositional validity, uniqueness, novelty     [matmeta.validity]
       → band gap, metal probability, formation energy by the predictor
@@ -723,7 +723,7 @@ def generate(
     reference: Any | None = None,
     conditional: bool = True,
     temperature: float = 1.0,
-    guidance: float = 3.0,
+    guidance: float = 0.0,
 ) -> GenerationResult:
     """Sample, judge, score and rank ``n`` candidates for a band-gap window.
 
@@ -828,7 +828,7 @@ class DesignRequest:
     seed: int = 0
     elements: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
-    guidance: float = 3.0
+    guidance: float = 0.0
     temperature: float = 1.0
 
 

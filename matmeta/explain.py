@@ -342,8 +342,8 @@ def leave_one_out(
         if batched:
             without, loo_loss = _leave_one_out_vmap(maml, collate(items), n, per_example_loss, query_fn, steps)
             return predictions, predictions[None, :] - without, loo_loss
-        influence = torch.empty(n, predictions.shape[0], dtype=predictions.dtype)
-        loo_loss = torch.empty(n, dtype=predictions.dtype)
+        influence = torch.empty(n, predictions.shape[0], dtype=predictions.dtype, device=predictions.device)
+        loo_loss = torch.empty(n, dtype=predictions.dtype, device=predictions.device)
         for i in range(n):
             rest = [item for j, item in enumerate(items) if j != i]
             fast = maml.adapt(collate(rest), _mean_loss(per_example_loss, n - 1), steps=steps, create_graph=False)
@@ -373,7 +373,8 @@ def _leave_one_out_vmap(
         for name, p in model.named_parameters()
         if name in adapted
     }
-    weights = torch.full((n, n), n / (n - 1), dtype=next(iter(fast.values())).dtype)
+    like = next(iter(fast.values()))
+    weights = torch.full((n, n), n / (n - 1), dtype=like.dtype, device=like.device)
     weights.fill_diagonal_(0.0)
 
     def forward_at(params: Params) -> Forward:
@@ -432,8 +433,8 @@ def weight_gradients(
     n = len(items)
     batch = collate(items)
     with _eval_mode(maml):
-        dtype = next(iter(maml.meta_parameters().values())).dtype
-        weights = torch.ones(n, dtype=dtype, requires_grad=True)
+        like = next(iter(maml.meta_parameters().values()))
+        weights = torch.ones(n, dtype=like.dtype, device=like.device, requires_grad=True)
         loss_fn = _weighted_loss(per_example_loss, weights)
         steps = maml.inner_steps if steps is None else steps
         if not first_order:
@@ -455,14 +456,14 @@ def _jacobian_wrt_weights(predictions: Tensor, weights: Tensor) -> Tensor:
         predictions: (m,); weights: (n,); returns (n, m).
     """
     n, m = weights.shape[0], predictions.shape[0]
-    grads = torch.zeros(n, m, dtype=weights.dtype)
+    grads = torch.zeros(n, m, dtype=weights.dtype, device=weights.device)
     if m == 0 or not predictions.requires_grad:
         return grads
     try:
         (batched,) = torch.autograd.grad(
             predictions,
             weights,
-            grad_outputs=torch.eye(m, dtype=predictions.dtype),
+            grad_outputs=torch.eye(m, dtype=predictions.dtype, device=predictions.device),
             is_grads_batched=True,
             retain_graph=True,
             allow_unused=True,
@@ -626,9 +627,9 @@ def explain_adaptation(
         start = time.perf_counter()
         _, estimate = approx_influence(maml, items, collate, per_example_loss, query_fn, steps, first_order)
         seconds["approx"] = time.perf_counter() - start
-        approx_np = estimate.numpy().astype(float)
-    loo_np = loo.numpy().astype(float)
-    loss_np = loo_loss.numpy().astype(float)
+        approx_np = estimate.cpu().numpy().astype(float)
+    loo_np = loo.cpu().numpy().astype(float)
+    loss_np = loo_loss.cpu().numpy().astype(float)
     if not np.isfinite(loss_np).all() or not np.isfinite(loo_np).all():
         raise MatmetaError("an adaptation produced a non-finite loss or prediction; check the support labels")
     correlation = np.array(
@@ -637,7 +638,7 @@ def explain_adaptation(
     return Explanation(
         support_names=support_names,
         query_names=query_names,
-        predictions=predictions.numpy().astype(float),
+        predictions=predictions.cpu().numpy().astype(float),
         loo=loo_np,
         approx=approx_np,
         loo_loss=loss_np,

@@ -8,6 +8,7 @@ this module (and pymatgen/spglib through io, graphs and families), so spawned wo
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Sequence
@@ -58,6 +59,47 @@ def _header(raw: bytes | memoryview) -> tuple[dict[str, Any], int]:
     return json.loads(bytes(raw[8 : 8 + length])), 8 + length
 
 
+_META_PREFIX = b'{"__metadata__":{"info":'
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(layout_json: bytes, keys: tuple[str, ...]) -> tuple[tuple[str, Any, int, int, tuple[int, ...]], ...]:
+    """(key, dtype, start, count, shape) of ``keys`` from the array part of a header.
+
+    Cached: records with the same shapes (and CIF length) share a layout, so most reads skip JSON.
+    """
+    entries = json.loads(layout_json)
+    plan = []
+    for key in keys:
+        entry = entries[key]
+        start, end = entry["data_offsets"]
+        code = entry["dtype"]
+        plan.append((key, _DTYPES[code], start, (end - start) // _ITEMSIZE[code], tuple(entry["shape"])))
+    return tuple(plan)
+
+
+def decode_arrays(raw: bytes, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Only the arrays ``keys`` of a record, fast (the read path of ``GraphStore[i]``).
+
+    Headers written by :func:`encode_record` start with the metadata entry; the rest of the
+    header (the array layout) is the cache key of :func:`_layout`. The arrays share one private,
+    writable copy of ``raw``.
+    """
+    (length,) = struct.unpack_from("<Q", raw, 0)
+    header = raw[8 : 8 + length]
+    if header.startswith(_META_PREFIX):
+        end = header.find(b'"},"', len(_META_PREFIX))  # an escaped string never holds `"},"`
+        layout_json = b"{" + header[end + 3 :] if end >= 0 else header
+    else:
+        layout_json = header
+    buffer = bytearray(raw)
+    base = 8 + length
+    return {
+        key: np.frombuffer(buffer, dtype=dtype, count=count, offset=base + start).reshape(shape)
+        for key, dtype, start, count, shape in _layout(bytes(layout_json), keys)
+    }
+
+
 def decode_record(
     raw: bytes, keys: Sequence[str] | None = None, with_info: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -65,6 +107,8 @@ def decode_record(
 
     The arrays share one private, writable copy of ``raw``.
     """
+    if not with_info and keys is not None:
+        return decode_arrays(raw, tuple(keys)), {}
     header, base = _header(raw)
     info = json.loads(header.get("__metadata__", {}).get("info", "{}")) if with_info else {}
     buffer = bytearray(raw)

@@ -442,6 +442,25 @@ def plan_items(
     return items, errors
 
 
+def _worker_pool(processes: int, start_method: str | None) -> Any:
+    """A process pool for :func:`matmeta.records.work_chunk`.
+
+    With ``fork`` the heavy modules the workers need are imported here first, once, and the
+    children inherit them; with ``spawn``/``forkserver`` each worker imports them itself.
+    """
+    import multiprocessing
+
+    method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    if method == "fork":
+        import pymatgen.core  # noqa: F401 - inherited by the forked workers
+        import pymatgen.optimization.neighbors  # noqa: F401
+        import spglib  # noqa: F401
+
+        import matmeta.families  # noqa: F401
+        import matmeta.io  # noqa: F401
+    return multiprocessing.get_context(method).Pool(processes=processes)
+
+
 def _new_metadata(config: GraphConfig, targets: Sequence[str], settings: IngestSettings) -> dict[str, Any]:
     from matmeta import __version__
 
@@ -492,6 +511,7 @@ def ingest(
     show_progress: bool | None = None,
     on_error: Any = None,
     on_batch: Any = None,
+    start_method: str | None = None,
 ) -> IngestReport:
     """Build or complete a graph store from structure sources.
 
@@ -511,13 +531,16 @@ def ingest(
             files, the id column of ``targets_csv`` (default ``id``).
         targets_csv: Targets for structure files, keyed by file stem.
         settings: Validation settings (see :class:`IngestSettings`).
-        workers: Processes (``spawn``); 1 runs in this process.
+        workers: Worker processes; 1 runs in this process.
         batch_size: Records per write transaction.
         chunk_size: Items per task sent to a worker.
         limit: Only the first ``limit`` items (after skipping those already stored).
         show_progress: Force the progress bar on or off (default: when stderr is a terminal).
         on_error: Called with each error line.
         on_batch: Called with the store's record count after each committed batch.
+        start_method: ``"fork"`` (default where available: workers share the modules this process
+            imported, no start-up cost), ``"forkserver"`` or ``"spawn"`` (workers import
+            :mod:`matmeta.records` afresh; everything they run is importable and picklable).
 
     Returns:
         An :class:`IngestReport`.
@@ -526,8 +549,6 @@ def ingest(
         MatmetaInputError: an unusable whole input (missing file, missing column).
         StoreError: the existing store has other graph settings, other targets, or a newer format.
     """
-    import multiprocessing
-
     from matmeta.console import progress, report_error, warn
 
     started = time.perf_counter()
@@ -619,20 +640,26 @@ def ingest(
                 if len(pending) >= batch_size:
                     flush()
 
-        with progress(disable=None if show_progress is None else not show_progress) as bar:
-            task = bar.add_task("ingest", total=len(todo))
-            if workers <= 1 or len(chunks) <= 1:
-                for chunk in chunks:
-                    consume(work_chunk(chunk, config_dict, settings_dict))
-                    bar.advance(task, len(chunk))
-            else:
-                context = multiprocessing.get_context("spawn")
-                with context.Pool(processes=min(workers, len(chunks))) as pool:
+        pool = None
+        if workers > 1 and len(chunks) > 1:
+            pool = _worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
+        try:
+            with progress(disable=None if show_progress is None else not show_progress) as bar:
+                task = bar.add_task("ingest", total=len(todo))
+                if pool is None:
+                    for chunk in chunks:
+                        consume(work_chunk(chunk, config_dict, settings_dict))
+                        bar.advance(task, len(chunk))
+                else:
                     jobs = ((chunk, config_dict, settings_dict) for chunk in chunks)
                     for chunk, results in zip(chunks, pool.imap(star_work, jobs), strict=True):
                         consume(results)
                         bar.advance(task, len(chunk))
-            flush()
+                flush()
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
         report.total = int(meta["count"])
     finally:
         env.close()

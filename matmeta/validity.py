@@ -57,7 +57,8 @@ def structural_validity(
     """``(valid, shortest distance Å, volume per atom Å³)``; a degenerate cell is invalid."""
     try:
         volume = float(structure.volume) / len(structure)
-        shortest = min_distance(structure)
+        with np.errstate(invalid="ignore", divide="ignore"):  # degenerate cells: LLL divides by zero
+            shortest = min_distance(structure)
     except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
         return False, float("nan"), float("nan")
     ok = bool(np.isfinite(shortest) and shortest >= min_distance_ang and volume_range[0] <= volume <= volume_range[1])

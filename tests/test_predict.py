@@ -214,3 +214,18 @@ def test_mismatched_checkpoint_is_refused(tmp_path, change, message):
     path = save_checkpoint(tmp_path / "other.ckpt", predictor.maml.state_dict(), metadata)
     with pytest.raises(CheckpointError, match=message):
         Predictor.load(path)
+
+
+def test_lr_gain_keeps_initial_rate_and_scales_its_gradient():
+    from matmeta.models.gnn import GNNConfig
+    from matmeta.predict import MAMLSettings, build_maml
+
+    plain = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=1.0))
+    fast = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=30.0))
+    name = fast.adapt_names[0]
+    assert float(fast.lr(name)) == pytest.approx(0.02) == float(plain.lr(name))
+    fast.lr(name).backward()
+    plain.lr(name).backward()
+    key = name.replace(".", "__")
+    assert float(fast.log_lrs[key].grad) == pytest.approx(30 * 0.02, rel=1e-5)
+    assert float(plain.log_lrs[key].grad) == pytest.approx(0.02, rel=1e-5)

@@ -41,7 +41,7 @@ def quiet(errors):
 
 def test_ingest_300_perovskites(slice_csv, tmp_path):
     path, rows = slice_csv
-    report = ingest(path, tmp_path / "p.lmdb", targets=TARGETS, id_column="material_id", workers=1)
+    report = ingest(path, tmp_path / "p.lmdb", targets=TARGETS, id_column="material_id", workers=2)  # forked workers
     assert report.ok and report.added == 300 and report.total == 300
     store = GraphStore(tmp_path / "p.lmdb")
     assert len(store) == 300 and store.target_names == TARGETS
@@ -195,6 +195,7 @@ def test_structure_files_with_targets_and_two_workers(tmp_path, nacl, cu, srtio3
         targets=("gap",),
         targets_csv=targets,
         workers=2,
+        start_method="spawn",
         chunk_size=1,
         on_error=quiet(errors),
     )
@@ -247,3 +248,22 @@ def test_multi_frame_file_is_resumable(tmp_path, nacl, cu):
     assert (first.added, again.added, again.already_present, errors) == (2, 0, 2, [])
     store = GraphStore(tmp_path / "x.lmdb")
     assert store.ids == ["two:0", "two:1"] and [store[i].num_nodes for i in range(2)] == [8, 4]
+
+
+def test_fast_decode_survives_tricky_metadata():
+    from matmeta.records import GRAPH_FIELDS, decode_arrays, encode_record
+
+    arrays = {
+        "atomic_numbers": np.arange(3, dtype=np.int64),
+        "edge_index": np.array([[0, 1], [1, 0]], dtype=np.int64),
+        "y": np.array([[1.5]], dtype=np.float32),
+        "cif": np.frombuffer(b'data_x "},"', dtype=np.uint8),
+    }
+    for rid in ("plain", 'a"},"b', '{"}","x":[1,2]}', "back\\\\slash"):
+        raw = encode_record(arrays, {"id": rid, "families": {"column:note": 'x"},"' + rid}})
+        fast = decode_arrays(raw, ("atomic_numbers", "edge_index", "y"))
+        slow, info = decode_record(raw)
+        assert info["id"] == rid
+        for key in fast:
+            assert np.array_equal(fast[key], slow[key]) and fast[key].dtype == slow[key].dtype
+    assert "edge_vec" in GRAPH_FIELDS

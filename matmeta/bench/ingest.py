@@ -42,7 +42,8 @@ class IngestBenchConfig:
         cif_column, id_column, targets: How to read it.
         limit: Rows used (0 = all); ``--quick`` uses 150.
         baseline_rows: Rows for the slower single-core baselines (pymatgen, ase parsing).
-        workers: Processes of the full ingest.
+        workers: Processes of the full ingest (compared with 1).
+        ingest_repeats: Interleaved rounds of the full ingest (the best of each is reported).
         read_repeats: Passes over the store for the read rates (the best is reported).
         seed: Shuffle of the random-order reads.
         out_dir: Where the store and results.csv go.
@@ -55,6 +56,7 @@ class IngestBenchConfig:
     limit: int = 0
     baseline_rows: int = 1000
     workers: int = 2
+    ingest_repeats: int = 2
     read_repeats: int = 3
     seed: int = 0
     out_dir: str = "out/bench/ingest"
@@ -68,6 +70,12 @@ def _timed(fn: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def _stream(store: Any, index: np.ndarray) -> None:
+    """Read every graph of ``index`` and drop it (as a DataLoader does), so no heap of results builds up."""
+    for i in index.tolist():
+        store[i]
 
 
 def _single_core_stages(texts: list[str], n_base: int, config: Any) -> list[tuple[str, str, int, float, str]]:
@@ -135,6 +143,7 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     from matmeta.store import GraphStore, ingest
 
     torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
     section = {k: v for k, v in recipe.get("bench", {}).items() if k != "name"}
     cfg = config_from_dict(IngestBenchConfig, section, f"{recipe_path} [bench]")
     data_dir = Path(os.environ.get("MATMETA_SHARED_DATA", "../shared/data"))  # read at the command level only
@@ -167,24 +176,30 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
         writer = csv_module.DictWriter(handle, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    for workers in sorted({1, cfg.workers}):
-        path = out_dir / f"bench-{workers}.lmdb"
-        if path.exists():
-            shutil.rmtree(path)
-        report = ingest(
-            limited_csv,
-            path,
-            config,
-            targets=cfg.targets,
-            id_column=cfg.id_column,
-            workers=workers,
-            show_progress=False,
-        )
-        note = f"{workers} process{'es' if workers > 1 else ''}, CSV → LMDB" + (
-            ", spawn start-up incl." if workers > 1 else ""
-        )
-        add("full ingest", f"matmeta ingest (workers={workers})", report.added, report.seconds, note)
-        store_path = path
+    # interleaved rounds (1 process, N processes, 1, N, ...): the best round of each is reported, so a
+    # burst of load from other work on the shared CPUs hits both alike and is not mistaken for speed
+    best: dict[int, tuple[float, int]] = {}
+    rounds = 1 if quick else cfg.ingest_repeats
+    for _ in range(rounds):
+        for workers in sorted({1, cfg.workers}):
+            path = out_dir / f"bench-{workers}.lmdb"
+            if path.exists():
+                shutil.rmtree(path)
+            report = ingest(
+                limited_csv,
+                path,
+                config,
+                targets=cfg.targets,
+                id_column=cfg.id_column,
+                workers=workers,
+                show_progress=False,
+            )
+            if workers not in best or report.seconds < best[workers][0]:
+                best[workers] = (report.seconds, report.added)
+    for workers, (seconds, added) in sorted(best.items()):
+        kind = f"{workers} processes (fork)" if workers > 1 else "1 process"
+        note = f"{kind}, CSV → LMDB, all included; best of {rounds} interleaved"
+        add("full ingest", f"matmeta ingest (workers={workers})", added, seconds, note)
 
     # 5. reads
     store = GraphStore(store_path)
@@ -194,7 +209,7 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     for label, index in (("in order", np.arange(n)), ("shuffled", order)):
         best = float("inf")
         for _ in range(1 if quick else cfg.read_repeats):
-            _, seconds = _timed(lambda index=index: [store[int(i)] for i in index])
+            _, seconds = _timed(lambda index=index: _stream(store, index))
             best = min(best, seconds)
         add("store reads", f"GraphStore[i] → Data ({label})", n, best, f"best of {1 if quick else cfg.read_repeats}")
 
@@ -207,7 +222,9 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
         "store = GraphStore(sys.argv[1]); store[0]\n"
         "best = float('inf')\n"
         "for _ in range(int(sys.argv[2])):\n"
-        "    start = time.perf_counter(); [store[i] for i in range(len(store))]\n"
+        "    start = time.perf_counter()\n"
+        "    for i in range(len(store)):\n"
+        "        store[i]\n"
         "    best = min(best, time.perf_counter() - start)\n"
         "print(best)\n"
     )
@@ -216,13 +233,12 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     )
     add("store reads", "GraphStore[i] → Data (fresh process)", n, float(result.stdout.strip()), f"best of {repeats}")
 
-    load = os.getloadavg()[0]
+    load_end = os.getloadavg()[0]
     columns = ["stage", "implementation", "structures", "seconds", "structures/s", "note"]
-    print_table(
-        f"ingest benchmark: {csv_path.name}, {n} structures, load average {load:.1f} on {os.cpu_count()} CPUs",
-        columns,
-        table,
-        digits=4,
+    title = (
+        f"ingest benchmark: {csv_path.name}, {n} structures; 1-min load average {load_start:.1f} before, "
+        f"{load_end:.1f} after (this run included), {os.cpu_count()} CPUs"
     )
+    print_table(title, columns, table, digits=4)
     lines = [",".join(columns)] + [",".join(f'"{v}"' if isinstance(v, str) else f"{v}" for v in row) for row in table]
     write_text_atomic(out_dir / "results.csv", "\n".join(lines) + "\n")

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         exclude_elements: list[str] = typer.Option(None, "--exclude-elements", help="Never these elements."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same candidates)."),
         guidance: float = typer.Option(
-            3.0, "--guidance", help="Classifier-free guidance weight (0: plain conditioning)."
+            0.0, "--guidance", help="Classifier-free guidance weight (0: plain conditioning; >0: harder, less diverse)."
         ),
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
         predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
