@@ -57,7 +57,12 @@ class TargetStats:
         gaps = band_gap[np.isfinite(band_gap) & (band_gap > 0.0)]
         if per_atom.size < 2 or gaps.size < 2:
             raise ValueError("need at least two heat_ref values and two non-metal band gaps to normalise")
-        return cls(float(per_atom.mean()), float(per_atom.std()), float(gaps.mean()), float(gaps.std()))
+
+        def spread(values: np.ndarray) -> float:
+            std = float(values.std())
+            return std if std > 1e-8 else 1.0  # constant targets: only shift, do not divide by 0
+
+        return cls(float(per_atom.mean()), spread(per_atom), float(gaps.mean()), spread(gaps))
 
     def encode(self, heat_ref: np.ndarray, band_gap: np.ndarray, n_atoms: np.ndarray) -> Tensor:
         """Normalised target rows (NaN where unknown).

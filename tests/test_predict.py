@@ -223,7 +223,7 @@ def test_lr_gain_keeps_initial_rate_and_scales_its_gradient():
     plain = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=1.0))
     fast = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=30.0))
     name = fast.adapt_names[0]
-    assert float(fast.lr(name)) == pytest.approx(0.02) == float(plain.lr(name))
+    assert fast.lr(name).item() == pytest.approx(0.02) == plain.lr(name).item()
     fast.lr(name).backward()
     plain.lr(name).backward()
     key = name.replace(".", "__")
