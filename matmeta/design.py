@@ -799,6 +799,8 @@ def filter_counts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
         ("predicted non-metal", lambda r: r["p_metal"] < 0.5),
         ("gap in window", lambda r: r["in_window"]),
     ]
+    if rows and all(r.get("novel") is None for r in rows):
+        stages = [(name + " (not judged: no store)" if name == "novel" else name, keep) for name, keep in stages]
     alive = list(rows)
     counts = []
     for name, keep in stages:

@@ -67,10 +67,14 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     assert [h["loss"] for h in results[0].history] != [h["loss"] for h in results[2].history]
 
 
-def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
-    """Meta-SGD (rates in the optimiser state too): 12 steps at once == 8 steps, then resume to 12."""
+@pytest.mark.parametrize("rate_lr", [None, 3e-2])
+def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, rate_lr):
+    """Meta-SGD (rates in the optimiser state too): 12 steps at once == 8 steps, then resume to 12.
+
+    Also with the rates in an Adam param group of their own (``inner_lr_outer_lr``).
+    """
     full = _maml(learn_inner_lr=True)
-    config = _config(tmp_path, log_path=tmp_path / "full.jsonl")
+    config = _config(tmp_path, log_path=tmp_path / "full.jsonl", inner_lr_outer_lr=rate_lr)
     result_full = MetaTrainer(
         full, mse_loss, SinusoidTasks(), config, val_source=SinusoidTasks(), checkpoint_path=tmp_path / "full.ckpt"
     ).fit()
@@ -224,6 +228,43 @@ def test_metrics_log_has_every_step_and_every_validation(tmp_path):
     assert steps == list(range(1, 11))
     assert vals == result.val_history and [s for s, _ in vals] == [4, 8, 10]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in records if "loss" in r)
+
+
+def test_inner_rates_have_an_outer_learning_rate_of_their_own(tmp_path):
+    """``inner_lr_outer_lr`` moves the Meta-SGD log-rates faster; the weights' first update is unchanged.
+
+    Adam moves every coordinate by at most ~lr per step (bias-corrected first step: exactly lr·sign(g)).
+    """
+    steps, outer_lr = 5, 1e-4
+    start = _state(_maml(learn_inner_lr=True))
+    moved, weights_after_one = {}, {}
+    for rate_lr in (None, 1e-2):
+        for n_steps in (1, steps):
+            maml = _maml(learn_inner_lr=True)
+            config = _config(
+                tmp_path,
+                outer_steps=n_steps,
+                outer_lr=outer_lr,
+                inner_lr_outer_lr=rate_lr,
+                val_every=None,
+                log_path=None,
+            )
+            MetaTrainer(maml, mse_loss, SinusoidTasks(), config).fit()
+            state = _state(maml)
+            rates = [k for k in state if k.startswith("log_lrs.")]
+            assert rates
+            if n_steps == 1:
+                weights_after_one[rate_lr] = {k: v for k, v in state.items() if k.startswith("model.")}
+                first_rate_step = max(float((state[k] - start[k]).abs().max()) for k in rates)
+                expected = outer_lr if rate_lr is None else rate_lr
+                assert first_rate_step == pytest.approx(expected, rel=1e-2)  # float32 log-rates
+            else:
+                moved[rate_lr] = max(float((state[k] - start[k]).abs().max()) for k in rates)
+    _assert_same_state(weights_after_one[None], weights_after_one[1e-2])
+    assert moved[None] <= steps * outer_lr * 1.01
+    assert moved[1e-2] > 20 * moved[None]
+    with pytest.raises(ValueError, match="inner_lr_outer_lr"):
+        TrainerConfig(inner_lr_outer_lr=0.0)
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):

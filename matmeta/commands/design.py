@@ -104,8 +104,9 @@ def register(app: typer.Typer) -> None:
         )
         landed = result.counts[-1][1]
         typer.echo(
-            f"{landed} of {total} sampled candidates ({100.0 * landed / total:.1f}%) are valid, unique and predicted "
-            f"in the {lo:g}-{hi:g} eV window (predictions by the crystal-GNN predictor, not DFT)."
+            f"{landed} of {total} sampled candidates ({100.0 * landed / total:.1f}%) pass every filter above "
+            f"(valid, unique, novel where judged, non-metal) and are predicted in the {lo:g}-{hi:g} eV window "
+            "(predictions by the crystal-GNN predictor, not DFT)."
         )
         if out is not None:
             from matmeta.design import write_candidates

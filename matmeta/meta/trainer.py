@@ -50,6 +50,9 @@ class TrainerConfig:
         outer_steps: meta-updates in total (a resumed run continues up to this number).
         meta_batch_size: tasks per meta-update (summed over all ranks).
         outer_lr: Adam learning rate of the meta-parameters.
+        inner_lr_outer_lr: Adam learning rate of the Meta-SGD inner rates (``maml.log_lrs``), a
+            param group of its own; None: ``outer_lr``. The rates are stored as logarithms, so
+            with one small ``outer_lr`` they barely move; a larger value here lets them learn.
         grad_clip: maximum global norm of the meta-gradient; None: no clipping.
         val_every: validate (and write checkpoints) every this many steps; None or 0: at the end only.
         val_batches: validation uses ``val_batches * meta_batch_size`` fixed held-out tasks.
@@ -63,6 +66,7 @@ class TrainerConfig:
     outer_steps: int = 1000
     meta_batch_size: int = 16
     outer_lr: float = 1e-3
+    inner_lr_outer_lr: float | None = None
     grad_clip: float | None = 10.0
     val_every: int | None = 100
     val_batches: int = 4
@@ -76,6 +80,8 @@ class TrainerConfig:
             raise ValueError("outer_steps must be >= 0, meta_batch_size and val_batches >= 1")
         if not self.outer_lr > 0 or (self.grad_clip is not None and not self.grad_clip > 0):
             raise ValueError(f"outer_lr and grad_clip must be > 0, got {self.outer_lr}, {self.grad_clip}")
+        if self.inner_lr_outer_lr is not None and not self.inner_lr_outer_lr > 0:
+            raise ValueError(f"inner_lr_outer_lr must be > 0 or None, got {self.inner_lr_outer_lr}")
 
 
 class EpisodeSource(Protocol):
@@ -197,7 +203,7 @@ class MetaTrainer:
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in self.maml.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.outer_lr)
+        optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.outer_lr)
         self._step, self._best_val, self._best_step, self._bad_evals = 0, math.inf, 0, 0
         self._last_saved: int | None = None
         if resume_from is not None:
@@ -236,6 +242,23 @@ class MetaTrainer:
         result.best_step = self._best_step
         result.best_val_loss = None if not val_tasks or math.isinf(self._best_val) else self._best_val
         return result
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Adam param groups: the model weights at ``outer_lr``, the Meta-SGD rates at ``inner_lr_outer_lr``.
+
+        One group (the order of ``maml.parameters()``) when ``inner_lr_outer_lr`` is None, so
+        resume files written before this option still load.
+        """
+        cfg = self.config
+        if cfg.inner_lr_outer_lr is None:
+            return [{"params": [p for p in self.maml.parameters() if p.requires_grad]}]
+        rate_ids = {id(p) for p in self.maml.log_lrs.values()}
+        weights = [p for p in self.maml.parameters() if p.requires_grad and id(p) not in rate_ids]
+        rates = [p for p in self.maml.parameters() if p.requires_grad and id(p) in rate_ids]
+        groups: list[dict[str, Any]] = [{"params": weights}]
+        if rates:
+            groups.append({"params": rates, "lr": cfg.inner_lr_outer_lr})
+        return groups
 
     # ------------------------------------------------------------------ steps
     def _meta_step(
