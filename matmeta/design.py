@@ -12,14 +12,20 @@ Pipeline of :func:`generate`::
 No gradient steps in latent space are taken (the predictor is a graph network on the decoded
 structure, not differentiable through the sampling of species).
 
+One job: the inverse-design app — load the decoder (:class:`Generator`), read a request, sample,
+judge, score and rank candidates, write them (``matmeta generate``, :func:`run_generate`).
+
 The decoder is :class:`matmeta.models.decoder.CrystalCVAE` on a canonical five-site cell
-(see :func:`canonical_cell`). It is meta-trained by the engine (:class:`matmeta.meta.trainer.MetaTrainer`)
+(see :func:`matmeta.design_data.canonical_cell`; the cells, tensors and episodes live in
+:mod:`matmeta.design_data`). It is meta-trained by the engine (:class:`matmeta.meta.trainer.MetaTrainer`,
+driven by :mod:`matmeta.design_train`)
 with families (B-site cation by default) as tasks: the inner loop adapts to a family from its
 *unlabelled* example structures (null condition), the outer loss is the conditional ELBO on other
 structures of the same family. That is exactly the ``--family-examples`` use at inference.
 Half of the training episodes are zero-shot (support weight 0), so the meta-initialisation is also a
-good generator by itself. The judges of a candidate live in :mod:`matmeta.validity` and are
-re-exported here.
+good generator by itself. The judges of a candidate live in :mod:`matmeta.validity`; they, and the
+public names of :mod:`matmeta.design_data` and :mod:`matmeta.design_train`, are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -67,7 +73,6 @@ from matmeta.validity import (  # re-exported: the reusable judges of a candidat
     structural_validity,
     unique_mask,
 )
-
 
 # ---------------------------------------------------------------------------------------- generator
 

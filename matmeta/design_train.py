@@ -28,6 +28,7 @@ from matmeta.design_data import (
 from matmeta.errors import RecipeError
 from matmeta.models.decoder import CrystalCVAE, DecoderConfig
 
+# where meta-training writes the shipped decoder by default, and what ``Generator.load()`` reads
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalCVAE-Perovskites-2026-11-26-BandGap.ckpt"
 

@@ -158,7 +158,7 @@ def tiny_store(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_store, tmp_path_factory):
-    from matmeta.design import meta_train_from_recipe
+    from matmeta.design_train import meta_train_from_recipe
 
     folder = tmp_path_factory.mktemp("gen")
     recipe = {
@@ -251,7 +251,7 @@ def test_element_constraints(tiny_generator):
 
 
 def test_repository_recipe_is_loadable():
-    from matmeta.design import GeneratorTrainConfig
+    from matmeta.design_train import GeneratorTrainConfig
     from matmeta.recipes import config_from_dict, load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "generator.toml")

@@ -99,7 +99,7 @@ def substitution_candidates(
 
 def _canonical(structures: list[Any], elements: tuple[str, ...]) -> list[Any]:
     """Re-order sites to A, B, X1..X3 (so site 0/1 are the A/B cations)."""
-    from matmeta.design import canonical_cell, cell_to_structure
+    from matmeta.design_data import canonical_cell, cell_to_structure
 
     cells = [canonical_cell(s, elements) for s in structures]
     return [cell_to_structure(i, f, lat, elements) for i, f, lat in cells]

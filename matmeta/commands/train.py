@@ -10,7 +10,7 @@ import typer
 # recipe [meta_train] app = "<name>"  ->  "module:function(recipe: dict, recipe_path: Path, **overrides)"
 TRAINERS = {
     "predictor": "matmeta.predict:meta_train_from_recipe",
-    "generator": "matmeta.design:meta_train_from_recipe",
+    "generator": "matmeta.design_train:meta_train_from_recipe",
     "jmak": "matmeta.kinetics.prior:meta_train_from_recipe",
 }
 
