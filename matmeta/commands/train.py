@@ -40,4 +40,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Meta-train a model (predictor, generator or JMAK prior) from a recipe."""
         path = run_meta_train(recipe, out=out, steps=steps)
-        typer.echo(f"checkpoint: {path}")
+        from matmeta.meta.distributed import current
+
+        if current().is_main:  # under torchrun only rank 0 writes and reports
+            typer.echo(f"checkpoint: {path}")

@@ -190,7 +190,8 @@ def meta_train_from_recipe(
     result = trainer.fit()
     summary = prior_summary(maml)
     rows = [["outer steps", result.steps], ["best step", result.best_step], ["best val MSE", result.best_val_loss]]
-    print_table("JMAK prior (meta-trained)", ["quantity", "value"], rows + [[k, v] for k, v in summary.items()])
+    if trainer.info.is_main:  # under torchrun, one report
+        print_table("JMAK prior (meta-trained)", ["quantity", "value"], rows + [[k, v] for k, v in summary.items()])
     return Path(target)
 
 
