@@ -267,6 +267,12 @@ def check_request(n: int, window: tuple[float, float], gap_range: tuple[float, f
         )
 
 
+def check_temperature(temperature: float) -> None:
+    """Refuse a species temperature that is not a finite positive number, with one line."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise MatmetaInputError(f"--temperature {temperature:g}: must be a finite number > 0 (1 = no change)")
+
+
 def target_gaps(n: int, window: tuple[float, float], gap_range: tuple[float, float], seed: int) -> Tensor:
     """Condition values: uniform over the window clipped to the trained range (the centre for a point).
 
@@ -322,10 +328,12 @@ def generate(
         family_examples: example structures of a family to adapt to first (inner loop).
         reference: a :class:`matmeta.validity.ReferenceSet` for novelty (None: novelty not judged).
         conditional: condition on the window (False: the unconditioned decoder).
-        temperature: species softmax temperature.
+        temperature: species softmax temperature (1: the decoder's own distribution; higher trades
+            success for uniqueness and novelty, measured in recipes/generate.toml).
         guidance: classifier-free guidance weight on the species (0: plain conditioning).
     """
     check_request(n, window, generator.gap_range)
+    check_temperature(temperature)
     mask = generator.element_mask(elements, exclude)
     if family_examples:
         generator.adapt(family_examples, seed=seed)
@@ -463,6 +471,7 @@ def run_generate(
     from matmeta.predict import Predictor
 
     window = parse_gap_window(request.band_gap, request.tolerance)
+    check_temperature(request.temperature)
     gen = Generator.load(checkpoint)
     check_request(request.n, window, gen.gap_range)
     gen.element_mask(request.elements, request.exclude)
@@ -580,6 +589,7 @@ __all__ = [
     "GenerationResult",
     "Generator",
     "check_request",
+    "check_temperature",
     "filter_counts",
     "generate",
     "parse_gap_window",

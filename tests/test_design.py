@@ -250,6 +250,29 @@ def test_element_constraints(tiny_generator):
         assert {e.symbol for e in s.composition} <= set(allowed)
 
 
+def test_species_temperature_spreads_the_chemistry(tiny_generator):
+    import torch
+
+    from matmeta.design import Generator, generate
+
+    gen = Generator.load(tiny_generator)
+    gaps = torch.full((200,), 2.0)
+    mask = gen.element_mask()
+    formulas = {
+        t: [s.composition.reduced_formula for s in gen.sample(200, gaps, seed=2, element_mask=mask, temperature=t)]
+        for t in (0.05, 1.0, 20.0)
+    }
+    # near-greedy sampling repeats formulas; a hot softmax repeats none more often than plain sampling
+    modal = {t: max(f.count(x) for x in set(f)) for t, f in formulas.items()}
+    assert len(set(formulas[0.05])) < len(set(formulas[1.0])) <= len(set(formulas[20.0]))
+    assert modal[0.05] > modal[1.0] >= modal[20.0]
+    same = [s.composition for s in gen.sample(30, gaps[:30], seed=2)]
+    assert same == [s.composition for s in gen.sample(30, gaps[:30], seed=2, temperature=1.0)]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(MatmetaInputError, match="--temperature"):
+            generate(4, (1.5, 2.5), gen, FixedPredictor(), temperature=bad)
+
+
 def test_repository_recipe_is_loadable():
     from matmeta.design_train import GeneratorTrainConfig
     from matmeta.recipes import config_from_dict, load_recipe

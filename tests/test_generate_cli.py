@@ -68,6 +68,9 @@ def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):
     assert huge.stderr.strip().count("\n") == 0 and "outside what the decoder was trained on" in huge.stderr
     bad = _run("--band-gap", "2.0", "--elements", "Sr,Xq", cwd=tmp_path)
     assert bad.returncode == 1 and "'Xq' is not an element symbol" in bad.stderr
+    cold = _run("--band-gap", "2.0", "--temperature", "0", cwd=tmp_path)
+    assert cold.returncode == 1
+    assert cold.stderr.strip().count("\n") == 0 and "--temperature 0: must be a finite number > 0" in cold.stderr
 
 
 def test_element_constraints_and_family_examples(tmp_path, srtio3, no_store):

@@ -6,6 +6,7 @@ number ``n`` of candidates:
 1. ``meta-decoder (cond.)``: the meta-learned conditional decoder, conditioned on the window
    (classifier-free guidance on the species with weight ``guidance``, 0 = conditioning alone);
    ``(cond., w=...)`` is the ablation with guidance ``guidance_ablation`` (steers harder, less diverse);
+   ``temperature`` (species softmax, default 1) trades success for uniqueness and novelty;
 2. ``decoder uncond.+screen``: the same decoder with the null condition, screened by the predictor;
 3. ``substitution+screen``: a random training prototype whose A and B cations are replaced by
    cations seen on those sites, redrawn until SMACT finds the composition charge-neutral, screened
@@ -47,6 +48,7 @@ class GenerateBenchConfig:
         tolerance: half-width of each window (eV).
         guidance: classifier-free guidance weight of method 1 and 4 (0: plain conditioning).
         guidance_ablation: the weight of the ablation row ``meta-decoder (cond., w=...)``.
+        temperature: species softmax temperature of methods 1 and 4 (1: the decoder's own distribution).
         k_examples: examples method 4 adapts from.
         max_test_families: held-out families used by method 4 (0 = all).
         seed: the one seed.
@@ -62,6 +64,7 @@ class GenerateBenchConfig:
     tolerance: float = 0.5
     guidance: float = 0.0
     guidance_ablation: float = 3.0
+    temperature: float = 1.0
     k_examples: int = 5
     max_test_families: int = 0
     seed: int = 0
@@ -136,7 +139,7 @@ def _score(
 def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     """Run the benchmark and print its table (also ``results.csv`` and ``success.png`` in ``out_dir``)."""
     from matmeta.console import print_table, progress
-    from matmeta.design import Generator
+    from matmeta.design import Generator, check_temperature
     from matmeta.predict import Predictor
     from matmeta.recipes import config_from_dict
     from matmeta.store import GraphStore
@@ -147,6 +150,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     if quick:
         section.update(recipe.get("bench", {}).get("quick", {}))
     cfg = config_from_dict(GenerateBenchConfig, section, f"{recipe_path}[bench]")
+    check_temperature(cfg.temperature)
     root = Path(recipe_path).resolve().parent.parent
     store_path = cfg.store if cfg.store.is_absolute() else root / cfg.store
     gen = Generator.load(cfg.checkpoint or None)
@@ -184,7 +188,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
             )
             methods = {
                 "meta-decoder (cond.)": lambda gaps=gaps, seed=seed: gen.sample(
-                    cfg.n, gaps, seed=seed, element_mask=mask, guidance=cfg.guidance
+                    cfg.n, gaps, seed=seed, element_mask=mask, temperature=cfg.temperature, guidance=cfg.guidance
                 ),
                 f"meta-decoder (cond., w={cfg.guidance_ablation:g})": lambda gaps=gaps, seed=seed: gen.sample(
                     cfg.n, gaps, seed=seed, element_mask=mask, guidance=cfg.guidance_ablation
@@ -215,7 +219,14 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
                     if adapted:
                         gen.adapt(examples, seed=seed + f_i)
                     fam_gaps = gaps[:per_fam] if len(gaps) >= per_fam else gaps.repeat(per_fam)[:per_fam]
-                    made = gen.sample(per_fam, fam_gaps, seed=seed + f_i, element_mask=mask, guidance=cfg.guidance)
+                    made = gen.sample(
+                        per_fam,
+                        fam_gaps,
+                        seed=seed + f_i,
+                        element_mask=mask,
+                        temperature=cfg.temperature,
+                        guidance=cfg.guidance,
+                    )
                     gen.reset()
                     in_family += sum(s[1].specie.symbol == fam for s in made)
                     structures.extend(made)
@@ -238,7 +249,8 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     ]
     print_table(
         f"inverse design, window ±{cfg.tolerance:g} eV, {cfg.n} candidates per method and target "
-        f"({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s; decoder {_digest(gen.path)}, "
+        + (f"(species temperature {cfg.temperature:g}) " if cfg.temperature != 1.0 else "")
+        + f"({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s; decoder {_digest(gen.path)}, "
         f"predictor {_digest(predictor.path)})",
         columns,
         rows,

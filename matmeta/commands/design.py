@@ -34,6 +34,11 @@ def register(app: typer.Typer) -> None:
         guidance: float = typer.Option(
             0.0, "--guidance", help="Classifier-free guidance weight (0: plain conditioning; >0: harder, less diverse)."
         ),
+        temperature: float = typer.Option(
+            1.0,
+            "--temperature",
+            help="Species softmax temperature (1: the decoder's distribution; >1: more unique/novel, fewer hits).",
+        ),
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
         predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
         store: Path = typer.Option(
@@ -72,6 +77,7 @@ def register(app: typer.Typer) -> None:
             elements=_split_elements(elements),
             exclude=_split_elements(exclude_elements),
             guidance=guidance,
+            temperature=temperature,
         )
         result = run_generate(request, examples, checkpoint=checkpoint, predictor=predictor, store=store)
         lo, hi = result.window
