@@ -52,12 +52,15 @@ class MAMLSettings:
 
     Attributes:
         inner_lr: inner step size (initial value with ``learn_inner_lr``).
-        inner_steps: inner steps, in training and in ``finetune``.
+        inner_steps: inner steps in meta-training (and at inference when ``adapt_steps`` is None).
         first_order: first-order MAML.
         learn_inner_lr: Meta-SGD rates (one per parameter tensor, or per element).
         per_element_lr: one rate per weight element.
         adapt: parameters the inner loop changes: ``"all"``, ``"head"`` (ANIL) or ``"re:<regex>"``.
         lr_gain: Meta-SGD rates are ``exp(lr_gain · θ)``; > 1 lets the outer loop move them faster.
+        adapt_steps: inner steps at inference (``finetune``, calibration, benchmark) with the
+            meta-learned rates; None: ``inner_steps``. The benchmark gives the fine-tuning baseline
+            the same number of steps.
     """
 
     inner_lr: float = 0.01
@@ -67,6 +70,11 @@ class MAMLSettings:
     per_element_lr: bool = False
     adapt: str = "all"
     lr_gain: float = 1.0
+    adapt_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapt_steps is not None and self.adapt_steps < 0:
+            raise ValueError(f"adapt_steps must be >= 0 or None, got {self.adapt_steps}")
 
 
 class PredictorMAML(MAML):
@@ -94,9 +102,13 @@ class PredictorMAML(MAML):
         return (self.log_lrs[self._key(name)] * self.lr_gain).exp()
 
 
-def build_maml(model_config: GNNConfig, settings: MAMLSettings) -> MAML:
-    """A fresh ``CrystalGNN`` wrapped in the engine with ``settings``."""
-    return PredictorMAML(
+def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool = False) -> MAML:
+    """A fresh ``CrystalGNN`` wrapped in the engine with ``settings``.
+
+    With ``inference`` the engine takes ``settings.adapt_steps`` inner steps (when set) instead of
+    the meta-training ``inner_steps``.
+    """
+    maml = PredictorMAML(
         CrystalGNN(model_config),
         lr_gain=settings.lr_gain,
         inner_lr=settings.inner_lr,
@@ -106,6 +118,9 @@ def build_maml(model_config: GNNConfig, settings: MAMLSettings) -> MAML:
         per_element_lr=settings.per_element_lr,
         adapt=settings.adapt,
     )
+    if inference and settings.adapt_steps is not None:
+        maml.inner_steps = int(settings.adapt_steps)
+    return maml
 
 
 @dataclasses.dataclass
@@ -198,7 +213,7 @@ class Predictor:
             raise CheckpointError(f"{path}: unusable predictor configuration ({exc})") from None
         if abs(model_config.cutoff_angstrom - float(metadata["graph_config"]["cutoff_angstrom"])) > 1e-9:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
-        maml = build_maml(model_config, settings)
+        maml = build_maml(model_config, settings, inference=True)
         load_state_strict(maml, tensors, path)
         if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
             raise CheckpointError(f"{path}: checkpoint holds non-finite weights")

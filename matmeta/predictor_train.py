@@ -440,6 +440,8 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
     )
     result = trainer.fit()
+    if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration below, finetune, benchmark)
+        maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
     metadata["uncertainty"] = calibrate(maml, table, stats, family_split.val, cfg.uncertainty, seed)
     metadata["training"] = {
@@ -449,6 +451,8 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         "stopped_early": result.stopped_early,
         "trainer": config_to_dict(trainer_cfg),
     }
+    if not trainer.info.is_main:  # under torchrun, rank 0 calibrates nothing twice and writes alone
+        return out
     save_checkpoint(out, maml.state_dict(), metadata)
     console.print(
         f"best validation query loss {result.best_val_loss} at step {result.best_step}; "
@@ -476,7 +480,7 @@ def untrained_predictor(
     settings = settings or MAMLSettings()
     graph_config = graph_config or GraphConfig(cutoff_angstrom=model_config.cutoff_angstrom)
     stats = stats or TargetStats(0.29, 0.14, 1.7, 1.4)
-    maml = build_maml(model_config, settings)
+    maml = build_maml(model_config, settings, inference=True)
     maml.eval()
     metadata = {
         "kind": "predictor",

@@ -229,3 +229,19 @@ def test_lr_gain_keeps_initial_rate_and_scales_its_gradient():
     key = name.replace(".", "__")
     assert float(fast.log_lrs[key].grad) == pytest.approx(30 * 0.02, rel=1e-5)
     assert float(plain.log_lrs[key].grad) == pytest.approx(0.02, rel=1e-5)
+
+
+def test_adapt_steps_set_inference_steps_only(tmp_path):
+    """``adapt_steps``: meta-training keeps ``inner_steps``; a loaded predictor (finetune, bench) takes adapt_steps."""
+    from matmeta.models.gnn import GNNConfig
+    from matmeta.predict import MAMLSettings, Predictor, build_maml
+
+    settings = MAMLSettings(inner_steps=5, adapt_steps=10)
+    assert build_maml(GNNConfig(hidden=16, layers=2, n_rbf=8), settings).inner_steps == 5
+    assert build_maml(GNNConfig(hidden=16, layers=2, n_rbf=8), settings, inference=True).inner_steps == 10
+    predictor = _tiny(inner_steps=5, adapt_steps=7)
+    path = predictor.save(tmp_path / "p.ckpt")
+    assert Predictor.load(path).maml.inner_steps == 7
+    assert Predictor.load(_tiny(inner_steps=4).save(tmp_path / "q.ckpt")).maml.inner_steps == 4
+    with pytest.raises(ValueError, match="adapt_steps"):
+        MAMLSettings(adapt_steps=-1)
