@@ -451,7 +451,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         "stopped_early": result.stopped_early,
         "trainer": config_to_dict(trainer_cfg),
     }
-    if not trainer.info.is_main:  # under torchrun, rank 0 calibrates nothing twice and writes alone
+    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
         return out
     save_checkpoint(out, maml.state_dict(), metadata)
     console.print(
