@@ -27,6 +27,17 @@ def require_shared(relative: str) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster and does not fight the other test worker."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def perovskites_csv() -> Path:
     return require_shared("perovskites/perovskites.csv")
 

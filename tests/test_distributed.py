@@ -21,12 +21,7 @@ STEPS = 5
 RUNS = ((5, True), (1, False))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_shard_bounds_cover_every_task_once():

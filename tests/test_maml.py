@@ -18,13 +18,7 @@ from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 D = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and does not fight the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _linear_tasks(n_tasks: int, n_support: int, n_query: int, seed: int) -> list:

@@ -16,13 +16,7 @@ from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 from matmeta.meta.trainer import resume_path
 from matmeta.recipes import config_from_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _maml(seed: int = 0, **options) -> MAML:

@@ -263,7 +263,7 @@ def register(app: typer.Typer) -> None:
         from matmeta.console import report_error, warn
         from matmeta.errors import MatmetaInputError
         from matmeta.explain import Table, plot_explanation
-        from matmeta.kinetics.data import load_ttt, read_points
+        from matmeta.kinetics.data import read_curves
         from matmeta.kinetics.prior import load_prior
 
         if noise is not None and noise <= 0:
@@ -274,10 +274,7 @@ def register(app: typer.Typer) -> None:
             errors.append(message)
             report_error(message)
 
-        if _is_ttt(points):
-            curves = [row.curve() for row in load_ttt(points, warn=warn)]
-        else:
-            curves = read_points(points, on_error=on_error)
+        curves = read_curves(points, on_error=on_error, warn=warn)
         if not curves:
             raise MatmetaInputError(f"{points}: no curve with at least 2 valid points")
         maml, metadata = load_prior(prior)
@@ -300,12 +297,3 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"plot: {plot}")
         if errors:
             raise typer.Exit(1)
-
-
-def _is_ttt(path: Path) -> bool:
-    """A TTT table (``t_start`` column) rather than a points CSV."""
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            return "t_start" in handle.readline().lower()
-    except OSError:
-        return False

@@ -19,15 +19,6 @@ jmak_app = typer.Typer(
 )
 
 
-def _is_ttt(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            header = handle.readline().lower()
-    except OSError:
-        return False
-    return "t_start" in header
-
-
 def run_fit(
     points: Path,
     method: str = "maml",
@@ -42,7 +33,7 @@ def run_fit(
     from matmeta.console import print_table, report_error, warn
     from matmeta.errors import MatmetaInputError
     from matmeta.kinetics.api import fit_curves
-    from matmeta.kinetics.data import load_ttt, read_points
+    from matmeta.kinetics.data import read_curves
 
     if not 0 < level < 1:
         raise MatmetaInputError(f"--level {level}: must be between 0 and 1")
@@ -54,10 +45,7 @@ def run_fit(
         errors.append(message)
         report_error(message)
 
-    if _is_ttt(points):
-        curves = [row.curve() for row in load_ttt(points, warn=warn)]
-    else:
-        curves = read_points(points, on_error=on_error)
+    curves = read_curves(points, on_error=on_error, warn=warn)
     if not curves:
         raise MatmetaInputError(f"{points}: no curve could be read")
     if steps is not None and steps < 0:

@@ -203,3 +203,19 @@ def implied_start_fraction(row: TTTRow) -> float:
     n = (z90 - z10) / math.log(row.t_90 / row.t_10)
     z = z10 + n * math.log(row.t_start / row.t_10)
     return -math.expm1(-math.exp(z))
+
+
+def is_ttt_table(path: str | Path) -> bool:
+    """True for a TTT table (a ``t_start`` column) rather than a CSV of (curve, time_s, fraction) points."""
+    try:
+        with Path(path).open(encoding="utf-8-sig") as handle:
+            return "t_start" in handle.readline().lower()
+    except OSError:
+        return False
+
+
+def read_curves(path: str | Path, on_error: Callable[[str], None], warn: Callable[[str], None]) -> list[Curve]:
+    """Curves from a points CSV or a TTT table (cleaned, one warning per dropped row); bad rows go to ``on_error``."""
+    if is_ttt_table(path):
+        return [row.curve() for row in load_ttt(path, warn=warn)]
+    return read_points(path, on_error=on_error)
