@@ -114,7 +114,9 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     if trainer_section.get("log_path"):
         trainer_section["log_path"] = str(_resolve(Path(trainer_section["log_path"]), recipe_path))
     tcfg = config_from_dict(TrainerConfig, trainer_section, f"{recipe_path}[trainer]")
-    store = _resolve(cfg.store, recipe_path)
+    from matmeta.datasets import ensure_store
+
+    store = ensure_store(_resolve(cfg.store, recipe_path))
     arrays, _, elements = load_design_data(store, cfg.gap_target, cfg.family_by)
     model_section = {**model_section, "elements": list(elements), "element_features": element_features(elements)}
     mcfg = config_from_dict(DecoderConfig, model_section, f"{recipe_path}[model]")

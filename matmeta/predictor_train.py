@@ -156,31 +156,13 @@ class PredictorRecipe:
         return cls(**built)
 
 
-def shared_data_dir() -> Path:
-    """``$MATMETA_SHARED_DATA`` or ``../shared/data`` (read here, at the command level only)."""
-    import os
-
-    return Path(os.environ.get("MATMETA_SHARED_DATA", "../shared/data"))
-
-
 def ensure_store(config: DataConfig, graph_config: Any = None) -> Path:
-    """The store path; built from the shared CSV (``source_csv``) when it does not exist yet."""
-    if Path(config.store).exists():
-        return Path(config.store)
-    from matmeta.graphs import GraphConfig
-    from matmeta.store import ingest
+    """The recipe's store; built from the shared CSV (``source_csv``) when it does not exist yet."""
+    from matmeta.datasets import ensure_store as ensure_dataset_store
 
-    csv = shared_data_dir() / config.source_csv
-    if not csv.exists():
-        raise StoreError(f"{config.store}: store missing and its source {csv} not found (set MATMETA_SHARED_DATA)")
-    ingest(
-        [csv],
-        config.store,
-        graph_config or GraphConfig(),
-        targets=(config.heat_column, "ind_gap", "dir_gap"),
-        id_column="material_id",
+    return ensure_dataset_store(
+        config.store, config.source_csv, graph_config, targets=(config.heat_column, "ind_gap", "dir_gap")
     )
-    return Path(config.store)
 
 
 def load_table(store_path: Path, config: DataConfig, stats: TargetStats | None = None) -> tuple[GraphTable, Any]:

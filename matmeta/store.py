@@ -72,6 +72,7 @@ def _open_env(path: Path, readonly: bool, resolved: str | None = None) -> Any:
             _READ_ENVS[key] = env
         return env
     _close_read_env(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return lmdb.open(str(path), map_size=MAP_SIZE, readahead=False, meminit=False, max_dbs=0)
 
 

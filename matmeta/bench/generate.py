@@ -139,6 +139,7 @@ def _score(
 def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     """Run the benchmark and print its table (also ``results.csv`` and ``success.png`` in ``out_dir``)."""
     from matmeta.console import print_table, progress
+    from matmeta.datasets import ensure_store
     from matmeta.design import Generator, check_temperature
     from matmeta.predict import Predictor
     from matmeta.recipes import config_from_dict
@@ -156,7 +157,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     gen = Generator.load(cfg.checkpoint or None)
     predictor = Predictor.load(cfg.predictor or None)
     meta = gen.metadata
-    graphs = GraphStore(store_path)
+    graphs = GraphStore(ensure_store(store_path))
     families = graphs.family_keys(meta["family_by"])
     split = meta["families"]
     train_idx = [i for i, f in enumerate(families) if f in set(split["train"])]
