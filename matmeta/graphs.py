@@ -243,6 +243,31 @@ def arrays_to_data(arrays: dict[str, Any]) -> Data:
     return data  # num_nodes follows from pos
 
 
+def structure_graph_arrays(
+    structure: Structure,
+    config: GraphConfig | None = None,
+    on_isolated_atoms: IsolatedPolicy = "error",
+    name: str | None = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The graph arrays of an ordered ``Structure`` and any isolated-atom warnings (no PyG needed).
+
+    Raises:
+        MatmetaInputError: partially occupied sites, or isolated atoms under ``"error"``.
+    """
+    config = config or GraphConfig()
+    name = name or structure.composition.reduced_formula
+    if not structure.is_ordered:
+        raise MatmetaInputError(f"{name}: partially occupied sites; use an ordered approximation first")
+    return graph_arrays(
+        structure.lattice.matrix,
+        structure.frac_coords,
+        np.array(structure.atomic_numbers, dtype=np.int64),
+        config,
+        on_isolated_atoms=on_isolated_atoms,
+        name=name,
+    )
+
+
 def structure_to_graph(
     structure: Structure,
     config: GraphConfig | None = None,
@@ -265,18 +290,7 @@ def structure_to_graph(
     Shapes:
         see the module table: N atoms, E edges, T targets.
     """
-    config = config or GraphConfig()
-    name = name or structure.composition.reduced_formula
-    if not structure.is_ordered:
-        raise MatmetaInputError(f"{name}: partially occupied sites; use an ordered approximation first")
-    arrays, warnings = graph_arrays(
-        structure.lattice.matrix,
-        structure.frac_coords,
-        np.array(structure.atomic_numbers, dtype=np.int64),
-        config,
-        on_isolated_atoms=on_isolated_atoms,
-        name=name,
-    )
+    arrays, warnings = structure_graph_arrays(structure, config, on_isolated_atoms, name)
     if warnings:
         from matmeta.console import warn
 

@@ -123,7 +123,7 @@ def graph_from_data(data: Any, unknown_to: set[int] | None = None) -> Graph:
 
 
 def graph_from_structure(structure: Any, config: Any) -> Graph:
-    """The model's tensors for a pymatgen structure, built by :func:`matmeta.graphs.graph_arrays`.
+    """The model's tensors for a pymatgen structure, built by :func:`matmeta.graphs.structure_graph_arrays`.
 
     Same graph as ``matmeta.graphs.structure_to_graph`` (same function underneath) without
     building a PyG ``Data`` object, so prediction does not import torch_geometric (seconds of start-up).
@@ -134,20 +134,9 @@ def graph_from_structure(structure: Any, config: Any) -> Graph:
     Shapes:
         → atomic_numbers (n,) int64, edge_index (2, e) int64, edge_dist (e,) float32.
     """
-    from matmeta.errors import MatmetaInputError
-    from matmeta.graphs import graph_arrays
+    from matmeta.graphs import structure_graph_arrays
 
-    name = structure.composition.reduced_formula
-    if not structure.is_ordered:
-        raise MatmetaInputError(f"{name}: partially occupied sites; use an ordered approximation first")
-    arrays, _ = graph_arrays(
-        structure.lattice.matrix,
-        structure.frac_coords,
-        np.array(structure.atomic_numbers, dtype=np.int64),
-        config,
-        on_isolated_atoms="error",
-        name=name,
-    )
+    arrays, _ = structure_graph_arrays(structure, config, on_isolated_atoms="error")
     return (
         torch.from_numpy(arrays["atomic_numbers"]),
         torch.from_numpy(arrays["edge_index"]),
