@@ -311,8 +311,9 @@ def test_tuned_allocator_reuses_freed_memory():
     applied, before, after = out.split()
     if applied != "True":
         pytest.skip("not glibc: mallopt unavailable")
-    assert int(before) > 8_000  # default glibc: the rounds fault in the 32 MiB again (8192 pages each)
-    assert int(after) < 0.05 * int(before)
+    # Untuned glibc usually faults the 32 MiB (8,192 pages) in again each round, but its dynamic mmap
+    # threshold sometimes adapts first (then ``before`` is ~0), so only the tuned count is asserted.
+    assert int(after) < 0.05 * 8 * 8192, (before, after)
 
 
 def test_sinusoid_maml_beats_unadapted_and_pooled_training():
