@@ -18,6 +18,7 @@ from matmeta import __version__
 from matmeta.atomic import atomic_path
 from matmeta.errors import CheckpointError
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"  # pretrained checkpoints packaged with matmeta
 FORMAT = "matmeta-checkpoint"
 FORMAT_VERSION = 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, zip (torch.save)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+# where meta-training writes the shipped decoder by default, and what ``Generator.load()`` reads
+from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.design_data import (
     CellArrays,
     DecoderEpisodes,
@@ -28,8 +30,6 @@ from matmeta.design_data import (
 from matmeta.errors import RecipeError
 from matmeta.models.decoder import CrystalCVAE, DecoderConfig
 
-# where meta-training writes the shipped decoder by default, and what ``Generator.load()`` reads
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalCVAE-Perovskites-2026-11-26-BandGap.ckpt"
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.checkpoint import expect, load_checkpoint, load_state_strict, save_checkpoint
 from matmeta.errors import CheckpointError, MatmetaInputError
 from matmeta.meta.maml import MAML
@@ -39,7 +40,6 @@ from matmeta.predictor_data import (
     per_example_loss,
 )
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-26-HeatGap.ckpt"
 MODEL_CLASS = "CrystalGNN"
 __all__ = ["Predictor", "FinetuneReport", "MAMLSettings", "collate", "loss_fn", "per_example_loss"]

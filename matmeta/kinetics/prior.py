@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.kinetics.fit import DEFAULT_NOISE, loss_fn, make_batch
 from matmeta.kinetics.synthetic import SyntheticConfig, make_corpus, sample_families, sample_times, true_fraction
 from matmeta.kinetics.synthetic import truth_grid as _truth_grid
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_PRIOR = CHECKPOINT_DIR / "JMAK-SynthArrhenius-2026-11-26-MetaSGDPrior.ckpt"
 KIND = "jmak"
 
