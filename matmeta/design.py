@@ -30,7 +30,7 @@ public names of :mod:`matmeta.design_data` and :mod:`matmeta.design_train`, are 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,65 @@ class Generator:
             for i in range(n)
         ]
 
+    def sample_distinct(
+        self,
+        n: int,
+        gap_ev: Tensor | None,
+        seed: int = 0,
+        exclude: Collection[str] = (),
+        distinct: bool = True,
+        max_draws_per_candidate: int = 50,
+        **sample_options: Any,
+    ) -> tuple[list[Any], int]:
+        """``n`` structures whose compositions are not in ``exclude`` and (``distinct``) differ from each other.
+
+        Rejection sampling: every slot keeps its own condition (``gap_ev[i]``) and draws from the
+        decoder until a draw's reduced formula is neither excluded nor already taken, so each
+        candidate is an exact draw from the decoder's distribution restricted to the allowed
+        compositions (no re-weighting of the chemistry). The predictor is not consulted. A slot still
+        empty after ``max_draws_per_candidate`` × n draws in all keeps its first draw (the judges then
+        flag it as known or repeated).
+
+        Args:
+            n: candidates.
+            gap_ev: (n,) conditions, or None for the unconditioned decoder.
+            seed: the one seed.
+            exclude: reduced formulas that may not be proposed (e.g. the training compositions).
+            distinct: no two candidates with the same reduced formula.
+            max_draws_per_candidate: the draw budget per candidate.
+            sample_options: passed to :meth:`sample` (``element_mask``, ``temperature``, ``guidance``...).
+
+        Returns:
+            ``(structures, draws)``: the candidates in slot order and how many decoder draws it took.
+        """
+        excluded = set(exclude)
+        taken: set[str] = set()
+        filled: dict[int, Any] = {}
+        first: dict[int, Any] = {}
+        draws, copies, rnd = 0, 1, 0
+        while len(filled) < n and draws < max_draws_per_candidate * n:
+            pending = [i for i in range(n) if i not in filled]
+            index = torch.tensor(pending).repeat_interleave(copies)
+            gaps = None if gap_ev is None else gap_ev[index]
+            drawn = self.sample(len(index), gaps, seed=_round_seed(seed, rnd), **sample_options)
+            draws += len(drawn)
+            for j, slot in enumerate(pending):
+                for s in drawn[j * copies : (j + 1) * copies]:
+                    first.setdefault(slot, s)
+                    formula = s.composition.reduced_formula
+                    if formula in excluded or (distinct and formula in taken):
+                        continue
+                    filled[slot] = s
+                    taken.add(formula)
+                    break
+            copies, rnd = min(2 * copies, 16), rnd + 1
+        return [filled.get(i, first[i]) for i in range(n)], draws
+
+
+def _round_seed(seed: int, rnd: int) -> int:
+    """The seed of rejection round ``rnd`` (round 0 draws exactly what :meth:`Generator.sample` would)."""
+    return seed if rnd == 0 else (seed * 1_000_003 + 7_919 * rnd) % (2**63)
+
 
 def _adapted_copy(model: CrystalCVAE, fast: dict[str, Tensor]) -> CrystalCVAE:
     """A copy of ``model`` holding the fast (family-adapted) weights."""
@@ -293,12 +352,17 @@ class GenerationResult:
         rows: one dict per candidate (the ``candidates.csv`` columns).
         counts: (filter name, count) in pipeline order.
         window: the band-gap window (eV).
+        draws: decoder draws it took (more than the candidates when known compositions or repeats
+            were redrawn).
+        excluded: how many known compositions candidates were kept away from (0: none).
     """
 
     structures: list[Any]
     rows: list[dict[str, Any]]
     counts: list[tuple[str, int]]
     window: tuple[float, float]
+    draws: int = 0
+    excluded: int = 0
 
 
 def generate(
@@ -314,6 +378,8 @@ def generate(
     conditional: bool = True,
     temperature: float = 1.0,
     guidance: float = 0.0,
+    novel_only: bool = True,
+    distinct: bool = True,
 ) -> GenerationResult:
     """Sample, judge, score and rank ``n`` candidates for a band-gap window.
 
@@ -331,6 +397,13 @@ def generate(
         temperature: species softmax temperature (1: the decoder's own distribution; higher trades
             success for uniqueness and novelty, measured in recipes/generate.toml).
         guidance: classifier-free guidance weight on the species (0: plain conditioning).
+        novel_only: redraw any draw whose composition is in ``reference`` (the training compositions),
+            so every candidate is new chemistry (needs ``reference``; steering 3 below).
+        distinct: redraw any draw whose composition an earlier candidate already has.
+
+    Steering 3, a free composition lookup (no predictor call): with ``novel_only``/``distinct`` the
+    decoder is sampled without replacement outside the known compositions (rejection sampling, see
+    :meth:`Generator.sample_distinct`); ``draws`` in the result says how many draws that took.
     """
     check_request(n, window, generator.gap_range)
     check_temperature(temperature)
@@ -338,7 +411,21 @@ def generate(
     if family_examples:
         generator.adapt(family_examples, seed=seed)
     gaps = target_gaps(n, window, generator.gap_range, seed) if conditional else None
-    structures = generator.sample(n, gaps, seed=seed, element_mask=mask, temperature=temperature, guidance=guidance)
+    options = {"element_mask": mask, "temperature": temperature, "guidance": guidance}
+    known = set(reference.by_formula) if (novel_only and reference is not None) else set()
+    if known or distinct:
+        structures, draws = generator.sample_distinct(n, gaps, seed=seed, exclude=known, distinct=distinct, **options)
+        formulas = [s.composition.reduced_formula for s in structures]
+        left = sum(f in known for f in formulas) + (len(formulas) - len(set(formulas)) if distinct else 0)
+        if left:
+            from matmeta.console import warn
+
+            warn(
+                f"{left} of {n} candidates repeat an earlier candidate or a training composition: the decoder "
+                f"proposed nothing else in {draws} draws (ask for fewer, or widen --elements)"
+            )
+    else:
+        structures, draws = generator.sample(n, gaps, seed=seed, **options), n
     judged = judge_candidates(structures, reference)
     preds = predictor.predict_structures(structures)
     rows = []
@@ -377,7 +464,7 @@ def generate(
     counts = filter_counts(rows)
     if family_examples:
         generator.reset()
-    return GenerationResult(structures, rows, counts, window)
+    return GenerationResult(structures, rows, counts, window, draws=draws, excluded=len(known))
 
 
 def filter_counts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -414,6 +501,8 @@ class DesignRequest:
         exclude: forbidden elements.
         guidance: classifier-free guidance weight.
         temperature: species softmax temperature.
+        novel_only: never propose a training composition (when the store is available).
+        distinct: never propose a composition twice.
     """
 
     band_gap: str = "2.0"
@@ -424,6 +513,8 @@ class DesignRequest:
     exclude: Sequence[str] | None = None
     guidance: float = 0.0
     temperature: float = 1.0
+    novel_only: bool = True
+    distinct: bool = True
 
 
 def training_reference(generator: Generator, store: str | Path | None = None) -> Any:
@@ -494,6 +585,8 @@ def run_generate(
         reference=reference,
         temperature=request.temperature,
         guidance=request.guidance,
+        novel_only=request.novel_only,
+        distinct=request.distinct,
     )
 
 

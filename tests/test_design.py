@@ -273,6 +273,59 @@ def test_species_temperature_spreads_the_chemistry(tiny_generator):
             generate(4, (1.5, 2.5), gen, FixedPredictor(), temperature=bad)
 
 
+def test_sampling_without_repeats_or_known_compositions(tiny_generator, tiny_store):
+    import torch
+
+    from matmeta.design import Generator, generate, training_reference
+
+    gen = Generator.load(tiny_generator)
+    gaps = torch.full((40,), 2.0)
+    mask = gen.element_mask()
+    raw = [s.composition.reduced_formula for s in gen.sample(40, gaps, seed=5, element_mask=mask)]
+    assert len(set(raw)) < len(raw)  # the plain decoder repeats itself: the test has something to remove
+    common = {f for f in raw if raw.count(f) > 1}
+    made, draws = gen.sample_distinct(40, gaps, seed=5, exclude=common, element_mask=mask)
+    formulas = [s.composition.reduced_formula for s in made]
+    assert len(set(formulas)) == 40 and not set(formulas) & common and draws > 40
+    again, _ = gen.sample_distinct(40, gaps, seed=5, exclude=common, element_mask=mask)
+    assert [s.composition.reduced_formula for s in again] == formulas
+    # round 0 is the plain decoder: with nothing to avoid, the first draws are kept as they are
+    kept, draws = gen.sample_distinct(40, gaps, seed=5, exclude=(), distinct=False, element_mask=mask)
+    assert [s.composition.reduced_formula for s in kept] == raw and draws == 40
+
+    reference = training_reference(gen, tiny_store)
+    result = generate(16, (1.5, 2.5), gen, FixedPredictor(), seed=3, reference=reference)
+    proposed = [s.composition.reduced_formula for s in result.structures]
+    assert len(set(proposed)) == 16 and not set(proposed) & set(reference.by_formula)
+    assert result.draws >= 16 and result.excluded == len(reference.by_formula)
+    plain = generate(
+        16, (1.5, 2.5), gen, FixedPredictor(), seed=3, reference=reference, novel_only=False, distinct=False
+    )
+    assert plain.draws == 16 and plain.excluded == 0
+
+
+def test_substitution_baseline_and_its_whole_space():
+    import numpy as np
+
+    from matmeta.bench.generate import substitution_candidates, substitution_space
+
+    prototypes = [_abx3("Sr", "Ti"), _abx3("La", "Ti", x=("O", "O", "N"))]
+    cations = (["Sr", "Ba", "La", "Ti"], ["Ti", "Zr", "Sr"])
+    space = substitution_space(prototypes, cations, np.random.default_rng(0), exclude={"SrTiO3"})
+    formulas = [s.composition.reduced_formula for s in space]
+    # 2 anion sets x (4 x 3 cation pairs - Sr/Sr - Ti/Ti) = 20, less SrTiO3 (excluded), TiSrO3 (= SrTiO3)
+    # and TiSrO2N (= SrTiO2N): 17 (SMACT accepts all of these, with its full list of oxidation states)
+    assert len(formulas) == 17 and len(set(formulas)) == 17
+    assert {"BaZrO3", "LaTiNO2", "BaTiO3", "ZrTiO3"} <= set(formulas)
+    assert "SrTiO3" not in formulas and not any(s[0].specie == s[1].specie for s in space)
+    assert all(compositional_validity(s.composition) for s in space)
+
+    rng = np.random.default_rng(1)
+    drawn, draws = substitution_candidates(prototypes, cations, 6, rng, exclude={"SrTiO3"}, distinct=True)
+    got = [s.composition.reduced_formula for s in drawn]
+    assert len(set(got)) == 6 and set(got) <= set(formulas) and draws >= 6
+
+
 def test_repository_recipe_is_loadable():
     from matmeta.design_train import GeneratorTrainConfig
     from matmeta.recipes import config_from_dict, load_recipe

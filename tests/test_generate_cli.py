@@ -46,6 +46,7 @@ def test_generate_writes_parseable_cifs_and_is_repeatable(tmp_path, no_store):
     with (tmp_path / "c1" / "candidates.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and [int(r["rank"]) for r in rows] == list(range(1, 13))
+    assert len({r["formula"] for r in rows}) == 12  # --distinct is the default: no composition twice
     written = [r for r in rows if r["cif"]]
     assert written, "no structurally valid candidate"
     for row in written:
@@ -57,6 +58,9 @@ def test_generate_writes_parseable_cifs_and_is_repeatable(tmp_path, no_store):
     )
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "c2" / "candidates.csv").read_text() == (tmp_path / "c1" / "candidates.csv").read_text()
+    raw = _run("--band-gap", "2.0", "-n", "40", "--allow-repeats", "--store", str(no_store), "--top", "0", cwd=tmp_path)
+    assert raw.returncode == 0, raw.stderr
+    assert "decoder draws" not in raw.stdout  # every draw kept as it came
 
 
 def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):

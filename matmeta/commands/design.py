@@ -39,6 +39,14 @@ def register(app: typer.Typer) -> None:
             "--temperature",
             help="Species softmax temperature (1: the decoder's distribution; >1: more unique/novel, fewer hits).",
         ),
+        novel_only: bool = typer.Option(
+            True,
+            "--novel-only/--keep-known",
+            help="Redraw candidates whose composition is in the training store (needs the store).",
+        ),
+        distinct: bool = typer.Option(
+            True, "--distinct/--allow-repeats", help="Redraw candidates whose composition was already proposed."
+        ),
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
         predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
         store: Path = typer.Option(
@@ -78,10 +86,18 @@ def register(app: typer.Typer) -> None:
             exclude=_split_elements(exclude_elements),
             guidance=guidance,
             temperature=temperature,
+            novel_only=novel_only,
+            distinct=distinct,
         )
         result = run_generate(request, examples, checkpoint=checkpoint, predictor=predictor, store=store)
         lo, hi = result.window
         total = result.counts[0][1]
+        if result.draws > total:
+            typer.echo(
+                f"{total} candidates from {result.draws} decoder draws: draws repeating a candidate"
+                + (f" or matching one of {result.excluded} training compositions" if result.excluded else "")
+                + " were redrawn (--keep-known / --allow-repeats to keep them)"
+            )
         print_table(
             f"matmeta generate: band gap {lo:g}-{hi:g} eV, {total} sampled (seed {seed})",
             ["filter", "candidates", "% of sampled"],
