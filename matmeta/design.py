@@ -5,6 +5,8 @@ Pipeline of :func:`generate`::
     decoder (optionally adapted to a family from a few example CIFs with the MAML inner loop)
       → sample n cells conditioned on (non-metal, gap); optional classifier-free guidance on the species
                                                                     [steering 1: conditioning]
+      → redraw a draw whose composition is a training one or repeats an earlier candidate
+        (rejection sampling; a set lookup, no predictor call)       [steering 3: novelty]
       → structural / compositional validity, uniqueness, novelty     [matmeta.validity]
       → band gap, metal probability, formation energy by the predictor
       → rank: valid ∧ unique ∧ in the gap window first             [steering 2: predictor rejection]

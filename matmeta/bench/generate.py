@@ -14,6 +14,11 @@ number ``n`` of candidates:
 4. held-out (test) B-site families: the decoder adapted with the inner loop from 5 unlabelled
    examples of the family vs not adapted, both conditioned on the window; ``n`` split over the families.
 
+Every method above gets the same free composition lookup (``novel_only``, ``distinct``): a draw whose
+composition is a training one or repeats an earlier candidate is redrawn, without a predictor call;
+``draws/cand.`` says how many draws that took. ``(raw draws)`` / ``(raw)`` rows go without it. The goal
+table also scores the whole substitution space (:func:`substitution_space`).
+
 Per method and target: structural / compositional validity, uniqueness (among the structurally
 valid), novelty (vs the training families' structures), success = valid ∧ predicted non-metal ∧
 predicted gap in the window (per generated candidate; screening cannot raise it, it only
