@@ -192,7 +192,7 @@ def _print_explanation(explanation: Any, unit: str, top: int) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``explain`` to the CLI and ``explain`` to the ``jmak`` group."""
-    from matmeta.commands.jmak import jmak_app
+    from matmeta.commands.jmak import jmak_app, read_points
 
     @app.command("explain")
     def explain(
@@ -260,23 +260,13 @@ def register(app: typer.Typer) -> None:
         plot: Path = typer.Option(None, "--plot", help="Bar chart per curve (png/pdf/svg)."),
     ) -> None:
         """Rank each curve's timepoints by their influence on its fitted t50 (the meta-learned prior, adapted)."""
-        from matmeta.console import report_error, warn
         from matmeta.errors import MatmetaInputError
         from matmeta.explain import Table, plot_explanation
-        from matmeta.kinetics.data import read_curves
         from matmeta.kinetics.prior import load_prior
 
         if noise is not None and noise <= 0:
             raise MatmetaInputError(f"--noise {noise}: must be > 0")
-        errors: list[str] = []
-
-        def on_error(message: str) -> None:
-            errors.append(message)
-            report_error(message)
-
-        curves = read_curves(points, on_error=on_error, warn=warn)
-        if not curves:
-            raise MatmetaInputError(f"{points}: no curve with at least 2 valid points")
+        curves, errors = read_points(points, "no curve with at least 2 valid points")
         maml, metadata = load_prior(prior)
         sigma = float(noise if noise is not None else metadata.get("model_config", {}).get("noise", 0.02))
         explanations = []
