@@ -192,7 +192,8 @@ def _print_explanation(explanation: Any, unit: str, top: int) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``explain`` to the CLI and ``explain`` to the ``jmak`` group."""
-    from matmeta.commands.jmak import jmak_app, read_points
+    from matmeta.commands.jmak import jmak_app
+    from matmeta.kinetics.api import read_curves_reporting
 
     @app.command("explain")
     def explain(
@@ -266,7 +267,7 @@ def register(app: typer.Typer) -> None:
 
         if noise is not None and noise <= 0:
             raise MatmetaInputError(f"--noise {noise}: must be > 0")
-        curves, errors = read_points(points, "no curve with at least 2 valid points")
+        curves, errors = read_curves_reporting(points, "no curve with at least 2 valid points")
         maml, metadata = load_prior(prior)
         sigma = float(noise if noise is not None else metadata.get("model_config", {}).get("noise", 0.02))
         explanations = []

@@ -19,28 +19,6 @@ jmak_app = typer.Typer(
 )
 
 
-def read_points(points: Path, empty_message: str) -> tuple[list, list[str]]:
-    """The curves of a points file, reporting each bad row in one line as it is met.
-
-    Returns:
-        ``(curves, error messages)``; raises ``MatmetaInputError(f"{points}: {empty_message}")`` if no curve is left.
-    """
-    from matmeta.console import report_error, warn
-    from matmeta.errors import MatmetaInputError
-    from matmeta.kinetics.data import read_curves
-
-    errors: list[str] = []
-
-    def on_error(message: str) -> None:
-        errors.append(message)
-        report_error(message)
-
-    curves = read_curves(points, on_error=on_error, warn=warn)
-    if not curves:
-        raise MatmetaInputError(f"{points}: {empty_message}")
-    return curves, errors
-
-
 def run_fit(
     points: Path,
     method: str = "maml",
@@ -54,13 +32,13 @@ def run_fit(
     """Fit every good curve of ``points``, print the table, write outputs; returns the number of bad items."""
     from matmeta.console import print_table, report_error
     from matmeta.errors import MatmetaInputError
-    from matmeta.kinetics.api import fit_curves
+    from matmeta.kinetics.api import fit_curves, read_curves_reporting
 
     if not 0 < level < 1:
         raise MatmetaInputError(f"--level {level}: must be between 0 and 1")
     if noise is not None and noise <= 0:
         raise MatmetaInputError(f"--noise {noise}: must be > 0")
-    curves, errors = read_points(points, "no curve could be read")
+    curves, errors = read_curves_reporting(points, "no curve could be read")
     if steps is not None and steps < 0:
         raise MatmetaInputError(f"--steps {steps}: must be >= 0")
     result = fit_curves(curves, method=method, prior=prior, noise=noise, steps=steps)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from matmeta.console import report_error, warn
 from matmeta.errors import MatmetaInputError
-from matmeta.kinetics.data import Curve
+from matmeta.kinetics.data import Curve, read_curves
 from matmeta.kinetics.fit import (
     DEFAULT_NOISE,
     METHODS,
@@ -33,6 +34,24 @@ COLUMNS = (
     "curve", "method", "points", "k", "ln_k", "ln_k_std", "n", "n_std",
     "t10_s", "t50_s", "t90_s", "ln_t50_std", "residual_rms", "ok",
 )  # fmt: skip
+
+
+def read_curves_reporting(points: Path, empty_message: str) -> tuple[list[Curve], list[str]]:
+    """The curves of a points file or TTT table, reporting each bad row in one line (stderr) as it is met.
+
+    Returns:
+        ``(curves, error messages)``; raises ``MatmetaInputError(f"{points}: {empty_message}")`` if no curve is left.
+    """
+    errors: list[str] = []
+
+    def on_error(message: str) -> None:
+        errors.append(message)
+        report_error(message)
+
+    curves = read_curves(points, on_error=on_error, warn=warn)
+    if not curves:
+        raise MatmetaInputError(f"{points}: {empty_message}")
+    return curves, errors
 
 
 @dataclasses.dataclass
