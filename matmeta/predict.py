@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from matmeta.predictor_data import (
     per_example_loss,
 )
 
-DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-26-HeatGap.ckpt"
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-29-GapDescriptors.ckpt"
 MODEL_CLASS = "CrystalGNN"
 __all__ = ["Predictor", "FinetuneReport", "MAMLSettings", "collate", "loss_fn", "per_example_loss"]
 Z90 = 1.6448536269514722  # two-sided 90% interval of a normal: mean ± Z90·σ
@@ -132,32 +131,41 @@ class FinetuneReport:
         unit: unit of the target.
         n_support: labelled structures used.
         steps: inner steps.
-        loo_mae_adapted: leave-one-out MAE with adaptation (NaN for one structure).
-        loo_mae_unadapted: MAE of the unadapted model on the same structures.
-        kept: ``"adapted"`` or ``"unadapted"``.
-        loo_predictions: the leave-one-out predictions of the adapted model.
+        loo_mae: leave-one-out MAE of every candidate (:data:`matmeta.adaptation.CHOICES`; NaN
+            where it cannot be computed, e.g. one structure). ``unadapted`` is its plain MAE.
+        kept: the candidate kept (lowest leave-one-out MAE).
+        loo_predictions: the leave-one-out predictions of the kept candidate.
     """
 
     target: str
     unit: str
     n_support: int
     steps: int
-    loo_mae_adapted: float
-    loo_mae_unadapted: float
+    loo_mae: dict[str, float]
     kept: str
     loo_predictions: list[float]
 
+    @property
+    def loo_mae_adapted(self) -> float:
+        """Leave-one-out MAE of the adapted model."""
+        return self.loo_mae["adapted"]
+
+    @property
+    def loo_mae_unadapted(self) -> float:
+        """MAE of the unadapted model."""
+        return self.loo_mae["unadapted"]
+
     def message(self) -> str:
-        """One human-readable summary line."""
-        base = (
-            f"leave-one-out MAE on {self.n_support} support structures: adapted {self.loo_mae_adapted:.4g}, "
-            f"unadapted {self.loo_mae_unadapted:.4g} {self.unit}"
-        )
-        if self.kept == "unadapted":
-            return base + "; adaptation made it worse (or diverged), so the unadapted weights are kept"
-        if math.isnan(self.loo_mae_adapted):
+        """One human-readable summary line: which candidate was kept and by how much it beat the others."""
+        maes = ", ".join(f"{kind} {mae:.4g}" for kind, mae in self.loo_mae.items() if math.isfinite(mae))
+        base = f"leave-one-out MAE on {self.n_support} support structures ({self.unit}): {maes}"
+        if self.n_support == 1:
             return base + "; one structure: no leave-one-out check possible, adapted weights kept"
-        return base + "; adapted weights kept"
+        others = {k: v for k, v in self.loo_mae.items() if k != self.kept and math.isfinite(v)}
+        runner = min(others, key=others.get) if others else None  # type: ignore[arg-type]
+        margin = f", {others[runner] - self.loo_mae[self.kept]:.3g} {self.unit} better than {runner}" if runner else ""
+        worse = "; adaptation made it worse (or diverged)" if self.loo_mae_adapted > self.loo_mae[self.kept] else ""
+        return f"{base}; kept: {self.kept}{margin}{worse}"
 
 
 class Predictor:
@@ -176,6 +184,8 @@ class Predictor:
         self.graph_config = GraphConfig(**metadata["graph_config"])
         self.elements_seen = {int(z) for z in metadata["elements_seen"]}
         self.uncertainty = dict(metadata.get("uncertainty", {}))
+        self.sites_seen = metadata.get("sites_seen")
+        self.loss = loss_fn
 
     @property
     def model(self) -> CrystalGNN:
@@ -228,12 +238,19 @@ class Predictor:
             MatmetaInputError: a structure that cannot become a graph (e.g. an isolated atom).
         """
         graphs, warnings = [], []
+        identity = self.model.config.node_features == "embedding"
         for structure in structures:
             z, edge_index, edge_dist = graph_from_structure(structure, self.graph_config)
             unseen = sorted({int(a) for a in z.tolist()} - self.elements_seen)
-            warnings.append(_unseen_warning(unseen))
-            graphs.append((map_unknown(z, self.elements_seen), edge_index, edge_dist))
+            warnings.append(_unseen_warning(unseen, identity))
+            graphs.append((map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist))
         return graphs, warnings
+
+    def out_of_domain(self, structure: Any) -> str | None:
+        """Why ``structure`` lies outside the training data (element at a new site, other structure type), or None."""
+        from matmeta.domain import domain_flags
+
+        return domain_flags(structure, self.sites_seen)
 
     # ------------------------------------------------------------------ predict
     def predict_graphs(
@@ -261,49 +278,68 @@ class Predictor:
 
         Returns:
             One dict per structure: ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
-            ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV)
-            and ``warning`` (str or None, e.g. for elements never seen in training).
+            ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV),
+            the 90% intervals ``heat_ref_lo``/``heat_ref_hi`` and ``gap_lo``/``gap_hi`` (gap if
+            non-metal), ``out_of_domain`` (str or None, see :mod:`matmeta.domain`) and ``warning``
+            (str or None, e.g. for elements never seen in training).
         """
         graphs, warnings = self.graphs(structures)
         rows = self.predict_graphs(graphs, mc_samples=mc_samples)
-        return [{**row, "warning": warning} for row, warning in zip(rows, warnings, strict=True)]
+        return [
+            {**row, "out_of_domain": self.out_of_domain(structure), "warning": warning}
+            for row, warning, structure in zip(rows, warnings, structures, strict=True)
+        ]
+
+    @property
+    def nonmetal_cut(self) -> float:
+        """P(non-metal) at or above which a structure is called a non-metal (chosen on validation families)."""
+        return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
     def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch) -> list[dict[str, float]]:
         """Decode model outputs (point (G, 3), MC samples (S, G, 3)) into rows in target units."""
-        adapted = (self.metadata.get("adapted") or {}).get("kept") == "adapted"
-        scale = self.uncertainty.get("adapted" if adapted else "zero_shot", {})
-        heat = self.stats.decode_heat(point[:, 0], batch.n_atoms)
-        p_metal = torch.sigmoid(point[:, 1])
-        gap = self.stats.decode_gap(point[:, 2])
+        from matmeta.adaptation import transform
+        from matmeta.predictor_intervals import half_widths
+
+        adapted = self.metadata.get("adapted") or {}
+        scale = self.uncertainty.get("adapted" if adapted.get("kept") == "adapted" else "zero_shot", {})
+        n_atoms = batch.n_atoms
+        raw = {
+            "heat_per_atom": (self.stats.decode_heat(point[:, 0], n_atoms) / n_atoms).numpy().astype(float),
+            "metal_logit": point[:, 1].numpy().astype(float),
+            "gap": self.stats.decode_gap(point[:, 2]).numpy().astype(float),
+            "n_atoms": n_atoms.numpy().astype(float),
+        }
+        if adapted.get("target") in TARGETS:
+            raw = transform(raw, adapted.get("choice"), adapted["target"])
+        heat = raw["heat_per_atom"] * raw["n_atoms"]
+        p_metal = 1.0 / (1.0 + np.exp(-np.clip(raw["metal_logit"], -60, 60)))
+        gap = raw["gap"]
         if mc is not None:
-            heat_std = self.stats.decode_heat(mc[..., 0], batch.n_atoms).std(0) * scale.get("heat_ref", 1.0)
-            gap_std = self.stats.decode_gap(mc[..., 2]).std(0) * scale.get("band_gap", 1.0)
+            heat_std = self.stats.decode_heat(mc[..., 0], n_atoms).std(0).numpy() * scale.get("heat_ref", 1.0)
+            gap_std = self.stats.decode_gap(mc[..., 2]).std(0).numpy() * scale.get("band_gap", 1.0)
         else:
-            heat_std, gap_std = torch.full_like(heat, math.nan), torch.full_like(gap, math.nan)
-        metal = p_metal >= 0.5
-        band_gap = torch.where(metal, 0.0, gap)
-        mixture_std = torch.sqrt((1 - p_metal) * (gap_std**2 + gap**2))
-        band_gap_std = torch.where(metal, mixture_std, gap_std)
+            heat_std, gap_std = np.full_like(heat, math.nan), np.full_like(gap, math.nan)
+        metal = (1.0 - p_metal) < self.nonmetal_cut
+        band_gap = np.where(metal, 0.0, gap)
+        band_gap_std = np.where(metal, np.sqrt((1 - p_metal) * (gap_std**2 + gap**2)), gap_std)
+        heat_half, gap_half = half_widths(self.uncertainty, adapted)
         return [
             {
                 "heat_ref": float(heat[i]),
                 "heat_ref_std": float(heat_std[i]),
+                "heat_ref_lo": _finite(heat[i] - heat_half * raw["n_atoms"][i]),
+                "heat_ref_hi": _finite(heat[i] + heat_half * raw["n_atoms"][i]),
                 "band_gap": float(band_gap[i]),
                 "band_gap_std": float(band_gap_std[i]),
                 "p_metal": float(p_metal[i]),
                 "gap_if_nonmetal": float(gap[i]),
+                "gap_lo": _finite(max(gap[i] - gap_half, 0.0)),
+                "gap_hi": _finite(gap[i] + gap_half),
             }
             for i in range(point.shape[0])
         ]
 
     # ------------------------------------------------------------------ finetune
-    def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
-        """Model outputs (G, 3) → predictions of ``target`` in its unit, shape (G,)."""
-        if target == "heat_ref":
-            return self.stats.decode_heat(outputs[:, 0], batch.n_atoms)
-        metal = torch.sigmoid(outputs[:, 1]) >= 0.5
-        return torch.where(metal, 0.0, self.stats.decode_gap(outputs[:, 2]))
-
     def finetune(
         self,
         structures: Sequence[Any],
@@ -312,7 +348,10 @@ class Predictor:
         steps: int | None = None,
         names: Sequence[str] | None = None,
     ) -> tuple[Predictor, FinetuneReport]:
-        """Adapt to labelled structures of one family (the engine's inner loop; fast weights only).
+        """Adapt to labelled structures of one family, keeping the best of four candidates by leave-one-out.
+
+        The candidates (adapted, unadapted, linear recalibration, support mean) are described in
+        :mod:`matmeta.adaptation`; the kept one is written into the returned predictor's metadata.
 
         Args:
             structures: 1–50 pymatgen structures.
@@ -322,12 +361,14 @@ class Predictor:
             names: labels of the structures for error messages.
 
         Returns:
-            The adapted predictor (or an unchanged copy when adaptation hurt) and the report.
+            The adapted predictor (a copy; this one is unchanged) and the report.
 
         Raises:
             CheckpointError: the checkpoint does not predict ``target``.
             MatmetaInputError: no structures, or a non-finite / negative value.
         """
+        from matmeta.adaptation import finetune
+
         if target not in TARGETS:
             raise CheckpointError(
                 f"{self.path}: checkpoint predicts {', '.join(TARGETS)}; it cannot be fine-tuned on {target!r}"
@@ -341,44 +382,13 @@ class Predictor:
                 raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
         items = self.support_items(structures, values_arr, target)
         steps = self.maml.inner_steps if steps is None else int(steps)
-        self.maml.eval()
-        unadapted = self._predict_target(collate(items), None, target)
-        loo = np.full(len(items), np.nan)
-        if len(items) > 1:
-            for i in range(len(items)):
-                fast = self.maml.adapt(collate(items[:i] + items[i + 1 :]), loss_fn, steps=steps)
-                loo[i] = self._predict_target(collate([items[i]]), fast, target)[0]
-        mae_unadapted = float(np.mean(np.abs(unadapted - values_arr)))
-        mae_adapted = float(np.mean(np.abs(loo - values_arr))) if len(items) > 1 else math.nan
-        keep = len(items) == 1 or (math.isfinite(mae_adapted) and mae_adapted <= mae_unadapted)
+        maml, adapted, loo = finetune(self, items, values_arr, target, steps)
         report = FinetuneReport(
-            target, UNITS[target], len(items), steps, mae_adapted, mae_unadapted,
-            "adapted" if keep else "unadapted", [float(v) for v in loo],
+            target, UNITS[target], len(items), steps, adapted["loo_mae"], adapted["kept"],
+            [float(v) for v in loo],
         )  # fmt: skip
-        maml = copy.deepcopy(self.maml)
-        if keep:
-            fast = self.maml.adapt(collate(items), loss_fn, steps=steps)
-            if not all(torch.isfinite(v).all() for v in fast.values()):
-                keep, report.kept = False, "unadapted"
-        if keep:
-            with torch.no_grad():
-                params = dict(maml.model.named_parameters())
-                for name, value in fast.items():
-                    params[name].copy_(value)
-        metadata = {
-            **self.metadata,
-            "adapted": {
-                "target": target,
-                "n_support": len(items),
-                "steps": steps,
-                "kept": report.kept,
-                "loo_mae_adapted": None if math.isnan(mae_adapted) else mae_adapted,
-                "loo_mae_unadapted": mae_unadapted,
-                "base_checkpoint": str(self.path.name if self.path else None),
-            },
-        }
-        maml.eval()
-        return Predictor(maml, metadata, None), report
+        adapted["base_checkpoint"] = str(self.path.name if self.path else None)
+        return Predictor(maml, {**self.metadata, "adapted": adapted}, None), report
 
     def support_items(
         self, structures: Sequence[Any], values: Sequence[float], target: str
@@ -396,23 +406,24 @@ class Predictor:
         y = self.stats.encode(heat, gap, n_atoms)
         return [(*g, y[i]) for i, g in enumerate(graphs)]
 
-    def _predict_target(self, batch: GraphBatch, fast: dict[str, Tensor] | None, target: str) -> np.ndarray:
-        with torch.inference_mode():
-            outputs = self.maml(*batch.inputs(), params=fast)
-            return self.target_values(outputs, batch, target).numpy().astype(float)
-
     def save(self, path: str | Path) -> Path:
         """Write this predictor (weights incl. adapted ones, metadata) as a checkpoint."""
         return save_checkpoint(path, self.maml.state_dict(), self.metadata)
 
 
-def _unseen_warning(unseen: Sequence[int]) -> str | None:
+def _finite(value: float) -> float | None:
+    """``value`` as a float, None when it is not finite (no calibrated interval in the checkpoint)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _unseen_warning(unseen: Sequence[int], identity: bool = True) -> str | None:
     if not unseen:
         return None
     from pymatgen.core.periodic_table import Element
 
     symbols = ", ".join(Element.from_Z(z).symbol for z in unseen)
-    return f"element(s) never seen in training: {symbols}; prediction uses a generic element embedding"
+    how = "a generic element embedding" if identity else "its element descriptors only"
+    return f"element(s) never seen in training: {symbols}; prediction uses {how}"
 
 
 def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = None, steps: int | None = None) -> Path:

@@ -76,8 +76,9 @@ class UncertaintyConfig:
 
     Attributes:
         mc_samples: dropout samples per prediction.
-        calibration_k: support size of the adapted-calibration episodes.
-        calibration_episodes: episodes for the adapted calibration.
+        calibration_k: unused (kept so older recipes load): adapted calibration runs at k = 5, 10, 20.
+        calibration_episodes: validation episodes per support size for the adapted calibration
+            (split-conformal quantiles, :mod:`matmeta.predictor_calibrate`).
     """
 
     mc_samples: int = 32
@@ -367,8 +368,10 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     """Meta-train the predictor described by ``recipe``; returns the checkpoint path."""
     from matmeta.checkpoint import save_checkpoint
     from matmeta.console import console
+    from matmeta.domain import sites_seen
     from matmeta.meta.trainer import MetaTrainer
     from matmeta.predict import build_maml
+    from matmeta.predictor_calibrate import calibrate as calibrate_predictor
     from matmeta.recipes import config_to_dict
 
     cfg = PredictorRecipe.from_recipe(recipe, str(recipe_path))
@@ -425,7 +428,10 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration below, finetune, benchmark)
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
-    metadata["uncertainty"] = calibrate(maml, table, stats, family_split.val, cfg.uncertainty, seed)
+    metadata["uncertainty"] = calibrate_predictor(
+        maml, table, stats, family_split.val, cfg.uncertainty.mc_samples, cfg.uncertainty.calibration_episodes, seed
+    )
+    metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
     metadata["training"] = {
         "steps": result.steps,
         "best_step": result.best_step,

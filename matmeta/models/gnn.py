@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +35,11 @@ class GNNConfig:
         cutoff_angstrom: largest distance the expansion covers (the graph's cutoff).
         conv: ``"edge_gated"`` (ALIGNN-style, edge features updated) or ``"cgcnn"``.
         dropout: dropout before the last head layer (also used for MC-dropout uncertainty).
+        node_features: atom inputs: ``"embedding"`` (learned per-element vector), ``"descriptors"``
+            (physical element descriptors + formal-oxidation-state features, see
+            :mod:`matmeta.elements`; carries over to elements never seen in training) or ``"both"``.
+        composition_features: add the composition's charge-balance flags (closed-shell, even-d)
+            to the pooled vector before the heads.
     """
 
     hidden: int = 64
@@ -42,8 +48,12 @@ class GNNConfig:
     cutoff_angstrom: float = 6.0
     conv: str = "edge_gated"
     dropout: float = 0.1
+    node_features: str = "embedding"
+    composition_features: bool = False
 
     def __post_init__(self) -> None:
+        if self.node_features not in ("embedding", "descriptors", "both"):
+            raise ValueError(f"node_features must be 'embedding', 'descriptors' or 'both', got {self.node_features!r}")
         if self.conv not in ("edge_gated", "cgcnn"):
             raise ValueError(f"conv must be 'edge_gated' or 'cgcnn', got {self.conv!r}")
         if self.hidden < 1 or self.layers < 1 or self.n_rbf < 2 or self.cutoff_angstrom <= 0:
@@ -213,7 +223,17 @@ class CrystalGNN(nn.Module):
         super().__init__()
         self.config = config or GNNConfig()
         hidden = self.config.hidden
-        self.embedding = nn.Embedding(N_ELEMENTS, hidden)
+        if self.config.node_features in ("embedding", "both"):
+            self.embedding = nn.Embedding(N_ELEMENTS, hidden)
+        if self.config.node_features in ("descriptors", "both"):
+            from matmeta.elements import ATOM_FEATURES, descriptor_table
+
+            self.register_buffer("element_table", torch.from_numpy(descriptor_table()))
+            self.descriptor_proj = nn.Linear(self.element_table.shape[1] + len(ATOM_FEATURES), hidden)
+        if self.config.composition_features:
+            from matmeta.elements import GRAPH_FEATURES
+
+            self.composition_proj = nn.Linear(len(GRAPH_FEATURES), hidden)
         self.rbf = GaussianExpansion(self.config.cutoff_angstrom, self.config.n_rbf)
         self.edge_embedding = nn.Linear(self.config.n_rbf, hidden)
         layer = EdgeGatedConv if self.config.conv == "edge_gated" else CGConv
@@ -252,7 +272,7 @@ class CrystalGNN(nn.Module):
         Shapes:
             → (G, 3), or (mc_samples, G, 3) when ``mc_samples > 0``.
         """
-        h = self.embedding(atomic_numbers)
+        h, graph_features = self.atom_inputs(atomic_numbers, batch, num_graphs)
         e = self.edge_embedding(self.rbf(edge_dist))
         for conv in self.convs:
             h, e = conv(h, edge_index, e)
@@ -260,6 +280,8 @@ class CrystalGNN(nn.Module):
             0, batch, torch.ones_like(batch, dtype=h.dtype)
         )
         pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)[:, None]
+        if graph_features is not None:
+            pooled = pooled + self.composition_proj(graph_features)
         if mc_samples <= 0:
             return self.head(pooled)
         hidden = self.head[1](self.head[0](pooled))
@@ -268,8 +290,28 @@ class CrystalGNN(nn.Module):
         masks = (keep >= self.config.dropout).to(hidden.dtype) / (1.0 - self.config.dropout)
         return self.head[3](hidden * masks)
 
+    def atom_inputs(self, atomic_numbers: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor | None]:
+        """Initial atom features (N, H) and, with ``composition_features``, graph features (G, F)."""
+        mode = self.config.node_features
+        h = self.embedding(atomic_numbers) if mode in ("embedding", "both") else None
+        graph_features = None
+        if mode != "embedding" or self.config.composition_features:
+            from matmeta.elements import composition_features
+
+            z = atomic_numbers.tolist()
+            bounds = torch.cumsum(torch.bincount(batch, minlength=num_graphs), 0).tolist()
+            parts = [composition_features(z[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+            atom = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(self.rbf.centers)
+            graph_features = torch.from_numpy(np.stack([p[1] for p in parts])).to(self.rbf.centers)
+            if mode != "embedding":
+                desc = self.descriptor_proj(torch.cat([self.element_table[atomic_numbers], atom], dim=1))
+                h = desc if h is None else h + desc
+        return h, graph_features if self.config.composition_features else None  # type: ignore[return-value]
+
     def set_unknown_embedding(self, seen: Sequence[int]) -> None:
         """Set the UNK row (0) to the mean embedding of the elements seen in training."""
+        if not hasattr(self, "embedding"):
+            return
         with torch.no_grad():
             rows = torch.as_tensor(sorted(set(seen)), dtype=torch.long)
             self.embedding.weight[0] = self.embedding.weight[rows].mean(0)

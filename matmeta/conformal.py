@@ -1,0 +1,90 @@
+"""Split-conformal prediction intervals and the metal/non-metal decision threshold.
+
+Split conformal (Vovk et al. 2005; Lei et al., JASA 113, 1094, 2018): on calibration points not
+used in training, take the absolute residuals ``s_i = |y_i − ŷ_i|`` (per atom for extensive
+targets); the interval ``ŷ ± q`` with ``q`` the ⌈(n+1)·level⌉-th smallest ``s_i`` covers a new
+exchangeable point with probability ≥ ``level``. Here the calibration points are the predictor's
+VALIDATION families (zero-shot and after adaptation), so coverage holds for new families to the
+extent that families are exchangeable.
+
+The metal/non-metal threshold is chosen on the same validation families for balanced accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def conformal_quantile(scores: Sequence[float] | np.ndarray, level: float = 0.9) -> float:
+    """The split-conformal half-width: the ⌈(n+1)·level⌉-th smallest finite score.
+
+    Returns ``inf`` when there are too few scores for that rank (n < level / (1 − level)).
+
+    Shapes:
+        scores: (n,) → scalar.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    values = np.sort(np.asarray(scores, dtype=float)[np.isfinite(np.asarray(scores, dtype=float))])
+    rank = math.ceil((values.size + 1) * level)
+    if values.size == 0 or rank > values.size:
+        return math.inf
+    return float(values[rank - 1])
+
+
+def coverage(prediction: np.ndarray, truth: np.ndarray, half_width: float | np.ndarray) -> float:
+    """Fraction of ``truth`` inside ``prediction ± half_width`` (NaN truths ignored).
+
+    Shapes:
+        prediction, truth: (n,); half_width: scalar or (n,) → scalar.
+    """
+    prediction, truth = np.asarray(prediction, float), np.asarray(truth, float)
+    ok = np.isfinite(truth)
+    if not ok.any():
+        return math.nan
+    inside = np.abs(prediction - truth) <= np.broadcast_to(half_width, prediction.shape)
+    return float(inside[ok].mean())
+
+
+def balanced_threshold(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray) -> float:
+    """The P(non-metal) cut with the highest balanced accuracy (ties: the middle of the best run).
+
+    Candidates are the midpoints between sorted distinct scores, so the result does not depend
+    on a grid. Returns 0.5 when one class is missing.
+
+    Shapes:
+        p_nonmetal, is_nonmetal: (n,) → scalar.
+    """
+    p = np.asarray(p_nonmetal, dtype=float)
+    positive = np.asarray(is_nonmetal, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    distinct = np.unique(p)
+    cuts = np.concatenate(([distinct[0] - 1e-9], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + 1e-9]))
+    order = np.argsort(p)
+    sorted_p, sorted_pos = p[order], positive[order]
+    below = np.searchsorted(sorted_p, cuts, side="left")  # points with p < cut are called metal
+    pos_below = np.concatenate(([0], np.cumsum(sorted_pos)))[below]
+    neg_below = below - pos_below
+    balanced = ((n_pos - pos_below) / n_pos + neg_below / n_neg) / 2
+    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+    return float(np.clip(cuts[best[len(best) // 2]], 1e-6, 1 - 1e-6))
+
+
+def classification_metrics(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray, threshold: float) -> dict[str, float]:
+    """Recall, precision and balanced accuracy of "non-metal" at ``threshold`` on P(non-metal).
+
+    Shapes:
+        p_nonmetal, is_nonmetal: (n,) → dict of scalars.
+    """
+    called = np.asarray(p_nonmetal, float) >= threshold
+    truth = np.asarray(is_nonmetal, bool)
+    tp = float((called & truth).sum())
+    recall = tp / truth.sum() if truth.any() else math.nan
+    precision = tp / called.sum() if called.any() else math.nan
+    specificity = float((~called & ~truth).sum()) / (~truth).sum() if (~truth).any() else math.nan
+    return {"recall": recall, "precision": precision, "balanced_accuracy": (recall + specificity) / 2}

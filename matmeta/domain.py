@@ -1,0 +1,67 @@
+"""Is a structure inside what the predictor was trained on? Per-structure out-of-domain flags.
+
+The shipped predictor is trained on ABX3 perovskites of its training B-site families. A prediction
+is flagged (not refused) when
+
+* an element sits at a site (A, B or anion X) where no training structure had it — the model then
+  extrapolates from element descriptors alone;
+* the structure is not an ABX3 perovskite (the only structure type in the training data).
+
+:func:`sites_seen` records the elements per site at training time (stored in the checkpoint as
+``sites_seen``); :func:`domain_flags` checks a structure against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SITES = ("A", "B", "X")
+
+
+def sites_seen(store_path: Path, train_families: Sequence[str], by: str = "b_site") -> dict[str, list[str]]:
+    """Elements seen at the A, B and anion sites in the structures of the training families."""
+    from pymatgen.core.periodic_table import Element
+
+    from matmeta.families import anion_elements
+    from matmeta.store import GraphStore
+
+    store = GraphStore(store_path)
+    family = store.family_keys(by)
+    a_site, b_site = store.family_keys("a_site"), store.family_keys("b_site")
+    wanted = set(train_families)
+    seen: dict[str, set[str]] = {site: set() for site in SITES}
+    for i, key in enumerate(family):
+        if key not in wanted:
+            continue
+        seen["A"].add(a_site[i])
+        seen["B"].add(b_site[i])
+        symbols = {Element.from_Z(int(z)).symbol for z in store[i].atomic_numbers.tolist()}
+        seen["X"].update(anion_elements(symbols))
+    return {site: sorted(values) for site, values in seen.items()}
+
+
+def domain_flags(structure: Any, seen: dict[str, Sequence[str]] | None) -> str | None:
+    """A one-line reason why ``structure`` is outside the training domain, or None when it is inside.
+
+    Args:
+        structure: a pymatgen ``Structure``.
+        seen: the checkpoint's ``sites_seen`` (None: an older checkpoint; nothing is checked).
+    """
+    from matmeta.errors import MatmetaInputError
+    from matmeta.families import anion_elements, perovskite_sites
+
+    if not seen:
+        return None
+    try:
+        a_site, b_site = perovskite_sites(structure)
+    except MatmetaInputError as exc:
+        return f"structure type: {str(exc).split(': ', 1)[-1]} (trained on ABX3 perovskites only)"
+    anions = anion_elements({site.specie.symbol for site in structure})
+    reasons = []
+    for site, elements in (("A", [a_site]), ("B", [b_site]), ("X", sorted(anions))):
+        new = [e for e in elements if e not in set(seen.get(site, ()))]
+        if new:
+            reasons.append(f"{', '.join(new)} never seen at the {site} site in training")
+    return "; ".join(reasons) or None
