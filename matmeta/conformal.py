@@ -49,11 +49,12 @@ def coverage(prediction: np.ndarray, truth: np.ndarray, half_width: float | np.n
     return float(inside[ok].mean())
 
 
-def balanced_threshold(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray) -> float:
-    """The P(non-metal) cut with the highest balanced accuracy (ties: the middle of the best run).
+def balanced_threshold(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray, min_precision: float = 0.0) -> float:
+    """The P(non-metal) cut with the highest balanced accuracy, among cuts with precision ≥ ``min_precision``.
 
     Candidates are the midpoints between sorted distinct scores, so the result does not depend
-    on a grid. Returns 0.5 when one class is missing.
+    on a grid; ties go to the middle of the best run. When no cut reaches ``min_precision`` the
+    floor is dropped. Returns 0.5 when one class is missing.
 
     Shapes:
         p_nonmetal, is_nonmetal: (n,) → scalar.
@@ -71,6 +72,11 @@ def balanced_threshold(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray) -> float
     pos_below = np.concatenate(([0], np.cumsum(sorted_pos)))[below]
     neg_below = below - pos_below
     balanced = ((n_pos - pos_below) / n_pos + neg_below / n_neg) / 2
+    called = len(p) - below
+    precision = np.where(called > 0, (n_pos - pos_below) / np.maximum(called, 1), 0.0)
+    allowed = precision >= min_precision
+    if allowed.any():
+        balanced = np.where(allowed, balanced, -1.0)
     best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
     return float(np.clip(cuts[best[len(best) // 2]], 1e-6, 1 - 1e-6))
 

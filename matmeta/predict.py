@@ -164,7 +164,8 @@ class FinetuneReport:
         others = {k: v for k, v in self.loo_mae.items() if k != self.kept and math.isfinite(v)}
         runner = min(others, key=others.get) if others else None  # type: ignore[arg-type]
         margin = f", {others[runner] - self.loo_mae[self.kept]:.3g} {self.unit} better than {runner}" if runner else ""
-        worse = "; adaptation made it worse (or diverged)" if self.loo_mae_adapted > self.loo_mae[self.kept] else ""
+        adapted, unadapted = self.loo_mae_adapted, self.loo_mae_unadapted
+        worse = "; adaptation made it worse (or diverged)" if not adapted <= unadapted else ""
         return f"{base}; kept: {self.kept}{margin}{worse}"
 
 

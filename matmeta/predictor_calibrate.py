@@ -2,7 +2,8 @@
 
 :func:`calibrate` returns the checkpoint's ``uncertainty`` entry:
 
-* ``nonmetal_threshold``: the P(non-metal) cut with the best balanced accuracy (zero-shot);
+* ``nonmetal_threshold``: the P(non-metal) cut with the best balanced accuracy among cuts whose
+  precision is at least 0.3 (zero-shot);
 * ``conformal``: split-conformal 90% half-widths (:mod:`matmeta.conformal`) of the heat of
   formation per atom (eV/atom) and of the gap of true non-metals (eV), zero-shot and after
   adaptation on k = 5 / 10 / 20 support structures of a validation family;
@@ -26,6 +27,7 @@ from matmeta.predictor_data import GraphTable, TargetStats, loss_fn
 
 Z90 = 1.6448536269514722
 LEVEL = 0.9
+MIN_PRECISION = 0.3  # a non-metal call should be right at least 3 times in 10 (the operating point)
 ADAPT_KS = (5, 10, 20)
 
 
@@ -103,7 +105,7 @@ def calibrate(
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,
         "interval": LEVEL,
-        "nonmetal_threshold": balanced_threshold(zero["p_nonmetal"], zero["nonmetal"]),
+        "nonmetal_threshold": balanced_threshold(zero["p_nonmetal"], zero["nonmetal"], MIN_PRECISION),
         "conformal": {"level": LEVEL, "zero_shot": zero_summary, "adapted": adapted},
         "zero_shot": {"heat_ref": zero_summary["mc_heat_ref"], "band_gap": zero_summary["mc_band_gap"]},
         "adapted": {"heat_ref": ref["mc_heat_ref"], "band_gap": ref["mc_band_gap"]},

@@ -182,20 +182,13 @@ class GraphTable:
         return sorted({int(z) for i in chosen for z in self.graphs[int(i)][0].tolist()})
 
 
-def per_example_loss(
-    forward: Any,
-    batch: GraphBatch,
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    nonmetal_weight: float = 1.0,
-) -> Tensor:
+def per_example_loss(forward: Any, batch: GraphBatch, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
     """Loss of each structure: heat MSE + BCE(metal) + non-metal gap MSE (all normalised; NaN skipped).
 
     Args:
         forward: the model (or the engine's functional form of it).
         batch: the structures with their normalised targets.
         weights: weights of the heat, metal and gap terms.
-        nonmetal_weight: extra weight of the metal/non-metal term for true non-metals (the rare
-            class, ~4% of the training structures).
 
     Shapes:
         → (G,).
@@ -206,8 +199,6 @@ def per_example_loss(
     target = torch.nan_to_num(y)
     heat = torch.where(known[:, 0], (out[:, 0] - target[:, 0]) ** 2, 0.0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 1], target[:, 1], reduction="none")
-    if nonmetal_weight != 1.0:
-        bce = bce * torch.where(target[:, 1] < 0.5, nonmetal_weight, 1.0)
     metal = torch.where(known[:, 1], bce, 0.0)
     gap = torch.where(known[:, 2], (out[:, 2] - target[:, 2]) ** 2, 0.0)
     return weights[0] * heat + weights[1] * metal + weights[2] * gap
@@ -216,17 +207,6 @@ def per_example_loss(
 def loss_fn(forward: Any, batch: GraphBatch) -> Tensor:
     """Mean of :func:`per_example_loss` (the engine's ``loss_fn``)."""
     return per_example_loss(forward, batch).mean()
-
-
-def make_loss_fn(nonmetal_weight: float = 1.0) -> Any:
-    """The engine's ``loss_fn`` with a class weight for non-metals (1: :func:`loss_fn` itself)."""
-    if nonmetal_weight == 1.0:
-        return loss_fn
-
-    def weighted(forward: Any, batch: GraphBatch) -> Tensor:
-        return per_example_loss(forward, batch, nonmetal_weight=nonmetal_weight).mean()
-
-    return weighted
 
 
 def collate_items(items: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBatch:

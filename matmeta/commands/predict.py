@@ -33,7 +33,7 @@ def predict_rows(predictor: Any, named: list[tuple[str, Any]]) -> tuple[list[dic
     """Predictions for named structures; structures that cannot become graphs are reported, not fatal."""
     from matmeta.errors import MatmetaInputError
 
-    graphs, warnings, names, formulas, bad = [], [], [], [], []
+    graphs, warnings, names, formulas, domains, bad = [], [], [], [], [], []
     for name, structure in named:
         try:
             (graph,), (warning,) = predictor.graphs([structure])
@@ -44,12 +44,23 @@ def predict_rows(predictor: Any, named: list[tuple[str, Any]]) -> tuple[list[dic
         warnings.append(warning)
         names.append(name)
         formulas.append(structure.composition.reduced_formula)
+        domains.append(predictor.out_of_domain(structure))
     rows = predictor.predict_graphs(graphs) if graphs else []
     out = [
-        {"name": n, "formula": f, **row, "warning": w}
-        for n, f, row, w in zip(names, formulas, rows, warnings, strict=True)
+        {"name": n, "formula": f, **row, "out_of_domain": d, "warning": w}
+        for n, f, row, d, w in zip(names, formulas, rows, domains, warnings, strict=True)
     ]
     return out, bad
+
+
+def _interval(lo: float | None, hi: float | None, digits: int) -> str:
+    return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _gap_cell(row: dict[str, Any]) -> str:
+    if row["band_gap"] == 0.0:
+        return "metal (0)"
+    return f"{row['band_gap']:.2f} {_interval(row['gap_lo'], row['gap_hi'], 2)}"
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
@@ -141,15 +152,17 @@ def register(app: typer.Typer) -> None:
         predictor_rows, bad_graphs = predict_rows(predictor, named) if named else ([], [])
         bad += bad_graphs
         print_table(
-            f"predictions ({predictor.path.name if predictor.path else 'model'}; ± = 1σ, calibrated)",
-            ["structure", "formula", "heat_ref eV/cell", "band gap eV", "P(metal)"],
+            f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
+            f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.2f})",
+            ["structure", "formula", "heat_ref eV/cell", "band gap eV", "P(non-metal)", "out of domain"],
             [
                 (
                     r["name"],
                     r["formula"],
-                    f"{r['heat_ref']:.3f} ± {r['heat_ref_std']:.3f}",
-                    f"{r['band_gap']:.2f} ± {r['band_gap_std']:.2f}",
-                    f"{r['p_metal']:.2f}",
+                    f"{r['heat_ref']:.3f} {_interval(r['heat_ref_lo'], r['heat_ref_hi'], 3)}",
+                    _gap_cell(r),
+                    f"{1.0 - r['p_metal']:.2f}",
+                    r["out_of_domain"] or "",
                 )
                 for r in predictor_rows
             ],
@@ -176,7 +189,7 @@ def register(app: typer.Typer) -> None:
         cif_column: str = typer.Option("cif", "--cif-column", help="Column with CIF text."),
         steps: int = typer.Option(None, "--steps", help="Inner steps (default: the meta-learned number)."),
     ) -> None:
-        """Adapt the predictor to 1-50 measured structures; prints the leave-one-out error."""
+        """Adapt the predictor to 1-50 measured structures (best of four candidates by leave-one-out)."""
         from matmeta.console import print_table, report_error, warn
         from matmeta.errors import MatmetaInputError
         from matmeta.predict import Predictor
@@ -191,13 +204,13 @@ def register(app: typer.Typer) -> None:
             warn(f"{support}: {len(structures)} structures; finetune is meant for 1-50 (leave-one-out gets slower)")
         adapted, report = predictor.finetune(structures, values, target, steps=steps, names=names)
         print_table(
-            f"leave-one-out on {report.n_support} support structures ({report.steps} inner steps)",
-            ["model", f"MAE {report.unit}"],
-            [("unadapted", report.loo_mae_unadapted), ("adapted", report.loo_mae_adapted)],
+            f"leave-one-out on {report.n_support} support structures ({report.steps} inner steps; lowest is kept)",
+            ["candidate", f"MAE {report.unit}", "kept"],
+            [(kind, mae, "✓" if kind == report.kept else "") for kind, mae in report.loo_mae.items()],
         )
         typer.echo(report.message())
         adapted.save(out)
-        typer.echo(f"checkpoint: {out} ({report.kept} weights)")
+        typer.echo(f"checkpoint: {out} (kept: {report.kept})")
         for message in bad:
             report_error(message)
         if bad:

@@ -1,0 +1,158 @@
+"""Band-gap trust (issue 12): descriptor features classify unseen chemistry, finetune's four-way choice,
+split-conformal coverage, out-of-domain flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def _perovskite(a: str, b: str, x: str = "O", lattice: float = 3.95):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice.cubic(lattice), [a, b, x, x, x],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )  # fmt: skip
+
+
+def _cscl(a: str, b: str, lattice: float = 2.95):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(lattice), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _tiny(node_features: str = "descriptors", **settings):
+    from matmeta.models.gnn import GNNConfig
+    from matmeta.predict import MAMLSettings
+    from matmeta.predictor_train import untrained_predictor
+
+    config = GNNConfig(hidden=16, layers=2, n_rbf=8, node_features=node_features, composition_features=True)
+    return untrained_predictor(config, MAMLSettings(**settings))
+
+
+# ---------------------------------------------------------------------- descriptors and oxidation states
+def test_composition_features_know_closed_shell_charge_balance():
+    from matmeta.elements import composition_features, descriptor_table
+
+    table = descriptor_table()
+    assert table.shape[0] == 119 and np.all(table[0] == 0) and np.isfinite(table).all()
+    _, srtio3 = composition_features([38, 22, 8, 8, 8])  # Sr2+ Ti4+ (d0) O2-
+    _, lafeo3 = composition_features([57, 26, 8, 8, 8])  # La3+ Fe3+ (d5)
+    _, cuzn = composition_features([29, 30])  # intermetallic
+    assert srtio3[:3].tolist() == [1.0, 1.0, 1.0]
+    assert lafeo3[:3].tolist() == [1.0, 0.0, 0.0]
+    assert cuzn[:3].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_descriptor_model_classifies_unseen_d0_oxide_and_intermetallic():
+    """Trained on a small synthetic split, the model gets chemistry right for elements it never saw."""
+    from matmeta.graphs import GraphConfig
+    from matmeta.models.gnn import CrystalGNN, GNNConfig, collate
+    from matmeta.predictor_data import TargetStats, graph_from_structure
+
+    train = [(_perovskite(a, b), 3.0) for a in ("Sr", "Ba", "Ca") for b in ("Ti", "Zr")]  # d0: insulators
+    train += [(_perovskite(a, b), 0.0) for a in ("Sr", "Ba", "Ca") for b in ("V", "Cr", "Mn")]  # d1-d3: metals
+    train += [(_cscl(a, b), 0.0) for a, b in (("Cu", "Zn"), ("Fe", "Al"), ("Co", "Ti"), ("Ag", "Mg"))]
+    test = [_perovskite("Sr", "Hf"), _cscl("Ni", "Al")]  # Hf and Ni never seen in training
+    graph_config = GraphConfig(cutoff_angstrom=5.0)
+    stats = TargetStats(0.3, 0.2, 3.0, 1.0)
+
+    def items(structures, gaps):
+        y = stats.encode(np.zeros(len(gaps)), np.asarray(gaps, float), np.array([len(s) for s in structures], float))
+        return [(*graph_from_structure(s, graph_config), y[i]) for i, s in enumerate(structures)]
+
+    torch.manual_seed(0)
+    config = GNNConfig(hidden=16, layers=1, n_rbf=8, cutoff_angstrom=5.0, node_features="descriptors",
+                       composition_features=True)  # fmt: skip
+    model = CrystalGNN(config)
+    batch = collate(items([s for s, _ in train], [g for _, g in train]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    from matmeta.predictor_data import loss_fn
+
+    for _ in range(150):
+        loss = loss_fn(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        p_metal = torch.sigmoid(model(*collate(items(test, [np.nan, np.nan])).inputs())[:, 1])
+    assert p_metal[0] < 0.5 < p_metal[1], p_metal
+
+
+# ---------------------------------------------------------------------- finetune: four candidates
+def _family():
+    return [_perovskite(a, b) for a in ("Sr", "Ba", "Ca") for b in ("Ti", "Zr", "Sn", "Nb")]
+
+
+def test_finetune_picks_support_mean_for_pure_noise():
+    predictor = _tiny(inner_lr=0.05, inner_steps=10, learn_inner_lr=False)
+    structures = _family()
+    values = 20.0 + np.random.default_rng(0).normal(0.0, 1.0, len(structures))
+    adapted, report = predictor.finetune(structures, values, "heat_ref")
+    assert report.kept == "support_mean", report.message()
+    rows = adapted.predict_structures(structures[:2], mc_samples=0)
+    assert rows[0]["heat_ref"] == pytest.approx(float(np.mean(values)), abs=1e-6)
+    assert adapted.metadata["adapted"]["choice"]["kind"] == "support_mean"
+
+
+def test_finetune_picks_adapted_when_labels_follow_the_structure():
+    predictor = _tiny(inner_lr=0.05, inner_steps=30, learn_inner_lr=False)
+    structures = _family()
+    level = {"Ti": -0.6, "Zr": 0.6, "Sn": -0.6, "Nb": 0.6}  # set by the B element, unrelated to the random model
+    values = np.array([level[s[1].specie.symbol] + 0.01 * (i % 3) for i, s in enumerate(structures)])
+    _, report = predictor.finetune(structures, values, "heat_ref")
+    assert report.kept == "adapted", report.message()
+    assert report.loo_mae["adapted"] < 0.6 * report.loo_mae["unadapted"]
+
+
+def test_recalibration_learns_a_systematic_gap_offset():
+    from matmeta.adaptation import fit_linear, fit_logit_shift
+
+    scale, shift = fit_linear(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.5, 3.5, 4.5, 5.5]))
+    assert scale == pytest.approx(1.0) and shift == pytest.approx(1.5)
+    shrunk, _ = fit_linear(np.array([1.0, 2.0, 3.0, 4.0]), np.array([3.0, 5.0, 7.0, 9.0]))
+    assert shrunk == pytest.approx(1.5)  # least squares says 2, the prior says 1
+    c = fit_logit_shift(np.array([3.0, 3.0, 3.0]), np.array([False, False, False]))
+    assert 1 / (1 + np.exp(-(3.0 + c))) == pytest.approx(0.5 / 4, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- conformal
+def test_split_conformal_reaches_coverage_on_synthetic_regression():
+    from matmeta.conformal import conformal_quantile, coverage
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-3, 3, 6000)
+    y = np.sin(x) + rng.standard_t(4, x.size) * 0.3
+    prediction = np.sin(x) * 0.9  # a slightly wrong model
+    q = conformal_quantile(np.abs(y[:1000] - prediction[:1000]), 0.9)
+    inside = coverage(prediction[1000:], y[1000:], q)
+    assert 0.88 <= inside <= 0.92
+    assert conformal_quantile([0.1, 0.2], 0.9) == float("inf")  # too few points for a 90% rank
+
+
+def test_threshold_maximises_balanced_accuracy_with_a_precision_floor():
+    from matmeta.conformal import balanced_threshold, classification_metrics
+
+    p = np.array([0.1] * 50 + [0.6] * 10 + [0.5] * 4 + [0.7])
+    positive = np.array([False] * 60 + [True] * 5)
+    cut = balanced_threshold(p, positive)  # all non-metals found, 10 metals wrongly called: precision 1/3
+    assert cut == pytest.approx(0.3)
+    assert classification_metrics(p, positive, cut)["recall"] == 1.0
+    floored = balanced_threshold(p, positive, min_precision=0.5)  # only the top one is called
+    assert floored == pytest.approx(0.65)
+    assert classification_metrics(p, positive, floored)["precision"] == 1.0
+
+
+# ---------------------------------------------------------------------- out of domain
+def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
+    predictor = _tiny()
+    predictor.sites_seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    rows = predictor.predict_structures([_perovskite("Sr", "Ti"), _perovskite("Ba", "Zr"), _perovskite("Ti", "Sr")])
+    assert rows[0]["out_of_domain"] is None
+    assert "Zr never seen at the B site" in rows[1]["out_of_domain"]
+    assert rows[2]["out_of_domain"] is not None
+    (metal,) = predictor.predict_structures([_cscl("Cu", "Zn")])
+    assert "structure type" in metal["out_of_domain"]
