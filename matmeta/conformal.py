@@ -7,7 +7,8 @@ exchangeable point with probability ≥ ``level``. Here the calibration points a
 VALIDATION families (zero-shot and after adaptation), so coverage holds for new families to the
 extent that families are exchangeable.
 
-The metal/non-metal threshold is chosen on the same validation families for balanced accuracy.
+The metal/non-metal threshold is chosen on the same validation families for balanced accuracy;
+:func:`roc_auc` and :func:`classification_metrics` score it.
 """
 
 from __future__ import annotations
@@ -94,3 +95,14 @@ def classification_metrics(p_nonmetal: np.ndarray, is_nonmetal: np.ndarray, thre
     precision = tp / called.sum() if called.any() else math.nan
     specificity = float((~called & ~truth).sum()) / (~truth).sum() if (~truth).any() else math.nan
     return {"recall": recall, "precision": precision, "balanced_accuracy": (recall + specificity) / 2}
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U with average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -25,8 +25,8 @@ def _cscl(a: str, b: str, lattice: float = 2.95):
 
 def _tiny(node_features: str = "descriptors", **settings):
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict import MAMLSettings
-    from matmeta.predictor_train import untrained_predictor
+    from matmeta.predict.config import MAMLSettings
+    from matmeta.predict.train import untrained_predictor
 
     config = GNNConfig(hidden=16, layers=2, n_rbf=8, node_features=node_features, composition_features=True)
     return untrained_predictor(config, MAMLSettings(**settings))
@@ -50,7 +50,7 @@ def test_descriptor_model_classifies_unseen_d0_oxide_and_intermetallic():
     """Trained on a small synthetic split, the model gets chemistry right for elements it never saw."""
     from matmeta.graphs import GraphConfig
     from matmeta.models.gnn import CrystalGNN, GNNConfig, collate
-    from matmeta.predictor_data import TargetStats, graph_from_structure
+    from matmeta.predict.data import TargetStats, graph_from_structure
 
     train = [(_perovskite(a, b), 3.0) for a in ("Sr", "Ba", "Ca") for b in ("Ti", "Zr")]  # d0: insulators
     train += [(_perovskite(a, b), 0.0) for a in ("Sr", "Ba", "Ca") for b in ("V", "Cr", "Mn")]  # d1-d3: metals
@@ -69,7 +69,7 @@ def test_descriptor_model_classifies_unseen_d0_oxide_and_intermetallic():
     model = CrystalGNN(config)
     batch = collate(items([s for s, _ in train], [g for _, g in train]))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    from matmeta.predictor_data import loss_fn
+    from matmeta.predict.data import loss_fn
 
     for _ in range(150):
         loss = loss_fn(model, batch)
@@ -109,7 +109,7 @@ def test_finetune_picks_adapted_when_labels_follow_the_structure():
 
 
 def test_recalibration_learns_a_systematic_gap_offset():
-    from matmeta.adaptation import fit_linear, fit_logit_shift
+    from matmeta.predict.adaptation import fit_linear, fit_logit_shift
 
     scale, shift = fit_linear(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.5, 3.5, 4.5, 5.5]))
     assert scale == pytest.approx(1.0) and shift == pytest.approx(1.5)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from matmeta.conformal import classification_metrics
+from matmeta.conformal import classification_metrics, roc_auc
 
 
 @dataclasses.dataclass
@@ -30,8 +30,6 @@ class GapRecord:
 
     def metrics(self, cut: float, metal_threshold_ev: float) -> dict[str, float]:
         """ROC-AUC, recall, precision, balanced accuracy at ``cut``; MAE on non-metals and on all."""
-        from matmeta.bench.fewshot import roc_auc
-
         p, final, truth = (np.concatenate(v) for v in (self.p_nonmetal, self.final_gap, self.truth))
         nonmetal = truth > metal_threshold_ev
         out = {"roc_auc": roc_auc(p, nonmetal) if np.ptp(p) > 0 else 0.5}
@@ -72,7 +70,7 @@ class GapBench:
 
     def add_baselines(self, k: int, support: np.ndarray, query: np.ndarray, table: Any) -> np.ndarray:
         """Linear recalibration and support mean for both targets; returns the recalibrated heat (eV/cell)."""
-        from matmeta.adaptation import fit_choice, raw_outputs, transform
+        from matmeta.predict.adaptation import fit_choice, raw_outputs, transform
 
         truth = table.band_gap[query]
         raw_s = raw_outputs(self.predictor, table.batch(support))
@@ -120,7 +118,7 @@ class GapBench:
 
 def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_measurements.csv")) -> list[tuple[str, float, str]]:
     """Leave-one-out MAE (eV) of every finetune candidate on the lab-measured oxide gaps."""
-    from matmeta.commands.predict import read_support
+    from matmeta.predict.data import read_support
 
     if not csv_path.exists():
         return []

@@ -479,22 +479,10 @@ class MetaTrainer:
         return progress(disable=None if self.show_progress is None else not self.show_progress)
 
 
-def train_meta(
-    maml: MAML,
-    loss_fn: LossFn,
-    train_source: EpisodeSource,
-    config: TrainerConfig,
-    **kwargs: Any,
-) -> TrainResult:
-    """Shortcut: ``MetaTrainer(maml, loss_fn, train_source, config, **kwargs).fit()``."""
-    return MetaTrainer(maml, loss_fn, train_source, config, **kwargs).fit()
-
-
 __all__ = [
     "EpisodeSource",
     "MetaTrainer",
     "TrainResult",
     "TrainerConfig",
     "resume_path",
-    "train_meta",
 ]

@@ -23,7 +23,7 @@ import torch
 
 from matmeta.conformal import balanced_threshold, conformal_quantile
 from matmeta.meta.maml import MAML
-from matmeta.predictor_data import GraphTable, TargetStats, loss_fn
+from matmeta.predict.data import GraphTable, TargetStats, family_indices, loss_fn
 
 Z90 = 1.6448536269514722
 LEVEL = 0.9
@@ -83,7 +83,6 @@ def calibrate(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The ``uncertainty`` metadata of a predictor, from the validation ``families`` (see the module doc)."""
-    from matmeta.predictor_train import family_indices
     from matmeta.tasks import EpisodeSampler
 
     maml.eval()
@@ -117,8 +116,9 @@ def calibrate(
 def recalibrate_checkpoint(checkpoint: Path, store: Path, out: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back."""
     from matmeta.checkpoint import save_checkpoint
-    from matmeta.predict import Predictor
-    from matmeta.predictor_train import DataConfig, load_table
+    from matmeta.predict.config import DataConfig
+    from matmeta.predict.data import load_table
+    from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load(checkpoint)
     columns = predictor.metadata["targets"].get("source_columns", {})

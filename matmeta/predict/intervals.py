@@ -1,7 +1,7 @@
 """Which 90% interval half-width a predictor states, given how (and whether) it was adapted.
 
 * not adapted, or the unadapted weights kept: the zero-shot split-conformal half-widths of the
-  checkpoint's validation calibration (:mod:`matmeta.predictor_calibrate`);
+  checkpoint's validation calibration (:mod:`matmeta.predict.calibrate`);
 * adapted weights: the adapted half-widths for the calibrated support size nearest to the
   support set's size;
 * for the fine-tuned target, when the support set had ≥ 9 structures: the split-conformal quantile

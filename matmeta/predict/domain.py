@@ -25,7 +25,7 @@ def sites_seen(store_path: Path, train_families: Sequence[str], by: str = "b_sit
     from pymatgen.core.periodic_table import Element
 
     from matmeta.families import anion_elements
-    from matmeta.store import GraphStore
+    from matmeta.store.reader import GraphStore
 
     store = GraphStore(store_path)
     family = store.family_keys(by)
