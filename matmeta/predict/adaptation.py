@@ -176,12 +176,14 @@ def best_choice(loo: dict[str, np.ndarray], values: np.ndarray) -> tuple[str, di
     return best, maes
 
 
-def finetune(predictor: Any, items: list, values: np.ndarray, target: str, steps: int) -> tuple[Any, dict, np.ndarray]:
+def finetune(
+    predictor: Any, items: list, values: np.ndarray, target: str, steps: int
+) -> tuple[Any, dict, dict[str, np.ndarray]]:
     """Score the candidates, fit the best on the whole support set.
 
     Returns:
         ``(maml, adapted, loo)``: the engine holding the kept weights (a copy), the checkpoint's
-        ``adapted`` metadata entry, and the kept candidate's leave-one-out predictions.
+        ``adapted`` metadata entry, and every candidate's leave-one-out predictions.
     """
     import copy
 
@@ -222,4 +224,4 @@ def finetune(predictor: Any, items: list, values: np.ndarray, target: str, steps
         "loo_mae_unadapted": maes["unadapted"],
         "loo_half_width": None if not math.isfinite(half) else half,
     }
-    return maml, adapted, loo[kept]
+    return maml, adapted, loo

@@ -56,7 +56,8 @@ class FinetuneReport:
         loo_mae: leave-one-out MAE of every candidate (:data:`matmeta.predict.adaptation.CHOICES`; NaN
             where it cannot be computed, e.g. one structure). ``unadapted`` is its plain MAE.
         kept: the candidate kept (lowest leave-one-out MAE).
-        loo_predictions: the leave-one-out predictions of the kept candidate.
+        loo_predictions: the leave-one-out predictions of the adapted model.
+        loo_by_candidate: the leave-one-out predictions of every candidate.
     """
 
     target: str
@@ -66,6 +67,7 @@ class FinetuneReport:
     loo_mae: dict[str, float]
     kept: str
     loo_predictions: list[float]
+    loo_by_candidate: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def loo_mae_adapted(self) -> float:
@@ -262,6 +264,13 @@ class Predictor:
             for i in range(point.shape[0])
         ]
 
+    def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
+        """Model outputs (G, 3) → predictions of ``target`` in its unit, shape (G,) (differentiable; for explain)."""
+        if target == "heat_ref":
+            return self.stats.decode_heat(outputs[:, 0], batch.n_atoms)
+        metal = 1.0 - torch.sigmoid(outputs[:, 1]) < self.nonmetal_cut
+        return torch.where(metal, 0.0, self.stats.decode_gap(outputs[:, 2]))
+
     # ------------------------------------------------------------------ finetune
     def finetune(
         self,
@@ -308,7 +317,7 @@ class Predictor:
         maml, adapted, loo = finetune(self, items, values_arr, target, steps)
         report = FinetuneReport(
             target, UNITS[target], len(items), steps, adapted["loo_mae"], adapted["kept"],
-            [float(v) for v in loo],
+            [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
         )  # fmt: skip
         adapted["base_checkpoint"] = str(self.path.name if self.path else None)
         return Predictor(maml, {**self.metadata, "adapted": adapted}, None), report
