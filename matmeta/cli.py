@@ -14,7 +14,7 @@ import typer
 
 from matmeta.errors import MatmetaError
 
-COMMAND_MODULES = ("train", "bench", "jmak", "explain", "predict", "data", "design")
+COMMAND_MODULES = ("train", "bench", "jmak", "explain", "predict", "data", "design", "federate")
 
 app = typer.Typer(
     name="matmeta",
