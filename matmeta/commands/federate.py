@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-federate_app = typer.Typer(help="Federated meta-learning: labs share updates, never measurements.", no_args_is_help=True)
+federate_app = typer.Typer(
+    help="Federated meta-learning: labs share updates, never measurements.", no_args_is_help=True
+)
 
 
 def _quiet_flower() -> None:
