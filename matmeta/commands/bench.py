@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain")
+BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain", "federated")
 
 
 def run_bench(recipe_path: Path, quick: bool = False) -> None:
