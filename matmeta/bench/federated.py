@@ -316,7 +316,7 @@ def _goals(setup: Setup, methods: dict, table: dict, fed: str, fedavg: str, k: i
             f"{bytes_avg} (round {r_avg})"
             if bytes_avg is not None
             else f"never within {setup.config.rounds} rounds "
-            f"(> {setup.config.rounds * methods[fedavg]['bytes_round'] // n})"
+            f"(> {setup.config.rounds * methods[fedavg]['bytes_round']})"
         )
         + f"; ≤ 1/3: {_third(bytes_fed, bytes_avg, setup.config.rounds * methods[fedavg]['bytes_round'])}",
     ]

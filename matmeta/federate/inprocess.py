@@ -28,7 +28,7 @@ def run_in_process(
     on_round: Callable[[int], None] | None = None,
     max_rounds: int = 10_000,
 ) -> Traffic:
-    """Run the coordinator's remaining rounds with ``handlers`` as the labs; ``on_round(r)`` after each training round."""
+    """Run the remaining rounds with ``handlers`` as the labs; ``on_round(r)`` after each training round."""
     traffic = Traffic()
     for _ in range(max_rounds):
         phase = coordinator.phase
