@@ -133,3 +133,38 @@ def test_labs_are_chemically_contiguous_and_disjoint():
     assert all(len(lab.held_out) == 1 for lab in labs)
     with pytest.raises(ValueError):
         split_labs(families[:5], 4, held_out=1)
+
+
+def test_the_shared_start_is_an_ordinary_predictor_checkpoint(tmp_path):
+    from matmeta.federate.config import FederatedRecipe
+    from matmeta.federate.export import export_predictor
+    from matmeta.federate.tasks import Predictor, new_model_state
+
+    raw = {"federate": {"algorithm": "metasgd"}, "model": {"hidden": 8, "layers": 1}}
+    recipe = FederatedRecipe.from_recipe(raw)
+    state = open_state(new_model_state(recipe.model, recipe.maml_settings(), 0), None)
+    state.extra = {
+        "stats": {
+            "heat_per_atom_mean": -1.0,
+            "heat_per_atom_std": 0.5,
+            "gap_mean": 2.0,
+            "gap_std": 1.0,
+            "metal_threshold_ev": 0.0,
+        },
+        "elements": [8, 22, 38],
+    }
+    state.round = 3
+    path = export_predictor(recipe, state, tmp_path / "shared.ckpt", raw)
+    predictor = Predictor.load(path)
+    assert predictor.stats.heat_per_atom_mean == -1.0 and predictor.elements_seen == {8, 22, 38}
+    assert predictor.maml.learn_inner_lr and predictor.metadata["families"]["train"] == []
+    loaded = predictor.maml.state_dict()
+    for name in state.names:
+        if name != "model.embedding.weight":  # its UNK row is set from the labs' elements
+            torch.testing.assert_close(loaded[name], state.params[name])
+    z = torch.tensor([38, 22, 8, 8, 8])
+    src, dst = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
+    keep = src != dst
+    edges = torch.stack([src[keep], dst[keep]])
+    (row,) = predictor.predict_graphs([(z, edges, torch.full((edges.shape[1],), 2.5))], mc_samples=1)
+    assert all(math.isfinite(row[key]) for key in ("heat_ref", "band_gap", "p_metal"))

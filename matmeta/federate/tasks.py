@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from matmeta.models.gnn import CrystalGNN, GNNConfig
-from matmeta.predict import MAMLSettings, build_maml
+from matmeta.predict import MAMLSettings, Predictor, build_maml
 from matmeta.predictor_data import (
     TARGETS,
     UNITS,
@@ -38,6 +38,7 @@ __all__ = [
     "TARGETS",
     "UNITS",
     "MAMLSettings",
+    "Predictor",
     "TargetStats",
     "build_maml",
     "family_indices",
