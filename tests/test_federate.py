@@ -168,3 +168,24 @@ def test_the_shared_start_is_an_ordinary_predictor_checkpoint(tmp_path):
     edges = torch.stack([src[keep], dst[keep]])
     (row,) = predictor.predict_graphs([(z, edges, torch.full((edges.shape[1],), 2.5))], mc_samples=1)
     assert all(math.isfinite(row[key]) for key in ("heat_ref", "band_gap", "p_metal"))
+
+
+def test_pretraining_rounds_ask_for_fedavg_then_the_meta_algorithm():
+    cfg = FederateConfig(
+        rounds=3,
+        pretrain_rounds=1,
+        pretrain_local_steps=7,
+        algorithm="reptile",
+        server_optimizer="adam",
+        server_lr=0.01,
+    )
+    c = _coordinator(cfg)
+    first = c.instructions()
+    assert first["algorithm"] == "fedavg" and first["local_steps"] == 7 and first["client_lr"] == cfg.pretrain_lr
+    start = {k: v.clone() for k, v in c.state.params.items()}
+    u = _update("a", 1)
+    c.finish_round([u], [])  # a FedAvg round: the lab's local model becomes the shared one
+    for i, name in enumerate(c.state.names):
+        np.testing.assert_allclose(c.state.params[name].numpy(), start[name].numpy() - u.arrays[i], atol=1e-6)
+    second = c.instructions()
+    assert second["algorithm"] == "reptile" and second["local_steps"] == cfg.local_steps

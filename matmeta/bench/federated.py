@@ -2,7 +2,9 @@
 
 The perovskite training B-site families are split over ``n_labs`` simulated labs by chemistry
 (non-IID, :func:`matmeta.federate.labs.split_labs`); each lab keeps ``held_out`` of its families
-back. Four ways to get a start, all with the recipe's (small) model and the same local compute:
+back. Every start begins with the recipe's supervised pretraining rounds (FedAvg across the
+labs; alone for local-only; pooled for centralised). Four ways to get a start, all with the
+recipe's (small) model and the same local compute:
 
 1. local-only: each lab meta-trains alone (a one-lab federation, same rounds and steps);
 2. FedAvg + fine-tune: supervised federated averaging, then Adam fine-tuning on the support set
@@ -21,6 +23,7 @@ the Flower run, :mod:`matmeta.federate.inprocess`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -54,6 +57,7 @@ class FederatedBenchConfig:
     val_episodes_per_family: int = 3
     query_size: int = 20
     finetune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    pretrain_rounds: int | None = None
     seed: int = 0
     out_dir: Path = Path("out/bench/federated")
 
@@ -72,6 +76,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool) -> None:
             episodes_per_family=1,
             val_episodes_per_family=1,
             algorithms=config.algorithms[:2],
+            pretrain_rounds=1,
         )
     run_benchmark(config)
 
@@ -87,6 +92,9 @@ class Setup:
 
         self.config = config
         self.recipe, _ = load_federated_recipe(config.federated_recipe)
+        if config.pretrain_rounds is not None:
+            federate = dataclasses.replace(self.recipe.federate, pretrain_rounds=config.pretrain_rounds)
+            self.recipe = dataclasses.replace(self.recipe, federate=federate)
         self.data = load_lab(config.store, self.recipe.data.family_by, None, config.min_family_size)
         table = self.data.table
         self.split = split_families(table.families, config.split_fractions, config.split_seed, config.min_family_size)
@@ -112,25 +120,42 @@ def _federate(
     local_steps: int,
     curve: list | None = None,
     finetune_lr: float | None = None,
+    start: Any = None,
+    pretrain_steps: int | None = None,
 ) -> tuple[Any, Any]:
     """Train one start by an in-process federation of ``lab_families``; returns (coordinator, traffic)."""
+    from matmeta.federate.aggregate import ServerState
     from matmeta.federate.inprocess import run_in_process
     from matmeta.federate.lab import LabHandler, model_instructions
     from matmeta.federate.server import Coordinator, open_state
     from matmeta.federate.tasks import lab_subset, new_model_state
 
+    base = setup.recipe.federate
     cfg = dataclasses.replace(
-        setup.recipe.federate, algorithm=algorithm, rounds=rounds, local_steps=local_steps, min_labs=1
+        base,
+        algorithm=algorithm,
+        rounds=rounds,
+        local_steps=local_steps,
+        min_labs=1,
+        pretrain_local_steps=pretrain_steps or base.pretrain_local_steps,
     )
     recipe = dataclasses.replace(setup.recipe, federate=cfg)
     state = open_state(new_model_state(recipe.model, recipe.maml_settings(), cfg.seed), None)
+    if start is not None:  # continue from a shared (pretrained) start; Meta-SGD rates start at inner_lr
+        fresh = state
+        state = ServerState({n: start.params.get(n, fresh.params[n]) for n in fresh.names}, fresh.names)
+        state.round, state.extra, state.history = start.round, copy.deepcopy(start.extra), list(start.history)
     coordinator = Coordinator(cfg, state, stats_phase=True, log=lambda m: None, static=model_instructions(recipe))
     handlers = [
         LabHandler(lab_subset(setup.data, fams), seed=cfg.seed + 101 * (i + 1)) for i, fams in enumerate(lab_families)
     ]
 
     def on_round(r: int) -> None:
-        if curve is not None and (r % setup.config.eval_every == 0 or r == rounds):
+        if (
+            curve is not None
+            and r >= cfg.pretrain_rounds
+            and ((r - cfg.pretrain_rounds) % setup.config.eval_every == 0 or r == rounds)
+        ):
             k = max(setup.config.ks)
             curve.append((r, _mae(setup, recipe, coordinator.state, setup.val[k], finetune_lr)[0]))
 
@@ -179,18 +204,25 @@ def run_benchmark(config: FederatedBenchConfig) -> dict[str, Any]:
     )
     labs = [lab.train for lab in setup.labs]
 
-    # 1. choose the meta-learning algorithm on the validation families (short runs)
+    pre_rounds, steps, n = rec.pretrain_rounds, rec.local_steps, len(labs)
+    total = pre_rounds + config.rounds
+
+    # 0. the shared start: federated supervised pretraining (FedAvg rounds), computed once
+    clock = time.perf_counter()
+    pre, _ = _federate(setup, labs, "fedavg", pre_rounds, steps)
+    pre_wall = time.perf_counter() - clock
+
+    # 1. choose the meta-learning algorithm on the validation families (short runs from the start)
     selection = {}
     for algorithm in config.algorithms:
-        coord, _ = _federate(setup, labs, algorithm, config.selection_rounds, rec.local_steps)
-        selection[algorithm] = _mae(
-            setup, dataclasses.replace(setup.recipe, federate=coord.config), coord.state, setup.val[k_top], None
-        )[0]
+        coord, _ = _federate(setup, labs, algorithm, pre_rounds + config.selection_rounds, steps, start=pre.state)
+        recipe = dataclasses.replace(setup.recipe, federate=coord.config)
+        selection[algorithm] = _mae(setup, recipe, coord.state, setup.val[k_top], None)[0]
     chosen = min(selection, key=selection.get)
     console.print(f"validation heat MAE k={k_top} after {config.selection_rounds} rounds: {selection}; chosen {chosen}")
 
     # 2. FedAvg: pick the fine-tuning lr on validation families after a short run
-    coord, _ = _federate(setup, labs, "fedavg", config.selection_rounds, rec.local_steps)
+    coord, _ = _federate(setup, labs, "fedavg", pre_rounds + config.selection_rounds, steps, start=pre.state)
     lr_scores = {lr: _mae(setup, setup.recipe, coord.state, setup.val[k_top], lr)[0] for lr in config.finetune_lrs}
     ft_lr = min(lr_scores, key=lr_scores.get)
     console.print(f"FedAvg fine-tune lr on validation: {lr_scores}; chosen {ft_lr}")
@@ -199,6 +231,7 @@ def run_benchmark(config: FederatedBenchConfig) -> dict[str, Any]:
         "labs": [dataclasses.asdict(lab) for lab in setup.labs],
         "selection": selection,
         "finetune_lr": ft_lr,
+        "pretrain_rounds": pre_rounds,
     }
     methods: dict[str, dict[str, Any]] = {}
     meta_recipe = dataclasses.replace(setup.recipe, federate=dataclasses.replace(rec, algorithm=chosen))
@@ -208,38 +241,23 @@ def run_benchmark(config: FederatedBenchConfig) -> dict[str, Any]:
         (f"federated {chosen}", chosen, meta_recipe, None),
     ):
         curve: list = []
-        start = time.perf_counter()
-        coord, traffic = _federate(setup, labs, algorithm, config.rounds, rec.local_steps, curve, lr)
-        methods[name] = {
-            "states": [coord.state] * len(labs),
-            "recipe": recipe,
-            "lr": lr,
-            "curve": curve,
-            "bytes_round": (traffic.up[0] + traffic.down[0]) if traffic.up else 0,
-            "wall_s": time.perf_counter() - start,
-        }
-    start = time.perf_counter()
-    local_states = [_federate(setup, [fams], chosen, config.rounds, rec.local_steps)[0].state for fams in labs]
-    methods["local-only"] = {
-        "states": local_states,
-        "recipe": meta_recipe,
-        "lr": None,
-        "curve": [],
-        "bytes_round": 0,
-        "wall_s": time.perf_counter() - start,
-    }
-    start = time.perf_counter()
+        clock = time.perf_counter()
+        coord, traffic = _federate(setup, labs, algorithm, total, steps, curve, lr, start=pre.state)
+        methods[name] = _method([coord.state] * n, recipe, lr, curve, traffic, time.perf_counter() - clock + pre_wall)
+    clock = time.perf_counter()
+    local_states = [_federate(setup, [fams], chosen, total, steps)[0].state for fams in labs]
+    methods["local-only"] = _method(local_states, meta_recipe, None, [], None, time.perf_counter() - clock)
+    clock = time.perf_counter()
     pooled = tuple(f for fams in labs for f in fams)
-    coord, _ = _federate(setup, [pooled], chosen, config.rounds, rec.local_steps * len(labs))
-    methods["centralised"] = {
-        "states": [coord.state] * len(labs),
-        "recipe": meta_recipe,
-        "lr": None,
-        "curve": [],
-        "bytes_round": 0,
-        "wall_s": time.perf_counter() - start,
-    }
+    coord, _ = _federate(setup, [pooled], chosen, total, steps * n, pretrain_steps=rec.pretrain_local_steps * n)
+    methods["centralised"] = _method([coord.state] * n, meta_recipe, None, [], None, time.perf_counter() - clock)
     return _score_and_report(setup, methods, results, chosen)
+
+
+def _method(states: list, recipe: Any, lr: float | None, curve: list, traffic: Any, wall_s: float) -> dict[str, Any]:
+    """One method's trained start(s) and what it cost."""
+    per_lab = (traffic.up[0] + traffic.down[0]) if traffic is not None and traffic.up else 0
+    return {"states": states, "recipe": recipe, "lr": lr, "curve": curve, "bytes_round": per_lab, "wall_s": wall_s}
 
 
 def _score_and_report(setup: Setup, methods: dict, results: dict, chosen: str) -> dict[str, Any]:
@@ -315,8 +333,7 @@ def _goals(setup: Setup, methods: dict, table: dict, fed: str, fedavg: str, k: i
         + (
             f"{bytes_avg} (round {r_avg})"
             if bytes_avg is not None
-            else f"never within {setup.config.rounds} rounds "
-            f"(> {setup.config.rounds * methods[fedavg]['bytes_round']})"
+            else f"never within {setup.config.rounds} rounds (> {setup.config.rounds * methods[fedavg]['bytes_round']})"
         )
         + f"; ≤ 1/3: {_third(bytes_fed, bytes_avg, setup.config.rounds * methods[fedavg]['bytes_round'])}",
     ]

@@ -16,7 +16,11 @@ class FederateConfig:
     Attributes:
         algorithm: ``fomaml`` (first-order MAML), ``metasgd`` (first-order Meta-SGD: the inner
             rates travel too), ``reptile``, or ``fedavg`` (supervised, no meta-learning: the baseline).
-        rounds: training rounds (a resumed server continues up to this number).
+        rounds: training rounds in total, pretraining included (a resumed server continues up to this number).
+        pretrain_rounds: the first rounds are supervised FedAvg (a start for meta-learning, like the
+            predictor's pooled pretraining); 0: meta-learn from random weights.
+        pretrain_local_steps: local steps per pretraining round.
+        pretrain_lr: local Adam learning rate in pretraining rounds.
         local_steps: local optimiser steps per round in each lab.
         meta_batch_size: tasks per local step (``fedavg``: ``batch_size`` structures instead).
         batch_size: structures per local step of ``fedavg``.
@@ -40,6 +44,9 @@ class FederateConfig:
 
     algorithm: str = "fomaml"
     rounds: int = 30
+    pretrain_rounds: int = 0
+    pretrain_local_steps: int = 30
+    pretrain_lr: float = 0.002
     local_steps: int = 5
     meta_batch_size: int = 4
     batch_size: int = 32
@@ -65,6 +72,8 @@ class FederateConfig:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.client_optimizer not in ("sgd", "adam") or self.server_optimizer not in ("adam", "avg"):
             raise ValueError("client_optimizer must be sgd/adam and server_optimizer adam/avg")
+        if self.pretrain_rounds < 0 or self.pretrain_local_steps < 1 or not self.pretrain_lr > 0:
+            raise ValueError("pretrain_rounds >= 0, pretrain_local_steps >= 1 and pretrain_lr > 0 are required")
         if self.rounds < 0 or self.local_steps < 1 or self.meta_batch_size < 1 or self.min_labs < 1:
             raise ValueError("rounds >= 0, local_steps, meta_batch_size and min_labs >= 1 are required")
         if not (self.client_lr > 0 and self.server_lr > 0 and self.max_update_norm > 0):

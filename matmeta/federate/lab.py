@@ -121,6 +121,7 @@ class LabHandler:
             self.lab.normalise(TargetStats(**_section(config, "stats.")))
             self.normalised = True
         assert self.learner is not None
+        self.learner.algorithm = str(config["algorithm"])  # pretraining rounds are FedAvg
         result = self.learner.update(
             arrays,
             int(config["round"]),

@@ -76,6 +76,9 @@ class Coordinator:
             "client_lr": cfg.client_lr,
             "dp_clip": -1.0 if cfg.dp_clip is None else cfg.dp_clip,
         }
+        if self.state.round < cfg.pretrain_rounds:  # supervised FedAvg rounds first
+            out |= {"algorithm": "fedavg", "local_steps": cfg.pretrain_local_steps, "client_optimizer": "adam"}
+            out["client_lr"] = cfg.pretrain_lr
         for key, value in (self.state.extra.get("stats") or {}).items():
             out[f"stats.{key}"] = float(value)
         return out
@@ -95,7 +98,10 @@ class Coordinator:
             if cfg.dp_clip is not None and cfg.dp_noise > 0:
                 noise_(mean, cfg.dp_clip, cfg.dp_noise, len(report.accepted), self.noise_generator)
             report.update_norm = clip_(mean, cfg.grad_clip)
-            state.apply(mean, cfg.server_optimizer, cfg.server_lr, cfg.rate_lr)
+            if state.round < cfg.pretrain_rounds:  # FedAvg: the mean of the labs' local models
+                state.apply(mean, "avg", 1.0)
+            else:
+                state.apply(mean, cfg.server_optimizer, cfg.server_lr, cfg.rate_lr)
             self.log(report.message())
         state.round += 1
         state.history.append(
