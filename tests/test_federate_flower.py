@@ -14,12 +14,12 @@ import torch
 
 pytest.importorskip("flwr", reason="federation needs the optional dependency flwr (pip install matmeta[federate])")
 
+from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss  # noqa: E402
 from matmeta.federate.config import FederateConfig  # noqa: E402
 from matmeta.federate.local import LocalLearner  # noqa: E402
 from matmeta.federate.messages import METRIC_KEYS, state_names  # noqa: E402
 from matmeta.federate.server import Coordinator, open_state  # noqa: E402
 from matmeta.meta.maml import MAML  # noqa: E402
-from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss  # noqa: E402
 from matmeta.meta.trainer import MetaTrainer, TrainerConfig  # noqa: E402
 
 STEPS, BATCH = 6, 4

@@ -66,6 +66,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool) -> None:
     """``matmeta bench`` entry point."""
     from matmeta.recipes import config_from_dict
 
+    torch.set_num_threads(1)  # process setting, made here: the benchmark is single-threaded
     config = config_from_dict(FederatedBenchConfig, recipe.get("bench"), f"{recipe_path} [bench]")
     if quick:
         config = dataclasses.replace(
@@ -194,7 +195,6 @@ def run_benchmark(config: FederatedBenchConfig) -> dict[str, Any]:
     """Run every method, print the table and write ``results.json`` (see the module docstring)."""
     from matmeta.console import console
 
-    torch.set_num_threads(1)
     setup = Setup(config)
     rec = setup.recipe.federate
     k_top = max(config.ks)

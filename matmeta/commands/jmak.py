@@ -104,13 +104,9 @@ def meta_train(
     steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
 ) -> None:
     """Meta-train the JMAK prior on synthetic Arrhenius families."""
-    from matmeta.commands.train import run_meta_train
-    from matmeta.errors import RecipeError
-    from matmeta.recipes import load_recipe
+    from matmeta.runs import meta_train as run_meta_train
 
-    if load_recipe(recipe).get("meta_train", {}).get("app") != "jmak":
-        raise RecipeError(f"{recipe}: [meta_train] app must be 'jmak' for matmeta jmak meta-train")
-    path = run_meta_train(recipe, out=out, steps=steps)
+    path = run_meta_train(recipe, out=out, steps=steps, app="jmak")
     typer.echo(f"checkpoint: {path}")
 
 

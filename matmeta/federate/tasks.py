@@ -15,18 +15,20 @@ import numpy as np
 import torch
 
 from matmeta.models.gnn import CrystalGNN, GNNConfig
-from matmeta.predict import MAMLSettings, Predictor, build_maml
-from matmeta.predictor_data import (
+from matmeta.predict.config import DataConfig, MAMLSettings, build_maml
+from matmeta.predict.data import (
     TARGETS,
     UNITS,
     FamilyEpisodes,
     GraphTable,
     TargetStats,
+    family_indices,
+    load_table,
     loss_fn,
     mean_ci95,
     per_example_loss,
 )
-from matmeta.predictor_train import DataConfig, family_indices, load_table
+from matmeta.predict.predictor import Predictor
 
 __all__ = [
     "CrystalGNN",
