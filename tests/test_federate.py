@@ -189,3 +189,18 @@ def test_pretraining_rounds_ask_for_fedavg_then_the_meta_algorithm():
         np.testing.assert_allclose(c.state.params[name].numpy(), start[name].numpy() - u.arrays[i], atol=1e-6)
     second = c.instructions()
     assert second["algorithm"] == "reptile" and second["local_steps"] == cfg.local_steps
+
+
+def test_in_process_rounds_count_the_bytes_each_lab_sends_and_receives():
+    from matmeta.federate.inprocess import run_in_process
+
+    cfg = FederateConfig(rounds=3, server_optimizer="avg")
+    c = _coordinator(cfg)
+
+    def lab(arrays, config):
+        return [np.full_like(a, 0.01) for a in arrays], 1, {"loss": 0.5}
+
+    traffic = run_in_process(c, [lab, lab])
+    per_message = (3 * 2 + 4) * 4  # float32 entries of the two arrays
+    assert c.phase == "done" and traffic.up == [per_message] * 6 and traffic.down == [per_message] * 6
+    np.testing.assert_allclose(c.state.params["b.bias"].numpy(), _initial()["b.bias"].numpy() - 0.03, atol=1e-6)

@@ -29,21 +29,31 @@ def run_in_process(
     max_rounds: int = 10_000,
 ) -> Traffic:
     """Run the remaining rounds with ``handlers`` as the labs; ``on_round(r)`` after each training round."""
+    from matmeta.console import progress
+
     traffic = Traffic()
-    for _ in range(max_rounds):
-        phase = coordinator.phase
-        if phase == "done":
-            break
-        arrays = coordinator.state.arrays()
-        config = coordinator.instructions()
-        updates = []
-        for i, handler in enumerate(handlers):
-            out, n, metrics = handler(arrays, config)
-            updates.append(Update(f"lab {i}", out, int(n), dict(metrics)))
-            if phase == "train":
-                traffic.down.append(payload_bytes(arrays))
-                traffic.up.append(payload_bytes(out))
-        coordinator.finish_round(updates, [])
-        if phase == "train" and on_round is not None:
-            on_round(coordinator.state.round)
+    with progress() as bar:
+        task = bar.add_task("federated rounds", total=coordinator.rounds_left())
+        for _ in range(max_rounds):
+            phase = coordinator.phase
+            if phase == "done":
+                break
+            _one_round(coordinator, handlers, phase, traffic)
+            bar.update(task, advance=1)
+            if phase == "train" and on_round is not None:
+                on_round(coordinator.state.round)
     return traffic
+
+
+def _one_round(coordinator: Coordinator, handlers: Sequence[Callable], phase: str, traffic: Traffic) -> None:
+    """Every lab answers the current instructions in turn; the coordinator finishes the round."""
+    arrays = coordinator.state.arrays()
+    config = coordinator.instructions()
+    updates = []
+    for i, handler in enumerate(handlers):
+        out, n, metrics = handler(arrays, config)
+        updates.append(Update(f"lab {i}", out, int(n), dict(metrics)))
+        if phase == "train":
+            traffic.down.append(payload_bytes(arrays))
+            traffic.up.append(payload_bytes(out))
+    coordinator.finish_round(updates, [])
