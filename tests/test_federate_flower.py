@@ -8,11 +8,10 @@ import struct
 import threading
 import time
 
+import flwr  # noqa: E402, F401  (make env installs it: a missing flwr fails here instead of skipping)
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("flwr", reason="federation needs the optional dependency flwr (pip install matmeta[federate])")
 
 from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss  # noqa: E402
 from matmeta.federate.config import FederateConfig  # noqa: E402
