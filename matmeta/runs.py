@@ -13,7 +13,7 @@ from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
 TRAINERS = ("predictor", "generator", "jmak")
-BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain")
+BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain", "federated")
 
 
 def _trainer(app_name: str) -> Callable[..., Path]:
@@ -37,6 +37,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.jmak import run
     elif name == "generate":
         from matmeta.bench.generate import run
+    elif name == "federated":
+        from matmeta.bench.federated import run
     else:
         from matmeta.bench.explain import run
     return run

@@ -1,5 +1,8 @@
 """The outer loop of meta-training: sample meta-batches, meta-update, validate, checkpoint, resume.
 
+Reason for its size (~500 lines): one class whose state (optimiser, RNGs, best weights, log) the
+checkpoint and resume files must capture together; split, that state would be passed around piecemeal.
+
 One ``MetaTrainer`` trains any ``MAML``-wrapped model from any ``EpisodeSource``:
 
 * outer optimiser Adam on ``maml.parameters()`` (model weights and, with Meta-SGD, the inner rates);

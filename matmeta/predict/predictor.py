@@ -150,8 +150,6 @@ class Predictor:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
         maml = build_maml(model_config, settings, inference=True)
         load_state_strict(maml, tensors, path)
-        if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
-            raise CheckpointError(f"{path}: checkpoint holds non-finite weights")
         maml.eval()
         return cls(maml, metadata, path)
 
