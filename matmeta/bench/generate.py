@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from matmeta.design.screen import substitution_candidates, substitution_space
 
 SUCCESS = 8  # column of the success rate in a result row
 
@@ -81,90 +82,6 @@ class GenerateBenchConfig:
     max_test_families: int = 0
     seed: int = 0
     out_dir: Path = Path("out/bench/generate")
-
-
-def substitution_candidates(
-    prototypes: list[Any],
-    cations: tuple[list[str], list[str]],
-    n: int,
-    rng: np.random.Generator,
-    max_tries: int = 200,
-    exclude: Collection[str] = (),
-    distinct: bool = False,
-) -> tuple[list[Any], int]:
-    """``n`` structures: random prototypes with charge-neutral (SMACT) random A/B cations.
-
-    Args:
-        prototypes: training structures (canonical ABX3 order: A, B, then anions).
-        cations: elements seen on the A and on the B site.
-        n: how many.
-        rng: the randomness.
-        max_tries: redraws per candidate before keeping the last (then likely invalid) draw.
-        exclude: reduced formulas to redraw (the same free lookup the decoder gets).
-        distinct: redraw a composition an earlier candidate already has.
-
-    Returns:
-        ``(structures, draws)``: draws counts the charge-neutral substitutions made.
-    """
-    from matmeta.design.validity import compositional_validity
-
-    excluded, taken = set(exclude), set()
-    out, draws = [], 0
-    for _ in range(n):
-        proto = prototypes[int(rng.integers(len(prototypes)))]
-        for _ in range(max_tries):
-            a = cations[0][int(rng.integers(len(cations[0])))]
-            b = cations[1][int(rng.integers(len(cations[1])))]
-            cand = proto.copy()
-            cand.replace(0, a)
-            cand.replace(1, b)
-            if a == b or not compositional_validity(cand.composition):
-                continue
-            draws += 1
-            formula = cand.composition.reduced_formula
-            if formula not in excluded and not (distinct and formula in taken):
-                break
-        taken.add(cand.composition.reduced_formula)
-        out.append(cand)
-    return out, draws
-
-
-def substitution_space(
-    prototypes: list[Any], cations: tuple[list[str], list[str]], rng: np.random.Generator, exclude: Collection[str] = ()
-) -> list[Any]:
-    """Every charge-neutral (A, B, anion set) once, on a random training prototype of that anion set.
-
-    The whole space that :func:`substitution_candidates` samples from (A ≠ B, SMACT-valid, formula
-    not in ``exclude``), so the fraction of it in a window is the substitution baseline's expected
-    success per candidate, without the sampling noise of a few hits in a few hundred draws.
-
-    Args:
-        prototypes: training structures in canonical order (A, B, then the three anions).
-        cations: elements seen on the A and on the B site.
-        rng: picks the prototype of each combination.
-        exclude: reduced formulas left out (the training compositions).
-    """
-    from matmeta.design.validity import compositional_validity
-
-    by_anions: dict[tuple[str, ...], list[Any]] = {}
-    for proto in prototypes:
-        by_anions.setdefault(tuple(sorted(site.specie.symbol for site in proto[2:])), []).append(proto)
-    seen, out = set(exclude), []
-    for anions in sorted(by_anions):
-        group = by_anions[anions]
-        for a in cations[0]:
-            for b in cations[1]:
-                if a == b:
-                    continue
-                cand = group[int(rng.integers(len(group)))].copy()
-                cand.replace(0, a)
-                cand.replace(1, b)
-                formula = cand.composition.reduced_formula
-                if formula in seen or not compositional_validity(cand.composition):
-                    continue
-                seen.add(formula)
-                out.append(cand)
-    return out
 
 
 def _canonical(structures: list[Any], elements: tuple[str, ...]) -> list[Any]:
