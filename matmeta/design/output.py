@@ -96,10 +96,13 @@ def summary_lines(result: DesignResult) -> list[str]:
     lines = [fill.message(result.n, result.budget)]
     proposed = len(fill.judgement.rows)
     if proposed:
-        sun = len(fill.hits) / proposed
+        sun = sum(bool(r["valid"] and r["stable"]) for r in fill.judgement.rows)
+        novel = "novel" if result.novelty_judged else "novelty not judged"
         lines.append(
-            f"S.U.N. share of the decoder's proposals: {sun:.1%} ({len(fill.hits)} of {proposed} stable, unique, "
-            f"novel and in the window; {result.criterion.describe()}, the Castelli et al. cut chosen on training data)"
+            f"S.U.N. share of the decoder's proposals: {sun / proposed:.1%} "
+            f"({sun} of {proposed} valid, stable, unique, {novel}; {result.criterion.describe()}, "
+            "the cut chosen on training data after Castelli et al.); "
+            f"{len(fill.hits)} also in the window"
         )
     if result.screen is not None:
         by = {s: sum(r["source"] == s for r in result.rows) for s in ("decoder", "decoder+screen", "screen")}

@@ -159,6 +159,7 @@ class Relaxer:
         row["keeps_structure_generated"] = keeps_perovskite_connectivity(structure)
         try:
             optimizer = self._load()
+            start = time.perf_counter()  # loading CHGNet (once) is not part of relaxing
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 out = optimizer.relax(
