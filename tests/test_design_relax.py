@@ -43,7 +43,10 @@ def test_connectivity_of_perovskites_and_of_what_is_not_one(srtio3):
     tilted = srtio3.copy()
     tilted.translate_sites([2, 3, 4], [0.03, -0.02, 0.01])  # small distortion: still corner-sharing octahedra
     assert keeps_perovskite_connectivity(tilted)
-    # Ti pulled next to one face: five O near, one far -> not an octahedron any more
+    polar = srtio3.copy()
+    polar.translate_sites([1], [0.0, 0.0, 0.08])  # PbTiO3-like off-centring (1.64 / 2.27 A): still a perovskite
+    assert keeps_perovskite_connectivity(polar)
+    # Ti pulled next to one face (1.09 / 2.82 A): the octahedron is torn apart
     pyramid = srtio3.copy()
     pyramid.translate_sites([1], [0.0, 0.0, 0.22])
     assert not keeps_perovskite_connectivity(pyramid)

@@ -17,7 +17,7 @@ predictor calls spent, hits per draw and per call, the S.U.N. share of the metho
 (valid ∧ stable ∧ unique ∧ novel, the window not required), and for ``relax_n`` returned candidates
 per row (seeded random pick; rows of ``relax_methods`` only, to keep the run short) relaxed with
 CHGNet: mean / median RMSD generated → relaxed, share keeping the perovskite network, share still
-predicted in the window, seconds per relaxation; ``search s/cand.`` is the search time per returned
+predicted in the window, CPU seconds per relaxation (one thread); ``search s/cand.`` is the search time per returned
 candidate. Choose settings on validation targets only; the default targets are the test targets.
 """
 
@@ -50,7 +50,7 @@ COLUMNS = [
     "RMSD median A",
     "keeps structure",
     "in window after",
-    "s/relax",
+    "CPU s/relax",
     "search s/cand.",
 ]
 
@@ -139,7 +139,7 @@ def _relax_stats(rows: list[dict[str, Any]], structures: list[Any], cfg: Generat
         float(np.median(rmsd[done])) if done.any() else float("nan"),
         float(np.mean([bool(r["keeps_structure"]) for r in sub])),
         float(np.mean([bool(r.get("in_window_relaxed", False)) for r in sub])),
-        float(np.mean([r["relax_seconds"] for r in sub])),
+        float(np.mean([r.get("relax_cpu_seconds", float("nan")) for r in sub])),
     ]
 
 

@@ -36,10 +36,12 @@ def generate_cmd(
     novel_only: bool = typer.Option(
         True,
         "--novel-only/--keep-known",
-        help="Redraw candidates whose composition is in the training store (needs the store).",
+        help="Never return a composition of the training store (needs the store); --keep-known allows them.",
     ),
     distinct: bool = typer.Option(
-        True, "--distinct/--allow-repeats", help="Redraw candidates whose composition was already proposed."
+        True,
+        "--distinct/--allow-repeats",
+        help="Kept for scripts: the fill loop never returns a composition twice (repeats cannot be new hits).",
     ),
     max_draws: int = typer.Option(50_000, "--max-draws", help="Budget: decoder draws at most."),
     max_predictor_calls: int = typer.Option(

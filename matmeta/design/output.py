@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "relax_converged",
     "relax_steps",
     "relax_seconds",
+    "relax_cpu_seconds",
     "relax_error",
     "band_gap_std_ev",
     "heat_ref_ev_per_cell",
