@@ -18,49 +18,65 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
 @pytest.fixture(scope="module")
 def no_store(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("nostore") / "absent.lmdb"  # novelty not judged: keeps the tests fast
+    return tmp_path_factory.mktemp("nostore") / "absent.lmdb"  # novelty and screen not run: keeps the tests fast
 
 
-def test_generate_writes_parseable_cifs_and_is_repeatable(tmp_path, no_store):
+def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatable(tmp_path, no_store):
     from pymatgen.core import Structure
 
-    first = _run(
-        "--band-gap",
-        "2.0",
-        "--tolerance",
-        "0.3",
-        "-n",
-        "12",
-        "--seed",
-        "4",
-        "--out",
-        "c1",
-        "--store",
-        str(no_store),
-        cwd=tmp_path,
-    )
+    common = ("-n", "4", "--seed", "4", "--max-draws", "4000", "--no-relax", "--store", str(no_store))
+    first = _run("--band-gap", "2.5", "--tolerance", "1.5", *common, "--out", "c1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "gap in window" in first.stdout and "sampled candidates" in first.stdout
-    with (tmp_path / "c1" / "candidates.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and [int(r["rank"]) for r in rows] == list(range(1, 13))
-    assert len({r["formula"] for r in rows}) == 12  # --distinct is the default: no composition twice
-    written = [r for r in rows if r["cif"]]
-    assert written, "no structurally valid candidate"
-    for row in written:
-        s = Structure.from_file(tmp_path / "c1" / row["cif"])
+    assert "requested candidates found in" in first.stdout and "gap in window" in first.stdout
+    assert "exhaustive screen: not run (no training store" in first.stdout
+    rows = _rows(tmp_path / "c1" / "candidates.csv")
+    assert 1 <= len(rows) <= 4 and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert len({r["formula"] for r in rows}) == len(rows)
+    for row in rows:
+        assert row["source"] == "decoder" and row["cif"] == "" and row["relax_status"] == ""
+        assert 1.0 <= float(row["band_gap_ev"]) <= 4.0 and float(row["p_metal"]) < 0.5
+        assert float(row["heat_ev_per_atom"]) <= 0.2 and row["stable"] == "True" and row["valid"] == "True"
+        s = Structure.from_file(tmp_path / "c1" / row["cif_generated"])
         assert len(s) == 5 and s.composition.reduced_formula == row["formula"]
-        assert 0.0 <= float(row["p_metal"]) <= 1.0 and float(row["band_gap_ev"]) >= 0.0
-    second = _run(
-        "--band-gap", "1.7:2.3", "-n", "12", "--seed", "4", "--out", "c2", "--store", str(no_store), cwd=tmp_path
-    )
+    second = _run("--band-gap", "1:4", *common, "--out", "c2", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "c2" / "candidates.csv").read_text() == (tmp_path / "c1" / "candidates.csv").read_text()
-    raw = _run("--band-gap", "2.0", "-n", "40", "--allow-repeats", "--store", str(no_store), "--top", "0", cwd=tmp_path)
-    assert raw.returncode == 0, raw.stderr
-    assert "decoder draws" not in raw.stdout  # every draw kept as it came
+
+
+def test_generate_stops_at_its_budget_and_says_so(tmp_path, no_store):
+    result = _run(
+        "--band-gap", "4.0", "-n", "50", "--max-draws", "300", "--no-relax", "--store", str(no_store), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stopped: the draw budget (300) is spent" in result.stdout
+    assert "no more candidates meeting the request were found" in result.stdout
+
+
+def test_generate_relaxes_and_writes_relaxed_and_generated_cifs(tmp_path, no_store):
+    from pymatgen.core import Structure
+
+    result = _run(
+        "--band-gap", "1:4", "-n", "1", "--seed", "4", "--max-draws", "4000", "--store", str(no_store), "--out", "r",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "relaxed 1 candidates with CHGNet" in result.stdout
+    (row,) = _rows(tmp_path / "r" / "candidates.csv")
+    generated = Structure.from_file(tmp_path / "r" / row["cif_generated"])
+    relaxed = Structure.from_file(tmp_path / "r" / row["cif"])
+    assert relaxed.composition == generated.composition and relaxed != generated
+    assert float(row["energy_after_ev_per_atom"]) <= float(row["energy_before_ev_per_atom"])
+    assert float(row["rmsd_ang"]) >= 0 and row["relax_status"] in {
+        "ok", "not converged", "left window", "lost perovskite connectivity", "collapsed", "relax failed"
+    }  # fmt: skip
+    assert float(row["volume_change"]) == pytest.approx(relaxed.volume / generated.volume - 1, abs=1e-3)
 
 
 def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):
@@ -75,6 +91,8 @@ def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):
     cold = _run("--band-gap", "2.0", "--temperature", "0", cwd=tmp_path)
     assert cold.returncode == 1
     assert cold.stderr.strip().count("\n") == 0 and "--temperature 0: must be a finite number > 0" in cold.stderr
+    broke = _run("--band-gap", "2.0", "--max-draws", "0", cwd=tmp_path)
+    assert broke.returncode == 1 and "--max-draws 0: must be >= 1" in broke.stderr
 
 
 def test_element_constraints_and_family_examples(tmp_path, srtio3, no_store):
@@ -87,27 +105,18 @@ def test_element_constraints_and_family_examples(tmp_path, srtio3, no_store):
         s.scale_lattice(a**3)
         s.to(filename=str(examples / f"sto_{i}.cif"))
     (examples / "broken.cif").write_text("data_x\n_cell_length_a 4\n")
+    allowed = {"Sr", "Ba", "Ca", "Ti", "Zr", "Hf", "O"}
     result = _run(
-        "--band-gap",
-        "3.0",
-        "-n",
-        "10",
-        "--family-examples",
-        str(examples),
-        "--elements",
-        "Sr,Ba,Ca,Ti,Zr,Hf,O",
-        "--out",
-        "fam",
-        "--store",
-        str(no_store),
+        "--band-gap", "3.0", "--tolerance", "1.0", "-n", "3", "--max-draws", "1500", "--no-relax",
+        "--family-examples", str(examples), "--elements", ",".join(sorted(allowed)),
+        "--out", "fam", "--store", str(no_store),
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert result.returncode == 1  # the broken example is reported, the good ones are used
-    assert "broken.cif" in result.stderr
-    with (tmp_path / "fam" / "candidates.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 10
+    assert "broken.cif" in result.stderr and "requested candidates found in" in result.stdout
+    rows = _rows(tmp_path / "fam" / "candidates.csv")
+    assert len(rows) <= 3
     for row in rows:
-        if row["cif"]:
-            s = Structure.from_file(tmp_path / "fam" / row["cif"])
-            assert {e.symbol for e in s.composition} <= {"Sr", "Ba", "Ca", "Ti", "Zr", "Hf", "O"}
+        s = Structure.from_file(tmp_path / "fam" / row["cif_generated"])
+        assert {e.symbol for e in s.composition} <= allowed
+        assert 2.0 <= float(row["band_gap_ev"]) <= 4.0

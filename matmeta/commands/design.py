@@ -1,4 +1,4 @@
-"""``matmeta generate``: propose ABX3 crystals for a target band gap, judged and ranked."""
+"""``matmeta generate``: ABX3 crystals meeting a band-gap request - filled, screened, relaxed and ranked."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _split_elements(values: list[str] | None) -> list[str] | None:
 def generate_cmd(
     band_gap: str = typer.Option(..., "--band-gap", help="Target gap in eV (2.0) or a window (1.5:2.5)."),
     tolerance: float = typer.Option(0.3, "--tolerance", help="Half-width of the window around a single value (eV)."),
-    n: int = typer.Option(200, "-n", "--n", help="Candidates to sample."),
+    n: int = typer.Option(200, "-n", "--n", help="Candidates wanted (all meeting the request)."),
     out: Path = typer.Option(None, "--out", help="Folder for CIFs and candidates.csv (default: print only)."),
     family_examples: Path = typer.Option(
         None, "--family-examples", help="Folder of 3-10 CIFs of a chemistry to adapt the decoder to first."
@@ -36,21 +36,31 @@ def generate_cmd(
     novel_only: bool = typer.Option(
         True,
         "--novel-only/--keep-known",
-        help="Redraw candidates whose composition is in the training store (needs the store).",
+        help="Never return a composition of the training store (needs the store); --keep-known allows them.",
     ),
     distinct: bool = typer.Option(
-        True, "--distinct/--allow-repeats", help="Redraw candidates whose composition was already proposed."
+        True,
+        "--distinct/--allow-repeats",
+        help="Kept for scripts: the fill loop never returns a composition twice (repeats cannot be new hits).",
     ),
+    max_draws: int = typer.Option(50_000, "--max-draws", help="Budget: decoder draws at most."),
+    max_predictor_calls: int = typer.Option(
+        10_000, "--max-predictor-calls", help="Budget: structures scored by the predictor at most."
+    ),
+    screen: bool = typer.Option(
+        True, "--screen/--no-screen", help="Also screen the enumerable ABX3 substitution space (needs the store)."
+    ),
+    relax: bool = typer.Option(True, "--relax/--no-relax", help="Relax every returned candidate with CHGNet."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
     predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
     store: Path = typer.Option(
-        None, "--store", help="Training store for novelty (default: the checkpoint's, when present)."
+        None, "--store", help="Training store for novelty and the screen (default: the checkpoint's, when present)."
     ),
     top: int = typer.Option(10, "--top", help="Rows of the ranked table to print."),
 ) -> None:
-    """Generate candidate crystals for a band gap: sample, check validity, score, rank, write."""
-    from matmeta.console import print_table, report_error
-    from matmeta.design.pipeline import run_generate
+    """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write."""
+    from matmeta.console import progress, report_error
+    from matmeta.design.deliver import run_design
     from matmeta.design.request import DesignRequest, read_family_examples
 
     examples, bad = None, []
@@ -69,55 +79,49 @@ def generate_cmd(
         temperature=temperature,
         novel_only=novel_only,
         distinct=distinct,
+        max_draws=max_draws,
+        max_predictor_calls=max_predictor_calls,
+        screen=screen,
+        relax=relax,
     )
-    result = run_generate(request, examples, checkpoint=checkpoint, predictor=predictor, store=store)
-    lo, hi = result.window
-    total = result.counts[0][1]
-    if result.draws > total:
-        typer.echo(
-            f"{total} candidates from {result.draws} decoder draws: draws repeating a candidate"
-            + (f" or matching one of {result.excluded} training compositions" if result.excluded else "")
-            + " were redrawn (--keep-known / --allow-repeats to keep them)"
-        )
-    print_table(
-        f"matmeta generate: band gap {lo:g}-{hi:g} eV, {total} sampled (seed {seed})",
-        ["filter", "candidates", "% of sampled"],
-        [(name, count, 100.0 * count / total) for name, count in result.counts],
-        digits=3,
-    )
-    ranked = sorted(result.rows, key=lambda r: r["rank"])[: max(top, 0)]
-    print_table(
-        "best candidates",
-        ["rank", "formula", "gap (eV)", "p_metal", "heat_ref (eV/cell)", "valid", "unique", "novel", "in window"],
-        [
-            (
-                r["rank"],
-                r["formula"],
-                r["band_gap_ev"],
-                r["p_metal"],
-                r["heat_ref_ev_per_cell"],
-                r["valid"],
-                r["unique"],
-                "-" if r["novel"] is None else r["novel"],
-                r["in_window"],
-            )
-            for r in ranked
-        ],
-        digits=3,
-    )
-    landed = result.counts[-1][1]
-    typer.echo(
-        f"{landed} of {total} sampled candidates ({100.0 * landed / total:.1f}%) pass every filter above "
-        f"(valid, unique, novel where judged, non-metal) and are predicted in the {lo:g}-{hi:g} eV window "
-        "(predictions by the crystal-GNN predictor, not DFT)."
-    )
+    with progress() as bar:
+        result = run_design(request, examples, checkpoint=checkpoint, predictor=predictor, store=store, progress=bar)
+    _render(result, seed, top)
     if out is not None:
-        from matmeta.design.pipeline import write_candidates
+        from matmeta.design.output import write_design
 
-        path = write_candidates(result, out)
-        typer.echo(f"wrote {path} and {sum(1 for r in result.rows if r['cif'])} CIF files")
+        path = write_design(result, out)
+        typer.echo(f"wrote {path}, {sum(1 for r in result.rows if r['cif'])} relaxed CIFs and the generated ones")
     if bad:
         raise typer.Exit(1)
+
+
+def _render(result, seed: int, top: int) -> None:  # noqa: ANN001 - a DesignResult, imported lazily
+    from matmeta.console import print_table
+    from matmeta.design.output import funnel, summary_lines
+
+    lo, hi = result.window
+    stages = funnel(result)
+    total = max(stages[0][1], 1)
+    print_table(
+        f"matmeta generate: band gap {lo:g}-{hi:g} eV, decoder proposals (seed {seed})",
+        ["filter", "candidates", "% of proposed"],
+        [(name, count, 100.0 * count / total) for name, count in stages],
+        digits=3,
+    )
+    relaxed = any("relax_status" in r for r in result.rows)
+    columns = ["rank", "formula", "source", "gap (eV)", "p_metal", "heat (eV/atom)"]
+    if relaxed:
+        columns += ["gap relaxed", "RMSD (A)", "dV/V", "status"]
+    rows = []
+    for r in result.rows[: max(top, 0)]:
+        row = [r["rank"], r["formula"], r["source"], r["band_gap_ev"], r["p_metal"], r["heat_ev_per_atom"]]
+        if relaxed:
+            row += [r.get("band_gap_ev_relaxed", "-"), r["rmsd_ang"], r["volume_change"], r["relax_status"]]
+        rows.append(row)
+    print_table("best candidates (predictions by the crystal-GNN predictor, not DFT)", columns, rows, digits=3)
+    for line in summary_lines(result):
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

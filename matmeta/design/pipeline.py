@@ -1,5 +1,9 @@
 """Inverse design: a meta-learned conditional decoder proposes ABX3 cells for a target band gap.
 
+``matmeta generate`` runs :func:`matmeta.design.deliver.run_design` (fill the request to ``n`` hits within
+a budget, screen the enumerable space, relax with CHGNet); this module keeps the single-shot
+sample-``n``-judge-rank call :func:`generate` (notebook 03, library users) and the shared helpers.
+
 Pipeline of :func:`generate`::
 
     decoder (optionally adapted to a family from a few example CIFs with the MAML inner loop)

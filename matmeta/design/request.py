@@ -81,6 +81,10 @@ class DesignRequest:
         temperature: species softmax temperature.
         novel_only: never propose a training composition (when the store is available).
         distinct: never propose a composition twice.
+        max_draws: the fill loop's decoder-draw budget.
+        max_predictor_calls: the fill loop's predictor-call budget.
+        screen: also screen the enumerable substitution space exhaustively (needs the store).
+        relax: relax every returned candidate with CHGNet.
     """
 
     band_gap: str = "2.0"
@@ -93,6 +97,10 @@ class DesignRequest:
     temperature: float = 1.0
     novel_only: bool = True
     distinct: bool = True
+    max_draws: int = 50_000
+    max_predictor_calls: int = 10_000
+    screen: bool = True
+    relax: bool = True
 
 
 MIN_FAMILY_EXAMPLES = 3

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -59,11 +60,19 @@ def structural_validity(
 def compositional_validity(composition: Any) -> bool:
     """SMACT validity (charge neutrality under common oxidation states + Pauling test; CDVAE's check)."""
     from pymatgen.core import Composition
-    from smact.screening import smact_validity
 
     comp = Composition(composition) if not hasattr(composition, "reduced_formula") else composition
+    return _smact_valid(comp.formula)
+
+
+@functools.lru_cache(maxsize=65536)
+def _smact_valid(formula: str) -> bool:
+    """SMACT's verdict on one formula, remembered (the fill loop and the screen ask it thousands of times)."""
+    from pymatgen.core import Composition
+    from smact.screening import smact_validity
+
     try:
-        return bool(smact_validity(comp))
+        return bool(smact_validity(Composition(formula)))
     except (ValueError, KeyError, TypeError):
         return False
 

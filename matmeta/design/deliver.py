@@ -1,0 +1,205 @@
+"""``matmeta generate`` as one library call: fill the request, screen the enumerable space, relax, rank.
+
+One job: orchestrate a request end to end (:func:`run_design`) —
+
+1. the decoder proposes new compositions in rounds until ``n`` candidates are valid, unique, novel,
+   predicted non-metal, predicted in the gap window and stable (:mod:`matmeta.design.stability`), or
+   the stated budget is spent (:mod:`matmeta.design.fill`);
+2. where the composition space is enumerable (ABX3 substitutions into the training prototypes, with
+   the training store at hand) every member is screened by the predictor too
+   (:mod:`matmeta.design.screen`): the answer says how many qualifying compounds exist at all, and each
+   returned candidate says whether the decoder, the screen or both found it;
+3. every returned candidate is relaxed with CHGNet (:mod:`matmeta.design.relax`) and predicted again
+   on its relaxed structure; candidates that collapse, lose the perovskite network or leave the window
+   are marked and ranked after the others, never silently kept.
+
+The rows and files are written by :mod:`matmeta.design.output`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matmeta.design.fill import FillBudget, FillResult, decoder_proposer, fill
+from matmeta.design.generator import Generator
+from matmeta.design.judge import prediction_verdict
+from matmeta.design.relax import Relaxer, RelaxSettings, relax_status
+from matmeta.design.request import DesignRequest, check_request, check_temperature, parse_gap_window
+from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
+from matmeta.design.stability import StabilityCriterion
+
+
+@dataclass
+class DesignResult:
+    """What ``matmeta generate`` returns.
+
+    Attributes:
+        window: the band-gap window (eV).
+        n: candidates asked for.
+        rows: the returned candidates (``candidates.csv`` rows), rank order.
+        generated: their structures as proposed, rank order.
+        relaxed: their relaxed structures (None: not relaxed or relaxation failed), rank order.
+        fill: the decoder's search.
+        budget: the budget it was given.
+        screen: the exhaustive screen (None: not run).
+        criterion: the stability criterion.
+        novelty_judged: whether training compositions were known (the store was found).
+    """
+
+    window: tuple[float, float]
+    n: int
+    rows: list[dict[str, Any]]
+    generated: list[Any]
+    relaxed: list[Any | None]
+    fill: FillResult
+    budget: FillBudget
+    screen: ScreenSummary | None
+    criterion: StabilityCriterion
+    novelty_judged: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def rank_key(row: dict[str, Any], window: tuple[float, float]) -> tuple[float, float]:
+    """Candidates closest to the window centre and least likely metallic first, then most stable."""
+    centre = 0.5 * (window[0] + window[1])
+    return abs(row["band_gap_ev"] - centre) + 10.0 * row["p_metal"], row["heat_ev_per_atom"]
+
+
+def select(
+    found: FillResult, screened: ScreenSummary | None, n: int, window: tuple[float, float]
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The best ``n`` hits of the decoder and the screen together, each labelled with who found it."""
+    decoder = {found.judgement.rows[i]["formula"]: i for i in found.hits}
+    pool: list[tuple[dict[str, Any], Any]] = []
+    for formula, i in decoder.items():
+        row = {**found.judgement.rows[i], "source": "decoder"}
+        if screened is not None and formula in screened.qualifying:
+            row["source"] = "decoder+screen"
+        pool.append((row, found.judgement.structures[i]))
+    if screened is not None:
+        for i in screened.judgement.hits:
+            row = screened.judgement.rows[i]
+            if row["formula"] not in decoder:
+                pool.append(({**row, "source": "screen"}, screened.judgement.structures[i]))
+    pool.sort(key=lambda item: rank_key(item[0], window))
+    pool = pool[:n]
+    return [r for r, _ in pool], [s for _, s in pool]
+
+
+def relax_and_recheck(
+    rows: list[dict[str, Any]],
+    structures: Sequence[Any],
+    predictor: Any,
+    window: tuple[float, float],
+    criterion: StabilityCriterion,
+    settings: RelaxSettings | None = None,
+    on_done: Callable[[], None] | None = None,
+    relaxer: Any | None = None,
+) -> list[Any | None]:
+    """Relax every candidate, predict again on the relaxed structure and mark what changed (rows in place).
+
+    ``relaxer`` (default: a CHGNet :class:`~matmeta.design.relax.Relaxer` with ``settings``) needs
+    ``relax_all(structures, on_done) -> (relaxed structures or None, rows)``.
+    """
+    relaxed, outcomes = (relaxer or Relaxer(settings)).relax_all(structures, on_done)
+    again = [i for i, r in enumerate(relaxed) if r is not None and outcomes[i]["relaxed_valid"]]
+    predictions = predictor.predict_structures([relaxed[i] for i in again]) if again else []
+    by_index = dict(zip(again, predictions, strict=True))
+    for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+        row.update(outcome)
+        after = None
+        if i in by_index:
+            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion)
+            row.update({f"{k}_relaxed": verdict[k] for k in ("band_gap_ev", "p_metal", "heat_ev_per_atom", "stable")})
+            after = verdict["in_window"]
+            row["in_window_relaxed"] = after
+        row["relax_status"] = relax_status(outcome, after)
+    return relaxed
+
+
+def run_design(
+    request: DesignRequest,
+    family_examples: Sequence[tuple[str, Any]] | None = None,
+    checkpoint: str | Path | None = None,
+    predictor: str | Path | None = None,
+    store: str | Path | None = None,
+    relax_settings: RelaxSettings | None = None,
+    progress: Any | None = None,
+) -> DesignResult:
+    """Fill, screen, relax and rank one request (module docstring).
+
+    Args:
+        request: the target, ``n``, the budget and options.
+        family_examples: ``(name, structure)`` examples to adapt the decoder to first.
+        checkpoint: generator checkpoint (None: shipped).
+        predictor: predictor checkpoint (None: shipped).
+        store: training store for novelty and the screen (None: the checkpoint's when present).
+        relax_settings: the bounds of every relaxation.
+        progress: a rich Progress to report on (None: silent).
+    """
+    from matmeta.design.pipeline import training_reference
+    from matmeta.predict.predictor import Predictor
+
+    window = parse_gap_window(request.band_gap, request.tolerance)
+    gen = Generator.load(checkpoint)
+    check_request(request.n, window, gen.gap_range)
+    check_temperature(request.temperature)
+    budget = FillBudget(max_draws=request.max_draws, max_predictor_calls=request.max_predictor_calls)
+    budget_check(budget)
+    mask = gen.element_mask(request.elements, request.exclude)
+    scorer = Predictor.load(predictor)
+    criterion = StabilityCriterion()
+    reference = training_reference(gen, store)
+    known = set(reference.by_formula) if (reference is not None and request.novel_only) else set()
+    if family_examples:
+        gen.adapt([s for _, s in family_examples], seed=request.seed)
+    options = {"element_mask": mask, "temperature": request.temperature, "guidance": request.guidance}
+    proposer = decoder_proposer(gen, window, known, request.seed, **options)
+    found = fill(request.n, proposer, scorer, window, criterion, budget, on_round=_fill_bar(progress, request.n))
+    gen.reset()
+    screened = None
+    if request.screen and reference is not None:
+        prototypes = canonical_structures([s for group in reference.by_formula.values() for s in group], gen.elements)
+        screened = screen_request(prototypes, gen, mask, known, scorer, window, criterion, request.seed)
+    rows, generated = select(found, screened, request.n, window)
+    relaxed: list[Any | None] = [None] * len(rows)
+    if request.relax and rows:
+        task = progress.add_task("relaxing (CHGNet)", total=len(rows)) if progress is not None else None
+        advance = (lambda: progress.advance(task)) if task is not None else None
+        relaxed = relax_and_recheck(rows, generated, scorer, window, criterion, relax_settings, advance)
+    order = sorted(range(len(rows)), key=lambda i: rows[i].get("relax_status", "ok") not in ("ok", "not converged"))
+    rows, generated, relaxed = [rows[i] for i in order], [generated[i] for i in order], [relaxed[i] for i in order]
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return DesignResult(
+        window, request.n, rows, generated, relaxed, found, budget, screened, criterion, reference is not None
+    )
+
+
+def budget_check(budget: FillBudget) -> None:
+    """Refuse a budget that allows nothing, with one line."""
+    from matmeta.errors import MatmetaInputError
+
+    if budget.max_draws < 1:
+        raise MatmetaInputError(f"--max-draws {budget.max_draws}: must be >= 1")
+    if budget.max_predictor_calls < 1:
+        raise MatmetaInputError(f"--max-predictor-calls {budget.max_predictor_calls}: must be >= 1")
+
+
+def _fill_bar(progress: Any | None, n: int) -> Callable[[FillResult], None] | None:
+    """A progress-bar callback for the fill loop: hits of n, with draws and predictor calls."""
+    if progress is None:
+        return None
+    task = progress.add_task("filling: 0 draws, 0 predictor calls", total=n)
+
+    def update(result: FillResult) -> None:
+        progress.update(
+            task,
+            completed=min(len(result.hits), n),
+            description=f"filling: {result.draws} draws, {result.calls} predictor calls",
+        )
+
+    return update

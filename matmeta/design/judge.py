@@ -1,0 +1,104 @@
+"""Does a candidate meet the request? Validity, prediction, window and stability, with predictor calls counted.
+
+One job: the per-candidate verdict shared by the fill loop (:mod:`matmeta.design.fill`), the exhaustive
+screen (:mod:`matmeta.design.screen`) and the benchmark. Only valid candidates (structurally and by
+SMACT) reach the predictor, so ``calls`` is the number of structures the predictor scored.
+Uniqueness and novelty are settled before, by composition (the fill loop never proposes a training
+composition or one it has proposed before), so a hit here is valid ∧ non-metal ∧ in window ∧ stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from matmeta.design.stability import StabilityCriterion
+from matmeta.design.validity import compositional_validity, structural_validity
+
+
+@dataclass
+class Judgement:
+    """Verdicts on a list of structures, in order.
+
+    Attributes:
+        structures: the judged structures.
+        rows: one dict each: formula, struct_valid, comp_valid, valid, band_gap_ev, band_gap_std_ev,
+            p_metal, heat_ref_ev_per_cell, heat_ref_std_ev, heat_ev_per_atom, stable, in_window, hit,
+            min_distance_ang, volume_per_atom_ang3, warning (predictions NaN for invalid ones).
+        calls: predictor calls made (structures scored).
+    """
+
+    structures: list[Any] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+
+    @property
+    def hits(self) -> list[int]:
+        """Indices of the candidates that meet the request."""
+        return [i for i, r in enumerate(self.rows) if r["hit"]]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Judgement]) -> Judgement:
+        """One judgement from several, in order."""
+        out = cls()
+        for part in parts:
+            out.structures += part.structures
+            out.rows += part.rows
+            out.calls += part.calls
+        return out
+
+
+def prediction_verdict(
+    prediction: dict[str, Any], n_atoms: int, window: tuple[float, float], criterion: StabilityCriterion
+) -> dict[str, Any]:
+    """Row fields from one predictor output: gap, metal probability, heat, stable, in window."""
+    gap, metal, heat = float(prediction["band_gap"]), float(prediction["p_metal"]), float(prediction["heat_ref"])
+    return {
+        "band_gap_ev": gap,
+        "band_gap_std_ev": float(prediction.get("band_gap_std", float("nan"))),
+        "p_metal": metal,
+        "heat_ref_ev_per_cell": heat,
+        "heat_ref_std_ev": float(prediction.get("heat_ref_std", float("nan"))),
+        "heat_ev_per_atom": criterion.heat_per_atom(heat, n_atoms),
+        "stable": criterion.stable(heat, n_atoms),
+        "in_window": bool(metal < 0.5 and window[0] <= gap <= window[1]),
+        "warning": prediction.get("warning") or "",
+    }
+
+
+def judge_for_request(
+    structures: Sequence[Any], predictor: Any, window: tuple[float, float], criterion: StabilityCriterion
+) -> Judgement:
+    """Validity of every structure, then the predictor on the valid ones; a hit meets everything."""
+    structures = list(structures)
+    rows: list[dict[str, Any]] = []
+    for s in structures:
+        ok, shortest, volume = structural_validity(s)
+        comp_ok = compositional_validity(s.composition)
+        rows.append(
+            {
+                "formula": s.composition.reduced_formula,
+                "struct_valid": ok,
+                "comp_valid": comp_ok,
+                "valid": ok and comp_ok,
+                "min_distance_ang": shortest,
+                "volume_per_atom_ang3": volume,
+                "band_gap_ev": float("nan"),
+                "band_gap_std_ev": float("nan"),
+                "p_metal": float("nan"),
+                "heat_ref_ev_per_cell": float("nan"),
+                "heat_ref_std_ev": float("nan"),
+                "heat_ev_per_atom": float("nan"),
+                "stable": False,
+                "in_window": False,
+                "warning": "",
+            }
+        )
+    valid = [i for i, r in enumerate(rows) if r["valid"]]
+    predictions = predictor.predict_structures([structures[i] for i in valid]) if valid else []
+    for i, p in zip(valid, predictions, strict=True):
+        rows[i].update(prediction_verdict(p, len(structures[i]), window, criterion))
+    for r in rows:
+        r["hit"] = bool(r["valid"] and r["in_window"] and r["stable"])
+    return Judgement(structures, rows, len(valid))

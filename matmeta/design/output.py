@@ -1,0 +1,133 @@
+"""What ``matmeta generate`` writes and prints: candidates.csv, relaxed + generated CIFs, the summary lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matmeta.design.deliver import DesignResult
+
+CSV_COLUMNS = (
+    "rank",
+    "formula",
+    "source",
+    "relax_status",
+    "band_gap_ev",
+    "p_metal",
+    "heat_ev_per_atom",
+    "stable",
+    "band_gap_ev_relaxed",
+    "p_metal_relaxed",
+    "heat_ev_per_atom_relaxed",
+    "stable_relaxed",
+    "in_window_relaxed",
+    "energy_before_ev_per_atom",
+    "energy_after_ev_per_atom",
+    "rmsd_ang",
+    "volume_change",
+    "keeps_structure",
+    "keeps_structure_generated",
+    "relaxed_valid",
+    "relax_converged",
+    "relax_steps",
+    "relax_seconds",
+    "relax_cpu_seconds",
+    "relax_error",
+    "band_gap_std_ev",
+    "heat_ref_ev_per_cell",
+    "heat_ref_std_ev",
+    "in_window",
+    "struct_valid",
+    "comp_valid",
+    "valid",
+    "min_distance_ang",
+    "volume_per_atom_ang3",
+    "cif",
+    "cif_generated",
+    "warning",
+)
+
+
+def write_design(result: DesignResult, out_dir: str | Path) -> Path:
+    """One CIF per candidate (the relaxed one; the generated one beside it) and ``candidates.csv``, atomically.
+
+    Returns:
+        The path of ``candidates.csv``.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    from matmeta.atomic import write_table, write_text_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for row, generated, relaxed in zip(result.rows, result.generated, result.relaxed, strict=True):
+        stem = f"{row['rank']:04d}_{row['formula']}"
+        row["cif_generated"] = f"{stem}_generated.cif"
+        write_text_atomic(out_dir / row["cif_generated"], str(CifWriter(generated)))
+        row["cif"] = ""
+        if relaxed is not None:
+            row["cif"] = f"{stem}.cif"
+            write_text_atomic(out_dir / row["cif"], str(CifWriter(relaxed)))
+    return write_table(out_dir / "candidates.csv", result.rows, CSV_COLUMNS)
+
+
+def funnel(result: DesignResult) -> list[tuple[str, int]]:
+    """How many of the decoder's proposals survive each filter, in sequence."""
+    rows = result.fill.judgement.rows
+    novel = "novel (new compositions)" if result.novelty_judged else "novel (not judged: no store)"
+    stages = [
+        (f"proposed ({result.fill.draws} draws; {novel}, unique)", lambda r: True),
+        ("structurally valid", lambda r: r["struct_valid"]),
+        ("compositionally valid (SMACT)", lambda r: r["comp_valid"]),
+        ("predicted non-metal", lambda r: r["p_metal"] < 0.5),
+        ("gap in window", lambda r: r["in_window"]),
+        (f"stable (heat <= {result.criterion.threshold_ev_per_atom:g} eV/atom)", lambda r: r["stable"]),
+    ]
+    alive, out = list(rows), []
+    for name, keep in stages:
+        alive = [r for r in alive if keep(r)]
+        out.append((name, len(alive)))
+    return out
+
+
+def summary_lines(result: DesignResult) -> list[str]:
+    """The summary: found vs asked, what the search spent, the space, S.U.N., relaxation."""
+    lo, hi = result.window
+    fill = result.fill
+    lines = [fill.message(result.n, result.budget)]
+    proposed = len(fill.judgement.rows)
+    if proposed:
+        sun = sum(bool(r["valid"] and r["stable"]) for r in fill.judgement.rows)
+        novel = "novel" if result.novelty_judged else "novelty not judged"
+        lines.append(
+            f"S.U.N. share of the decoder's proposals: {sun / proposed:.1%} "
+            f"({sun} of {proposed} valid, stable, unique, {novel}; {result.criterion.describe()}, "
+            "the cut chosen on training data after Castelli et al.); "
+            f"{len(fill.hits)} also in the window"
+        )
+    if result.screen is not None:
+        by = {s: sum(r["source"] == s for r in result.rows) for s in ("decoder", "decoder+screen", "screen")}
+        lines.append(
+            f"exhaustive screen: {len(result.screen.qualifying)} of the {result.screen.size} novel charge-neutral "
+            f"ABX3 substitutions qualify for {lo:g}-{hi:g} eV; returned: {by['decoder'] + by['decoder+screen']} found "
+            f"by the decoder ({by['decoder+screen']} also by the screen), {by['screen']} by the screen alone"
+        )
+    elif result.novelty_judged:
+        lines.append("exhaustive screen: not run (--no-screen)")
+    else:
+        lines.append("exhaustive screen: not run (no training store: pass --store out/perov.lmdb)")
+    if len(result.rows) < result.n:
+        lines.append(f"returned {len(result.rows)} of {result.n}: no more candidates meeting the request were found")
+    relaxed = [r for r in result.rows if "relax_status" in r]
+    if relaxed:
+        kept = sum(r["relax_status"] in ("ok", "not converged") for r in relaxed)
+        marks = sorted({r["relax_status"] for r in relaxed} - {"ok"})
+        lines.append(
+            f"relaxed {len(relaxed)} candidates with CHGNet: {kept} keep their structure and window; marked: "
+            + (", ".join(f"{_count(relaxed, s)} {s}" for s in marks) or "none")
+        )
+    return lines
+
+
+def _count(rows: list[dict[str, Any]], status: str) -> int:
+    return sum(r["relax_status"] == status for r in rows)

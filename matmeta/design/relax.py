@@ -1,0 +1,208 @@
+"""Relax candidates with a universal machine-learned interatomic potential (CHGNet through ASE).
+
+One job: take generated cells to the nearest local minimum of CHGNet (Deng et al., Nat. Mach. Intell.
+2023; the ``chgnet`` wheel ships its pretrained weights, so this runs offline) and say what changed:
+energy per atom before and after, RMSD between the generated and relaxed positions, volume change,
+whether the relaxed cell is still a corner-sharing perovskite, and whether it is still structurally
+valid. Every relaxation is bounded (``max_steps`` optimiser steps, ``fmax``), so nothing waits without end.
+
+RMSD here: the displacement of each atom between the generated and the relaxed structure (sites keep
+their order), taken in fractional coordinates wrapped to the nearest image, expressed in Å in the
+relaxed cell, with the mean displacement (a rigid translation) removed. Strain of the cell is reported
+separately as the volume change.
+
+``chgnet`` is imported only when a relaxation is asked for (``matmeta --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from matmeta import geometry
+from matmeta.design.validity import structural_validity
+from matmeta.families import anion_elements
+
+OCTAHEDRON_STRETCH = 1.5  # longest / shortest of the six B-X bonds at most (PbTiO3: 2.4 / 1.78 = 1.35)
+SHELL_GAP = 1.2  # the seventh anion at least this much farther than the sixth
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """How far a relaxation may go.
+
+    Attributes:
+        fmax: force convergence (eV/Å; the cell is converged through the same ASE filter).
+        max_steps: optimiser steps at most (a candidate not converged by then is marked).
+        relax_cell: relax the cell too (FrechetCellFilter), not only the positions.
+        optimizer: an ASE optimiser name known to CHGNet's StructOptimizer (FIRE, BFGS, LBFGS...).
+    """
+
+    fmax: float = 0.05
+    max_steps: int = 150
+    relax_cell: bool = True
+    optimizer: str = "BFGS"
+
+
+def displacement_rmsd(before: Any, after: Any) -> float:
+    """RMSD (Å) of the atoms between two structures with the same site order (module docstring)."""
+    diff = np.asarray(after.frac_coords, dtype=np.float64) - np.asarray(before.frac_coords, dtype=np.float64)
+    diff -= np.round(diff)
+    cart = diff @ np.asarray(after.lattice.matrix, dtype=np.float64)
+    cart -= cart.mean(axis=0)
+    return float(np.sqrt((cart**2).sum(axis=1).mean()))
+
+
+def keeps_perovskite_connectivity(structure: Any) -> bool:
+    """True when the 5-atom cell is still a corner-sharing BX6 perovskite network.
+
+    The B site is the cation with the shortest mean distance to its six nearest anions (periodic
+    images included). The network holds when those six are the three anion sites twice each (every
+    anion bridges B and its image: corner sharing), the octahedron is not torn apart (the sixth bond
+    at most ``OCTAHEDRON_STRETCH`` x the first, which admits polar off-centring like PbTiO3's) and
+    the next anion is clearly farther (at least ``SHELL_GAP`` x the sixth bond: six-fold, not more).
+    Structures that are not A B X3 (by the anion rule of :mod:`matmeta.families`) fail.
+    """
+    symbols = [site.specie.symbol for site in structure]
+    anions = anion_elements(symbols)
+    is_anion = np.array([s in anions for s in symbols])
+    if len(symbols) != 5 or int(is_anion.sum()) != 3:
+        return False
+    lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
+    if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) < 1e-6:
+        return False
+    cutoff = 3.0 * (abs(np.linalg.det(lattice)) / len(symbols)) ** (1 / 3)
+    centers, neighbors, _, dist = geometry.neighbor_list(lattice, np.asarray(structure.cart_coords), cutoff)
+    shells = {}
+    for c in np.flatnonzero(~is_anion):
+        mine = np.flatnonzero((centers == c) & is_anion[neighbors])
+        order = mine[np.argsort(dist[mine], kind="stable")]
+        shells[int(c)] = (dist[order], neighbors[order])
+    if any(len(d) < 7 for d, _ in shells.values()):
+        return False
+    b_site = min(shells, key=lambda c: shells[c][0][:6].mean())
+    bonds, partners = shells[b_site]
+    twice = np.all(np.bincount(partners[:6], minlength=len(symbols))[is_anion] == 2)
+    return bool(twice and bonds[5] <= OCTAHEDRON_STRETCH * bonds[0] and bonds[6] >= SHELL_GAP * bonds[5])
+
+
+def describe_relaxation(before: Any, after: Any, energies: np.ndarray, max_steps: int) -> dict[str, Any]:
+    """What a relaxation did: energies per atom, steps, RMSD, volume change, validity, connectivity.
+
+    Args:
+        before: the generated structure.
+        after: the relaxed structure (same site order).
+        energies: energy per atom (eV) at every optimiser step, the first one before any move.
+        max_steps: the step bound (a relaxation that used all of it did not converge).
+    """
+    steps = len(energies) - 1
+    return {
+        "energy_before_ev_per_atom": float(energies[0]),
+        "energy_after_ev_per_atom": float(energies[-1]),
+        "relax_steps": steps,
+        "relax_converged": steps < max_steps,
+        "rmsd_ang": displacement_rmsd(before, after),
+        "volume_change": float(after.volume / before.volume - 1.0),
+        "relaxed_valid": structural_validity(after)[0],
+        "keeps_structure_generated": keeps_perovskite_connectivity(before),
+        "keeps_structure": keeps_perovskite_connectivity(after),
+    }
+
+
+class Relaxer:
+    """CHGNet relaxations of small cells, one at a time, on the CPU.
+
+    Args:
+        settings: the bounds of every relaxation.
+    """
+
+    def __init__(self, settings: RelaxSettings | None = None) -> None:
+        self.settings = settings or RelaxSettings()
+        self._optimizer: Any = None
+
+    def _load(self) -> Any:
+        if self._optimizer is None:
+            import warnings
+
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                from chgnet.model import CHGNet, StructOptimizer
+
+                model = CHGNet.load(verbose=False, use_device="cpu")
+                self._optimizer = StructOptimizer(
+                    model=model, optimizer_class=self.settings.optimizer, use_device="cpu"
+                )
+        return self._optimizer
+
+    def relax(self, structure: Any) -> tuple[Any | None, dict[str, Any]]:
+        """Relax one structure.
+
+        Returns:
+            ``(relaxed structure or None when CHGNet could not handle it, row)``: the row holds
+            ``energy_before_ev_per_atom``, ``energy_after_ev_per_atom``, ``relax_steps``,
+            ``relax_converged``, ``rmsd_ang``, ``volume_change``, ``relaxed_valid``,
+            ``keeps_structure`` (and ``keeps_structure_generated``: before relaxing), ``relax_seconds``
+            (wall), ``relax_cpu_seconds`` (CPU time of this process: the time on one core when torch runs one
+            thread, whatever else shares the machine) and ``relax_error`` ("" when none).
+        """
+        import warnings
+
+        s = self.settings
+        start, cpu = time.perf_counter(), time.process_time()
+        row: dict[str, Any] = {key: math.nan for key in ("energy_before_ev_per_atom", "energy_after_ev_per_atom")}
+        row.update(rmsd_ang=math.nan, volume_change=math.nan, relax_steps=0, relax_converged=False)
+        row.update(relaxed_valid=False, keeps_structure=False, relax_error="")
+        row["keeps_structure_generated"] = keeps_perovskite_connectivity(structure)
+        try:
+            optimizer = self._load()
+            start, cpu = time.perf_counter(), time.process_time()  # loading CHGNet (once) is not part of relaxing
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                out = optimizer.relax(
+                    structure.copy(), fmax=s.fmax, steps=s.max_steps, relax_cell=s.relax_cell, verbose=False
+                )
+        except Exception as exc:  # noqa: BLE001 - CHGNet raises many kinds on unphysical cells; the row says which
+            row["relax_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            row["relax_seconds"] = time.perf_counter() - start
+            row["relax_cpu_seconds"] = time.process_time() - cpu
+            return None, row
+        energies = np.asarray(out["trajectory"].energies, dtype=np.float64) / len(structure)
+        row.update(describe_relaxation(structure, out["final_structure"], energies, s.max_steps))
+        row["relax_seconds"] = time.perf_counter() - start
+        row["relax_cpu_seconds"] = time.process_time() - cpu  # one thread: the time on one core, load or not
+        return out["final_structure"], row
+
+    def relax_all(
+        self, structures: Sequence[Any], on_done: Callable[[], None] | None = None
+    ) -> tuple[list[Any | None], list[dict[str, Any]]]:
+        """Relax every structure in turn; ``on_done`` is called after each (a progress bar)."""
+        relaxed, rows = [], []
+        for structure in structures:
+            r, row = self.relax(structure)
+            relaxed.append(r)
+            rows.append(row)
+            if on_done is not None:
+                on_done()
+        return relaxed, rows
+
+
+def relax_status(row: dict[str, Any], in_window_after: bool | None) -> str:
+    """One word for what relaxation did to a candidate: ok, or why it is marked."""
+    if row.get("relax_error"):
+        return "relax failed"
+    if not row["relaxed_valid"]:
+        return "collapsed"
+    if not row["keeps_structure"]:
+        return "lost perovskite connectivity"
+    if in_window_after is False:
+        return "left window"
+    if not row["relax_converged"]:
+        return "not converged"
+    return "ok"
