@@ -52,7 +52,8 @@ def run_fit(
         return f"{value:.4g} ± {std:.2g}"
 
     print_table(
-        f"JMAK fits ({method}; ± = 1σ Laplace, noise σ = {result.noise:g})",
+        f"JMAK fits ({method}; ± = 1σ Laplace, noise σ = {result.noise:g}"
+        + (" in ln t: time readings)" if result.observed == "time" else " in X)"),
         ["curve", "pts", "k (s^-n)", "ln k", "n", "t10 (s)", "t50 (s)", "t90 (s)", "residual"],
         [
             [
@@ -86,7 +87,9 @@ def fit(
     points: Path = typer.Argument(..., help="CSV with curve,time_s,fraction rows (or a TTT table)."),
     method: str = typer.Option("maml", "--method", help="maml | least-squares | avrami."),
     prior: Path = typer.Option(None, "--prior", help="Prior checkpoint (default: the shipped one)."),
-    noise: float = typer.Option(None, "--noise", help="Measurement sigma of the fractions (default: the prior's)."),
+    noise: float = typer.Option(
+        None, "--noise", help="Measurement sigma: of X, or of ln t for TTT readings (default: the prior's / 0.02)."
+    ),
     out: Path = typer.Option(None, "--out", help="Write the fits as CSV."),
     plot: Path = typer.Option(None, "--plot", help="Plot data, fits and uncertainty bands (e.g. fits.png)."),
     level: float = typer.Option(0.9, "--level", help="Coverage of the plotted band."),
