@@ -100,6 +100,47 @@ def fit(
         raise typer.Exit(1)
 
 
+@jmak_app.command("ttt")
+def ttt(
+    table: Path = typer.Argument(..., help="TTT table: phase, T (°C), t_start, t_10%, t_90%, y_max."),
+    plot: Path = typer.Option(None, "--plot", help="Draw the fitted TTT diagram (e.g. ttt.png)."),
+    out: Path = typer.Option(None, "--out", help="Write the per-phase fits as CSV."),
+    level: float = typer.Option(0.9, "--level", help="Coverage of the plotted bands."),
+) -> None:
+    """Joint TTT fit per phase (n(T) smooth, C-curve rate with a nose), with posterior bands."""
+    from matmeta.console import print_table, warn
+    from matmeta.errors import MatmetaInputError
+    from matmeta.kinetics.ttt_api import fit_ttt_table, plot_ttt
+
+    if not 0 < level < 1:
+        raise MatmetaInputError(f"--level {level}: must be between 0 and 1")
+    diagram = fit_ttt_table(table, warn=warn)
+    print_table(
+        "TTT fits per phase (± = 1σ Laplace posterior)",
+        ["phase", "T's", "n", "nose (°C)", "T_e (°C)", "Q (kJ/mol)", "start X", "scatter ln t", "read σ"],
+        [
+            [
+                r["phase"],
+                r["temperatures"],
+                f"{r['n']:.3g} ± {r['n_std']:.2g}",
+                f"{r['nose_C']:.4g} ± {r['nose_C_std']:.2g}",
+                f"{r['Te_C']:.4g}",
+                f"{r['Q_kJ_mol']:.3g}",
+                f"{r['start_fraction']:.2%}",
+                f"{r['scatter_s']:.2g}",
+                f"{r['read_sigma']:.2g}",
+            ]
+            for r in diagram.table()
+        ],
+    )
+    if out is not None:
+        diagram.write_csv(out)
+        typer.echo(f"fits: {out}")
+    if plot is not None:
+        plot_ttt(diagram, plot, level=level)
+        typer.echo(f"plot: {plot}")
+
+
 @jmak_app.command("meta-train")
 def meta_train(
     recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/jmak.toml."),

@@ -194,8 +194,6 @@ def phase_prior(mean: Tensor, prec: Tensor, support: list[Any]) -> PhasePrior:
     var_n = spread2 + post_var
     slope = cov[0, 1] / cov[1, 1]
     cond = cov[0, 0] - slope * cov[0, 1]
-    new_cov = torch.stack(
-        [torch.stack([cond + slope**2 * var_n, slope * var_n]), torch.stack([slope * var_n, var_n])]
-    )
+    new_cov = torch.stack([torch.stack([cond + slope**2 * var_n, slope * var_n]), torch.stack([slope * var_n, var_n])])
     new_mean = torch.stack([mean[0] + slope * (post_mean - mean[1]), post_mean])
     return PhasePrior(new_mean, torch.linalg.inv(new_cov), start)
