@@ -117,7 +117,7 @@ class Params:
         return self.q * self.nose**2 / (self.te - self.nose)
 
     def ln_tau(self, temperature_k: Tensor) -> Tensor:
-        """ln τ(T) of the C-curve (T ≥ T_e is clamped 0.01 K below T_e)."""
+        """The C-curve's ln τ(T) the C-curve (T ≥ T_e is clamped 0.01 K below T_e)."""
         gap = (self.te - temperature_k).clamp(min=1e-2)
         return self.c + self.q_over_r / temperature_k - self.q * torch.log(gap)
 
@@ -126,13 +126,13 @@ class Params:
         return self.n * torch.exp(self.beta * (temperature_k - self.t_mid) / 100.0)
 
     def z_of(self, which: Tensor) -> Tensor:
-        """z of each reading kind (start uses the fitted start fraction)."""
+        """The z of each reading kind (start uses the fitted start fraction)."""
         z_fixed = _z(torch.tensor(TTT_FRACTIONS, dtype=torch.float64))
         z_start = _z(START_FRACTION * torch.exp(self.u))
         return torch.where(which == 0, z_start, z_fixed[which])
 
     def ln_time(self, temperature_k: Tensor, fraction: float | None = None, which: Tensor | None = None) -> Tensor:
-        """ln t of the C-curve (δ = 0) at ``fraction`` (or at the reading kinds ``which``)."""
+        """The C-curve's ln t (δ = 0) at ``fraction`` (or at the reading kinds ``which``)."""
         z = self.z_of(which) if which is not None else _z(fraction)
         return self.ln_tau(temperature_k) + z / self.n_at(temperature_k)
 
@@ -286,7 +286,7 @@ class PhaseFit:
         }  # fmt: skip
 
     def predict(self, temperature_c: float, readings: dict[int, float], fraction: float) -> float:
-        """ln t at ``fraction`` for a temperature with ``readings`` {kind: t (s)}: C-curve + E[deviation | readings]."""
+        """The ln t at ``fraction`` at a temperature with ``readings`` {kind: t (s)}: C-curve + E[deviation | them]."""
         p = self.params
         kinds = torch.tensor(sorted(readings))
         temp = torch.full((len(kinds) + 1,), temperature_c + KELVIN, dtype=torch.float64)
@@ -300,7 +300,7 @@ class PhaseFit:
         return float(p.ln_time(temp[-1:], fraction)[0] + shift)
 
     def line(self, temperature_c: Tensor, fraction: float, level: float = 0.9) -> tuple[Tensor, Tensor, Tensor]:
-        """ln t of the C-curve at ``fraction`` over temperatures (°C): MAP and central ``level`` band.
+        """The C-curve's ln t at ``fraction`` over temperatures (°C): MAP and central ``level`` band.
 
         The band is the Laplace posterior's, by the delta method (linear in θ around the MAP); the
         start line (``fraction == START_FRACTION``) is drawn at the phase's fitted start fraction.

@@ -118,6 +118,6 @@ def plot_ttt(diagram: TTTDiagram, path: str | Path, level: float = 0.9) -> Path:
 
 
 def predict_held_out(fit: PhaseFit, row: TTTRow, which: tuple[int, ...] = (0, 1), fraction: float = 0.9) -> float:
-    """t (s) at ``fraction`` for ``row`` from its readings ``which`` (0 start, 1: 10 %, 2: 90 %)."""
+    """The time (s) at ``fraction`` for ``row`` from its readings ``which`` (0 start, 1: 10 %, 2: 90 %)."""
     times = (row.t_start, row.t_10, row.t_90)
     return math.exp(fit.predict(row.temperature_c, {i: times[i] for i in which}, fraction))
