@@ -123,3 +123,36 @@ def test_ttt_command_bad_table_is_one_line(tmp_path, content):
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0]
+
+
+def test_ttt_prior_is_shipped_validated_and_adapts_to_a_phase():
+    from matmeta.checkpoint import read_metadata
+    from matmeta.kinetics.ttt_prior import DEFAULT_TTT_PRIOR, load_ttt_prior, phase_prior
+
+    meta = read_metadata(DEFAULT_TTT_PRIOR)
+    assert meta["observation"] == "log_time" and meta["validation"]["prior"] < meta["validation"]["classical"]
+    mean, prec = load_ttt_prior()
+    assert 1.0 < float(mean[1]) < 4.0
+    adapted = phase_prior(mean, prec, synthetic_table(noise=0.005))
+    assert abs(adapted.start_fraction / START_TRUE - 1) < 0.1
+    assert abs(float(adapted.mean[1]) - N_TRUE) < 0.1
+    assert float(torch.linalg.inv(adapted.prec)[1, 1]) < float(torch.linalg.inv(prec)[1, 1]) / 10
+
+
+def test_ttt_prior_meta_training_learns_the_phase_distribution():
+    from matmeta.kinetics.ttt_prior import TTTSynthConfig, meta_train_ttt_prior, validation_error
+
+    cfg = TTTSynthConfig(n_range=(3.5, 4.0), read_noise=0.05)  # every phase has n near 3.75
+    maml, _ = meta_train_ttt_prior(steps=80, batch=256, lr=0.1, seed=3, cfg=cfg)
+    mean, prec = maml.model.prior_mean.detach().double(), maml.model.prior_precision().detach().double()
+    assert abs(float(mean[1]) - 3.75) < 0.3
+    assert validation_error(mean, prec, cfg, seed=11) < 0.9 * validation_error(None, None, cfg, seed=11)
+
+
+def test_a_fraction_prior_is_refused_for_time_readings():
+    from matmeta.errors import CheckpointError
+    from matmeta.kinetics.prior import DEFAULT_PRIOR
+    from matmeta.kinetics.ttt_prior import load_ttt_prior
+
+    with pytest.raises(CheckpointError, match="fraction readings"):
+        load_ttt_prior(DEFAULT_PRIOR)
