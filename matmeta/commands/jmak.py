@@ -147,13 +147,19 @@ def meta_train(
     out: Path = typer.Option(None, "--out", help="Checkpoint path (default: the recipe's)."),
     steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
 ) -> None:
-    """Meta-train the JMAK prior on synthetic Arrhenius families."""
+    """Meta-train the JMAK prior on synthetic Arrhenius families (or, for recipes/jmak_ttt.toml, the TTT prior)."""
     from matmeta.commands.train import run_meta_train
     from matmeta.errors import RecipeError
     from matmeta.recipes import load_recipe
 
-    if load_recipe(recipe).get("meta_train", {}).get("app") != "jmak":
+    section = load_recipe(recipe).get("meta_train", {})
+    if section.get("app") != "jmak":
         raise RecipeError(f"{recipe}: [meta_train] app must be 'jmak' for matmeta jmak meta-train")
+    if section.get("observation") == "log_time":
+        from matmeta.kinetics.ttt_prior import meta_train_ttt_from_recipe
+
+        typer.echo(f"checkpoint: {meta_train_ttt_from_recipe(load_recipe(recipe), recipe, out=out, steps=steps)}")
+        return
     path = run_meta_train(recipe, out=out, steps=steps)
     typer.echo(f"checkpoint: {path}")
 
