@@ -113,16 +113,25 @@ def test_ttt_command_writes_plot_and_csv(tmp_path):
     assert abs(float(fits[0]["nose_C"]) - NOSE_C) < 10 and abs(float(fits[0]["n"]) - N_TRUE) < 0.1
 
 
-@pytest.mark.parametrize("content", ["curve,time_s,fraction\na,1,0.1\na,2,0.5\n", "Phase,T,t_start\n"])
-def test_ttt_command_bad_table_is_one_line(tmp_path, content):
-    bad = tmp_path / "bad.csv"
-    bad.write_text(content)
+def test_ttt_command_bad_table_is_one_line(tmp_path):
+    from matmeta.errors import MatmetaInputError
+    from matmeta.kinetics.ttt_api import fit_ttt_table
+
+    bad = tmp_path / "points.csv"
+    bad.write_text("curve,time_s,fraction\na,1,0.1\na,2,0.5\n")
     proc = subprocess.run(
         [sys.executable, "-m", "matmeta.cli", "jmak", "ttt", str(bad)], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0]
+    short = tmp_path / "short.csv"
+    short.write_text("Phase,T,t_start\n")
+    with pytest.raises(MatmetaInputError, match="short.csv: expected columns"):
+        fit_ttt_table(short, warn=print)
+    few = _write(synthetic_table(temps=(500, 550, 600)), tmp_path / "few.csv")
+    with pytest.raises(MatmetaInputError, match="no phase with at least 4"):
+        fit_ttt_table(few, warn=lambda m: None)
 
 
 def test_ttt_prior_is_shipped_validated_and_adapts_to_a_phase():
