@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FLWR_RUNTIME := alembic certifi cryptography fastapi grpcio grpcio-health-checking httpx iterators pathspec \
+  prompt-toolkit protobuf pycryptodome pyyaml requests sqlalchemy starlette tomli tomli-w uv uvicorn
 DATA ?= ../shared/data
 export MATMETA_SHARED_DATA ?= $(DATA)
 
@@ -17,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch pinned first: the CPU build of 2.13.0 (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# flwr (matmeta federate) caps typer<0.21 and rich<15 for its own CLI, which matmeta does not use: it is
+	# installed without resolving its requirements, and the runtime ones it needs are pinned in constraints.txt
+	$(PY) -m pip install -q --no-deps flwr==1.42.0
+	$(PY) -m pip install -q -c constraints.txt $(FLWR_RUNTIME)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -38,3 +42,32 @@ def write_text_atomic(target: str | Path, text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: floats at full precision (``repr``), None as empty."""
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else value
+
+
+def write_table(target: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Write rows atomically as CSV, or as JSON when ``target`` ends in ``.json``; the one table writer.
+
+    Args:
+        target: ``*.csv`` (or any other suffix: CSV) or ``*.json``.
+        rows: one mapping per row.
+        columns: CSV column order (default: the keys of the first row).
+    """
+    target = Path(target)
+    if target.suffix.lower() == ".json":
+        write_text_atomic(target, json.dumps([dict(row) for row in rows], indent=2) + "\n")
+        return target
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    write_text_atomic(target, buffer.getvalue())
+    return target

@@ -101,7 +101,14 @@ def expect(metadata: dict[str, Any], path: str | Path, **required: Any) -> None:
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, Tensor], path: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error on mismatch."""
+    """The one loading pattern of every app: finite weights only, then ``load_state_dict(strict=True)``.
+
+    Raises:
+        CheckpointError: a NaN/inf weight, or names/shapes that do not match ``module`` (one line).
+    """
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: checkpoint holds non-finite weights ({name})")
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

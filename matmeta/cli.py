@@ -1,20 +1,19 @@
 """The ``matmeta`` command line: parse, call the library, print.
 
-Heavy modules (torch, torch_geometric, pymatgen) are imported inside commands so that
-``matmeta --help`` answers at once. Each app registers its commands from
-``matmeta/commands/<app>.py`` through a ``register(app)`` function.
+Heavy modules (torch, torch_geometric, pymatgen) are imported inside the commands so that
+``matmeta --help`` answers at once. Each app's commands live in ``matmeta/commands/<app>.py``
+and are added here by its ``register(app)``; command modules never import each other.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 
 import typer
 
+from matmeta.commands import bench, data, design, explain, federate, jmak, predict, train
 from matmeta.errors import MatmetaError
-
-COMMAND_MODULES = ("train", "bench", "jmak", "explain", "predict", "data", "design")
 
 app = typer.Typer(
     name="matmeta",
@@ -24,8 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"matmeta.commands.{_name}").register(app)
+for _module in (train, bench, jmak, explain, predict, data, design, federate):
+    _module.register(app)
+jmak.jmak_app.command("explain")(explain.jmak_explain)
 
 
 @app.callback()
@@ -40,7 +40,12 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and a non-zero exit code."""
+    """Entry point: user errors become one line on stderr and a non-zero exit code.
+
+    Process-wide settings are made here, once: spglib's own stderr messages on failed symmetry
+    searches are silenced (matmeta reports those itself, per structure).
+    """
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
     try:
         app()
     except MatmetaError as exc:

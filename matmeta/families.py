@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -43,7 +42,8 @@ SYMPREC = 0.01
 
 
 @functools.cache
-def _electronegativity(symbol: str) -> float:
+def electronegativity(symbol: str) -> float:
+    """Pauling electronegativity of an element (0 where pymatgen has none, e.g. noble gases)."""
     from pymatgen.core.periodic_table import Element
 
     value = Element(symbol).X
@@ -73,9 +73,9 @@ def _format_amount(amount: float) -> str:
 
 def anion_elements(elements: Iterable[str]) -> set[str]:
     """Which of ``elements`` act as anions (see the module docstring)."""
-    electronegativity = {s: _electronegativity(s) for s in set(elements)}
-    most = max(electronegativity.values(), default=0.0)
-    return {s for s, x in electronegativity.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most)}
+    chi = {s: electronegativity(s) for s in set(elements)}
+    most = max(chi.values(), default=0.0)
+    return {s for s, x in chi.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most)}
 
 
 def _counts(numbers: np.ndarray) -> dict[str, int]:
@@ -119,7 +119,6 @@ def spacegroup_of(lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndar
     """
     import spglib
 
-    os.environ.setdefault("SPGLIB_WARNING", "OFF")  # spglib prints search failures to stderr otherwise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # spglib 2.x: about its error-handling mode
         try:
@@ -142,7 +141,7 @@ def perovskite_sites_of(
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
-    from matmeta.graphs import neighbor_list
+    from matmeta.geometry import neighbor_list
 
     symbols = [_symbol_of(int(z)) for z in numbers]
     anions = anion_elements(symbols)

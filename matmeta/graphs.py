@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from matmeta.errors import MatmetaInputError
+from matmeta.geometry import neighbor_list, wrap_fractional
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -89,53 +90,6 @@ class GraphConfig:
         if unknown:
             raise ValueError(f"unknown graph setting(s): {', '.join(unknown)}")
         return cls(**values)
-
-
-def neighbor_list(
-    lattice: np.ndarray, cart_coords: np.ndarray, cutoff: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All periodic neighbour pairs within ``cutoff`` (self-pairs at zero offset excluded).
-
-    Uses pymatgen's cell-list search, which enumerates every periodic image that can lie within
-    the cutoff, so it is correct for cutoffs larger than the cell and for triclinic cells.
-
-    Args:
-        lattice: Lattice vectors as rows, Å.
-        cart_coords: Cartesian positions, Å.
-        cutoff: Radius, Å.
-
-    Returns:
-        ``(centers, neighbors, offsets, distances)``.
-
-    Shapes:
-        lattice: (3, 3); cart_coords: (N, 3) → centers, neighbors: (P,) int64; offsets: (P, 3)
-        float64 integer images; distances: (P,) float64.
-    """
-    from pymatgen.optimization.neighbors import find_points_in_spheres
-
-    coords = np.ascontiguousarray(cart_coords, dtype=np.float64)
-    matrix = np.ascontiguousarray(lattice, dtype=np.float64)
-    centers, neighbors, offsets, distances = find_points_in_spheres(
-        coords, coords, float(cutoff), np.array([1, 1, 1], dtype=np.int64), matrix, 1e-8
-    )
-    centers = np.asarray(centers, dtype=np.int64)
-    neighbors = np.asarray(neighbors, dtype=np.int64)
-    offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 3)
-    distances = np.asarray(distances, dtype=np.float64)
-    # the search already drops i == j at zero offset within its tolerance; guard against zero-length pairs
-    keep = ~((centers == neighbors) & np.all(offsets == 0, axis=1))
-    return centers[keep], neighbors[keep], offsets[keep], distances[keep]
-
-
-def wrap_fractional(frac_coords: np.ndarray) -> np.ndarray:
-    """Fractional coordinates wrapped into [0, 1).
-
-    Shapes:
-        frac_coords: (N, 3) → (N, 3)
-    """
-    wrapped = np.mod(np.asarray(frac_coords, dtype=np.float64), 1.0)
-    wrapped[wrapped >= 1.0] = 0.0  # np.mod(-1e-17, 1) == 1.0
-    return wrapped
 
 
 def graph_arrays(

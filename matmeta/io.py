@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,14 +64,6 @@ def _element_numbers() -> dict[str, int]:
     from pymatgen.core.periodic_table import Element
 
     return {el.symbol: el.Z for el in Element}
-
-
-def atomic_number(symbol: str, where: str) -> int:
-    """The atomic number of ``symbol``; an unknown symbol is a ``MatmetaInputError`` naming ``where``."""
-    try:
-        return _element_numbers()[symbol]
-    except KeyError:
-        raise MatmetaInputError(f"{where}: unknown element {symbol!r}") from None
 
 
 # --------------------------------------------------------------------------------------- CIF
@@ -390,7 +382,7 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     Raises:
         MatmetaInputError: ``"<name>: <reason>"``.
     """
-    from matmeta.graphs import neighbor_list
+    from matmeta.geometry import closest_pair
 
     matrix = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64)
@@ -403,13 +395,10 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
             f"{name}: implausible volume per atom {per_atom:.3g} Å^3 "
             f"(allowed {MIN_VOLUME_PER_ATOM:g}–{MAX_VOLUME_PER_ATOM:g})"
         )
-    centers, neighbors, _, distances = neighbor_list(matrix, frac @ matrix, MIN_DISTANCE)
-    if len(centers):
-        k = int(np.argmin(distances))
-        raise MatmetaInputError(
-            f"{name}: atoms {int(centers[k])} and {int(neighbors[k])} overlap "
-            f"({distances[k]:.3f} Å apart, minimum {MIN_DISTANCE} Å)"
-        )
+    pair = closest_pair(matrix, frac @ matrix, MIN_DISTANCE)
+    if pair is not None:
+        i, j, distance = pair
+        raise MatmetaInputError(f"{name}: atoms {i} and {j} overlap ({distance:.3f} Å apart, minimum {MIN_DISTANCE} Å)")
 
 
 # ---------------------------------------------------------------------------- files
@@ -589,3 +578,23 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[str],
             f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(header) or 'none'})"
         )
     return header, rows
+
+
+def read_structures(sources: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``(name, Structure)`` for every readable structure in ``sources``, and one message per bad input."""
+    from matmeta.errors import MatmetaInputError
+
+    good: list[tuple[str, Any]] = []
+    bad: list[str] = []
+    for source in sources:
+        try:
+            paths = expand_sources(source)
+        except MatmetaInputError as exc:
+            bad.append(str(exc))
+            continue
+        for path in paths:
+            try:
+                good.extend(read_structure_file(path))
+            except MatmetaInputError as exc:
+                bad.append(str(exc))
+    return good, bad

@@ -7,10 +7,11 @@ import urllib.error
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from matmeta import download as dl
 from matmeta.errors import MatmetaError, MatmetaInputError
 from matmeta.io import write_cif
-from matmeta.store import GraphStore, ingest
+from matmeta.store import download as dl
+from matmeta.store.ingest import ingest
+from matmeta.store.reader import GraphStore
 
 
 def matmeta(*args, env=None):
@@ -106,7 +107,7 @@ def test_download_offline_is_one_line(tmp_path, monkeypatch):
 
 
 def test_ingest_benchmark_quick_run(perovskites_csv, tmp_path, monkeypatch, capsys):
-    from matmeta.commands.bench import run_bench
+    from matmeta.runs import bench as run_bench
 
     monkeypatch.setenv("MATMETA_SHARED_DATA", str(perovskites_csv.parents[1]))
     recipe = tmp_path / "ingest.toml"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from matmeta.design_data import canonical_cell, cell_to_structure, encode_cells, loss_fn, make_batch
+from matmeta.design.data import canonical_cell, cell_to_structure, encode_cells, loss_fn, make_batch
 from matmeta.models.decoder import CrystalCVAE, DecoderConfig
 
 ELEMENTS = ("O", "N", "F", "Ti", "Sr", "Ba", "Nb", "K")

@@ -4,8 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matmeta.errors import MatmetaInputError
-from matmeta.validity import (
+from matmeta.design.validity import (
     FingerprintScaler,
     ReferenceSet,
     composition_fingerprint,
@@ -16,6 +15,7 @@ from matmeta.validity import (
     structural_validity,
     unique_mask,
 )
+from matmeta.errors import MatmetaInputError
 
 
 def _abx3(a: str, b: str, x=("O", "O", "O"), lattice: float = 4.0):
@@ -95,7 +95,7 @@ def test_coverage_recall_and_precision():
 
 
 def test_gap_window_and_impossible_requests():
-    from matmeta.design import check_request, parse_gap_window
+    from matmeta.design.request import check_request, parse_gap_window
 
     assert parse_gap_window("2.0", 0.3) == pytest.approx((1.7, 2.3))
     assert parse_gap_window("1.5:2.5") == (1.5, 2.5)
@@ -137,7 +137,7 @@ class FixedPredictor:
 def tiny_store(tmp_path_factory, request):
     from conftest import require_shared
 
-    from matmeta.store import ingest
+    from matmeta.store.ingest import ingest
 
     source = require_shared("perovskites/perovskites.csv")
     folder = tmp_path_factory.mktemp("store")
@@ -158,7 +158,7 @@ def tiny_store(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_store, tmp_path_factory):
-    from matmeta.design_train import meta_train_from_recipe
+    from matmeta.design.train import meta_train_from_recipe
 
     folder = tmp_path_factory.mktemp("gen")
     recipe = {
@@ -192,7 +192,8 @@ def test_meta_train_writes_a_self_describing_checkpoint(tiny_generator):
 def test_generate_ranks_judges_and_writes_parseable_cifs(tiny_generator, tiny_store, tmp_path):
     from pymatgen.core import Structure
 
-    from matmeta.design import Generator, generate, training_reference, write_candidates
+    from matmeta.design.generator import Generator
+    from matmeta.design.pipeline import generate, training_reference, write_candidates
 
     gen = Generator.load(tiny_generator)
     reference = training_reference(gen, tiny_store)
@@ -219,7 +220,7 @@ def test_generate_ranks_judges_and_writes_parseable_cifs(tiny_generator, tiny_st
 def test_family_adaptation_moves_the_decoder(tiny_generator, srtio3):
     import torch
 
-    from matmeta.design import Generator
+    from matmeta.design.generator import Generator
 
     gen = Generator.load(tiny_generator)
     examples = [srtio3.copy() for _ in range(3)]
@@ -236,7 +237,7 @@ def test_family_adaptation_moves_the_decoder(tiny_generator, srtio3):
 
 
 def test_element_constraints(tiny_generator):
-    from matmeta.design import Generator
+    from matmeta.design.generator import Generator
 
     gen = Generator.load(tiny_generator)
     with pytest.raises(MatmetaInputError, match="'Xx' is not an element"):
@@ -253,7 +254,8 @@ def test_element_constraints(tiny_generator):
 def test_species_temperature_spreads_the_chemistry(tiny_generator):
     import torch
 
-    from matmeta.design import Generator, generate
+    from matmeta.design.generator import Generator
+    from matmeta.design.pipeline import generate
 
     gen = Generator.load(tiny_generator)
     gaps = torch.full((200,), 2.0)
@@ -276,7 +278,8 @@ def test_species_temperature_spreads_the_chemistry(tiny_generator):
 def test_sampling_without_repeats_or_known_compositions(tiny_generator, tiny_store):
     import torch
 
-    from matmeta.design import Generator, generate, training_reference
+    from matmeta.design.generator import Generator
+    from matmeta.design.pipeline import generate, training_reference
 
     gen = Generator.load(tiny_generator)
     gaps = torch.full((40,), 2.0)
@@ -327,7 +330,7 @@ def test_substitution_baseline_and_its_whole_space():
 
 
 def test_repository_recipe_is_loadable():
-    from matmeta.design_train import GeneratorTrainConfig
+    from matmeta.design.train import GeneratorTrainConfig
     from matmeta.recipes import config_from_dict, load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "generator.toml")

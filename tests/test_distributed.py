@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss
 from matmeta.meta import MAML, MetaTrainer, TrainerConfig, TrainResult
 from matmeta.meta.distributed import DistInfo, shard, shard_bounds
-from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 
 STEPS = 5
 # (meta-batch size, Meta-SGD): 5 tasks split 3 + 2 (uneven), and 1 task (rank 1 has none)

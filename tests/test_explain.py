@@ -11,15 +11,8 @@ import torch
 from torch import nn
 
 from matmeta.errors import MatmetaError
-from matmeta.explain import (
-    Table,
-    approx_from_weight_gradients,
-    explain_adaptation,
-    leave_one_out,
-    robust_z,
-    spearman,
-    weight_gradients,
-)
+from matmeta.explain.influence import approx_from_weight_gradients, explain_adaptation, leave_one_out, weight_gradients
+from matmeta.explain.report import Table, robust_z, spearman
 from matmeta.meta.maml import MAML
 
 torch.set_num_threads(1)

@@ -66,7 +66,7 @@ def test_jmak_explain_cli(tmp_path, jmak_prior):
 
 
 def test_explain_curve_prediction_is_the_jmak_fit(jmak_prior):
-    from matmeta.commands.explain import explain_curve
+    from matmeta.explain.adapters import explain_curve
     from matmeta.kinetics.fit import fit_maml
     from matmeta.kinetics.prior import load_prior
 
@@ -87,8 +87,8 @@ def _tiny_predictor(tmp_path):
     from matmeta.checkpoint import save_checkpoint
     from matmeta.graphs import GraphConfig
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict import MAMLSettings, build_maml
-    from matmeta.predictor_data import TargetStats
+    from matmeta.predict.config import MAMLSettings, build_maml
+    from matmeta.predict.data import TargetStats
     from matmeta.recipes import config_to_dict
 
     torch.manual_seed(0)
@@ -127,8 +127,8 @@ def _perovskites():
 
 
 def test_explain_structures_matches_finetune_loo(tmp_path):
-    from matmeta.commands.explain import explain_structures
-    from matmeta.predict import Predictor
+    from matmeta.explain.adapters import explain_structures
+    from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load(_tiny_predictor(tmp_path))
     structures = list(_perovskites().values())
@@ -194,7 +194,7 @@ def test_explain_cli_refuses_too_few_support_points(tmp_path):
 
 
 def test_bench_quick_runs_and_writes_episodes(tmp_path):
-    from matmeta.commands.bench import run_bench
+    from matmeta.runs import bench as run_bench
 
     recipe = tmp_path / "explain.toml"
     recipe.write_text(

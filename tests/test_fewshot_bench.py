@@ -21,7 +21,7 @@ def test_roc_auc_known_values():
 
 
 def test_mean_ci95():
-    from matmeta.predictor_data import mean_ci95
+    from matmeta.predict.data import mean_ci95
 
     mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5
@@ -29,7 +29,7 @@ def test_mean_ci95():
 
 
 def _table(families):
-    from matmeta.predictor_data import GraphTable, TargetStats
+    from matmeta.predict.data import GraphTable, TargetStats
 
     n = len(families)
     graph = (torch.tensor([8, 22]), torch.tensor([[0, 1], [1, 0]]), torch.tensor([2.0, 2.0]))

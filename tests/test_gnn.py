@@ -20,7 +20,7 @@ from matmeta.models.gnn import (
 
 def _graph(structure, cutoff=6.0, max_neighbors=12):
     from matmeta.graphs import GraphConfig, structure_to_graph
-    from matmeta.predictor_data import graph_from_data
+    from matmeta.predict.data import graph_from_data
 
     return graph_from_data(structure_to_graph(structure, GraphConfig(cutoff, max_neighbors)))
 
@@ -96,7 +96,7 @@ def test_unknown_embedding_is_mean_of_seen():
 def test_maml_second_order_and_anil(srtio3, nacl):
     """Second-order meta-gradients exist and differ from first-order ones; ANIL adapts the head only."""
     from matmeta.meta.maml import MAML
-    from matmeta.predictor_data import loss_fn
+    from matmeta.predict.data import loss_fn
 
     torch.manual_seed(0)
     y = torch.tensor([0.5, 1.0, -0.3])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss
 from matmeta.errors import MatmetaError
 from matmeta.meta import MAML, MetaTrainer, TrainerConfig
-from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 
 D = 3
 

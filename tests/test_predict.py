@@ -21,15 +21,15 @@ def _examples():
 
 def _tiny(**settings):
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict import MAMLSettings
-    from matmeta.predictor_train import untrained_predictor
+    from matmeta.predict.config import MAMLSettings
+    from matmeta.predict.train import untrained_predictor
 
     return untrained_predictor(GNNConfig(hidden=16, layers=2, n_rbf=8), MAMLSettings(**settings))
 
 
 # ---------------------------------------------------------------------- normalisation
 def test_target_stats_roundtrip_and_two_stage_gap():
-    from matmeta.predictor_data import TargetStats
+    from matmeta.predict.data import TargetStats
 
     heat = np.array([1.0, 2.0, np.nan])
     gap = np.array([0.0, 3.0, 2.0])
@@ -46,7 +46,7 @@ def test_target_stats_roundtrip_and_two_stage_gap():
 
 def test_loss_skips_missing_targets():
     from matmeta.models.gnn import collate
-    from matmeta.predictor_data import per_example_loss
+    from matmeta.predict.data import per_example_loss
 
     graph = (torch.tensor([8, 22]), torch.tensor([[0, 1], [1, 0]]), torch.tensor([2.0, 2.0]))
     batch = collate([(*graph, torch.tensor([1.0, math.nan, math.nan])), (*graph, torch.tensor([math.nan, 0.0, 2.0]))])
@@ -61,7 +61,7 @@ def test_loss_skips_missing_targets():
 
 # ---------------------------------------------------------------------- shipped checkpoint
 def test_shipped_checkpoint_predicts_finite_numbers_in_target_units():
-    from matmeta.predict import DEFAULT_CHECKPOINT, Predictor
+    from matmeta.predict.predictor import DEFAULT_CHECKPOINT, Predictor
 
     assert EXAMPLES, "data/structures/*.cif missing (scripts/make_example_data.py)"
     predictor = Predictor.load()
@@ -84,7 +84,7 @@ def test_shipped_checkpoint_predicts_finite_numbers_in_target_units():
 
 
 def test_shipped_checkpoint_supercell_is_extensive(srtio3):
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load()
     supercell = srtio3.copy()
@@ -96,7 +96,7 @@ def test_shipped_checkpoint_supercell_is_extensive(srtio3):
 
 def test_finetune_on_shifted_family_lowers_loo_error(tmp_path):
     """A family whose heat_ref is the model's own prediction + 1 eV/cell: adaptation must remove most of the shift."""
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load()
     structures = _examples()[:10]
@@ -169,7 +169,7 @@ def _saved_tiny(tmp_path):
 
 
 def test_checkpoint_roundtrip(tmp_path, srtio3):
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     predictor, path = _saved_tiny(tmp_path)
     loaded = Predictor.load(path)
@@ -179,7 +179,7 @@ def test_checkpoint_roundtrip(tmp_path, srtio3):
 
 def test_corrupted_checkpoint_is_refused(tmp_path):
     from matmeta.errors import CheckpointError
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     _, path = _saved_tiny(tmp_path)
     data = path.read_bytes()
@@ -207,7 +207,7 @@ def test_corrupted_checkpoint_is_refused(tmp_path):
 def test_mismatched_checkpoint_is_refused(tmp_path, change, message):
     from matmeta.checkpoint import save_checkpoint
     from matmeta.errors import CheckpointError
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     predictor, _ = _saved_tiny(tmp_path)
     metadata = {**predictor.metadata, **change}
@@ -218,7 +218,7 @@ def test_mismatched_checkpoint_is_refused(tmp_path, change, message):
 
 def test_lr_gain_keeps_initial_rate_and_scales_its_gradient():
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict import MAMLSettings, build_maml
+    from matmeta.predict.config import MAMLSettings, build_maml
 
     plain = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=1.0))
     fast = build_maml(GNNConfig(hidden=8, layers=1, n_rbf=4), MAMLSettings(inner_lr=0.02, lr_gain=30.0))
@@ -234,7 +234,8 @@ def test_lr_gain_keeps_initial_rate_and_scales_its_gradient():
 def test_adapt_steps_set_inference_steps_only(tmp_path):
     """``adapt_steps``: meta-training keeps ``inner_steps``; a loaded predictor (finetune, bench) takes adapt_steps."""
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict import MAMLSettings, Predictor, build_maml
+    from matmeta.predict.config import MAMLSettings, build_maml
+    from matmeta.predict.predictor import Predictor
 
     settings = MAMLSettings(inner_steps=5, adapt_steps=10)
     assert build_maml(GNNConfig(hidden=16, layers=2, n_rbf=8), settings).inner_steps == 5

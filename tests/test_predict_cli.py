@@ -57,7 +57,7 @@ def test_predict_reports_bad_files_and_keeps_good_ones(tmp_path):
 def test_predict_warns_on_unseen_element(tmp_path):
     from pymatgen.core import Lattice, Structure
 
-    from matmeta.predict import Predictor
+    from matmeta.predict.predictor import Predictor
 
     seen = Predictor.load().elements_seen
     symbol = next(s for s, z in (("Pu", 94), ("Np", 93), ("U", 92), ("Th", 90), ("Xe", 54)) if z not in seen)

@@ -16,7 +16,9 @@ from pymatgen.io.cif import CifWriter
 from matmeta.errors import MatmetaInputError, StoreError
 from matmeta.graphs import GraphConfig, structure_to_graph
 from matmeta.io import parse_cif, read_csv, write_cif
-from matmeta.store import GraphStore, IngestSettings, decode_record, ingest
+from matmeta.store.ingest import ingest
+from matmeta.store.reader import GraphStore
+from matmeta.store.records import IngestSettings, decode_record
 
 TARGETS = ("heat_ref", "ind_gap")
 
@@ -102,7 +104,7 @@ def test_interrupted_ingest_resumes_to_the_same_store(slice_csv, tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from matmeta.store import ingest
+        from matmeta.store.ingest import ingest
 
         def stop(count):
             if count >= 100:
@@ -251,7 +253,7 @@ def test_multi_frame_file_is_resumable(tmp_path, nacl, cu):
 
 
 def test_fast_decode_survives_tricky_metadata():
-    from matmeta.records import GRAPH_FIELDS, decode_arrays, encode_record
+    from matmeta.store.records import GRAPH_FIELDS, decode_arrays, encode_record
 
     arrays = {
         "atomic_numbers": np.arange(3, dtype=np.int64),

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss
 from matmeta.checkpoint import load_checkpoint, read_metadata
 from matmeta.errors import CheckpointError, RecipeError, TrainingDivergedError
 from matmeta.meta import MAML, MetaTrainer, TrainerConfig
-from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 from matmeta.meta.trainer import resume_path
 from matmeta.recipes import config_from_dict
 

@@ -72,8 +72,8 @@ def _grads(model: nn.Module) -> list[Tensor]:
 
 
 def _matmeta_step(model: nn.Module, tasks: list, mode: str, cfg: EngineBenchConfig, vectorize: bool) -> Callable:
+    from matmeta.bench.sinusoid import mse_loss
     from matmeta.meta import MAML
-    from matmeta.meta.sinusoid import mse_loss
 
     maml = MAML(
         model,
@@ -99,7 +99,7 @@ def _torch_func_step(model: nn.Module, tasks: list, mode: str, cfg: EngineBenchC
     from torch.func import functional_call, grad, vmap
     from torch.utils._pytree import tree_map
 
-    from matmeta.meta.sinusoid import mse_loss
+    from matmeta.bench.sinusoid import mse_loss
 
     head = {n for n, _ in model.named_parameters() if n.startswith(model.head_prefixes)}
     stacked = tree_map(lambda *xs: torch.stack(xs), *tasks)
@@ -163,7 +163,7 @@ def measure(cfg: EngineBenchConfig, progress: Any = None) -> list[dict[str, Any]
         ``q3_ms``, ``speedup_vs_higher`` (wall clock), ``cpu_median_ms``, ``cpu_speedup_vs_higher``
         (CPU time of this process: robust to other processes on a shared machine), ``max_grad_diff``.
     """
-    from matmeta.meta.sinusoid import SinusoidTasks, mlp
+    from matmeta.bench.sinusoid import SinusoidTasks, mlp
 
     torch.set_num_threads(cfg.threads)
     if cfg.tune_allocator:

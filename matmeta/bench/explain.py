@@ -108,8 +108,8 @@ class SineTask:
     name = "sine"
 
     def __init__(self, cfg: ExplainBenchConfig) -> None:
+        from matmeta.bench.sinusoid import SinusoidTasks, mlp, mse_loss
         from matmeta.meta.maml import MAML
-        from matmeta.meta.sinusoid import SinusoidTasks, mlp, mse_loss
 
         torch.manual_seed(cfg.seed)
         self.maml = MAML(mlp(40, 2), inner_lr=0.01, inner_steps=5)
@@ -130,7 +130,7 @@ class SineTask:
 
     def episode(self, k: int, generator: torch.Generator) -> Episode:
         """A fresh sinusoid (never seen in meta-training: drawn from another generator)."""
-        from matmeta.meta.sinusoid import SinusoidTasks, per_example_loss
+        from matmeta.bench.sinusoid import SinusoidTasks, per_example_loss
 
         (xs, ys), (xq, _) = SinusoidTasks(k_support=k, k_query=self.cfg.k_query).sample(1, generator)[0]
         items = [(xs[i], ys[i]) for i in range(k)]
@@ -212,8 +212,9 @@ class PredictorTask:
 
     def __init__(self, cfg: ExplainBenchConfig) -> None:
         from matmeta.errors import CheckpointError
-        from matmeta.predict import Predictor
-        from matmeta.predictor_train import DataConfig, ensure_store, load_table
+        from matmeta.predict.config import DataConfig
+        from matmeta.predict.data import ensure_store, load_table
+        from matmeta.predict.predictor import Predictor
 
         predictor = Predictor.load(cfg.predictor_checkpoint or None)
         families = predictor.metadata.get("families", {})
@@ -249,7 +250,7 @@ class PredictorTask:
         """An episode: k labelled structures and ``k_query`` others of one test family."""
         from matmeta.errors import CheckpointError
         from matmeta.models.gnn import collate
-        from matmeta.predictor_data import per_example_loss
+        from matmeta.predict.data import per_example_loss
 
         eligible = [f for f in self.families if len(self.family_members[f]) >= k + self.cfg.k_query]
         if not eligible:
@@ -296,7 +297,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def measure(episode: Episode) -> dict[str, Any]:
     """Run every method and the corruption check on one episode."""
-    from matmeta.explain import FLAG_Z, approx_influence, leave_one_out, robust_z, spearman
+    from matmeta.explain.influence import approx_influence, leave_one_out
+    from matmeta.explain.report import FLAG_Z, robust_z, spearman
 
     args = (episode.maml, episode.items, episode.collate, episode.per_example_loss, episode.query_fn)
     (_, loo, loo_loss), t_loo = _timed(lambda: leave_one_out(*args))

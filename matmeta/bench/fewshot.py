@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from matmeta.predictor_data import GraphTable, TargetStats, loss_fn, mean_ci95
+from matmeta.predict.calibrate import Z90
+from matmeta.predict.data import GraphTable, TargetStats, loss_fn, mean_ci95
 
 METHODS = ("MAML", "fine-tune", "zero-shot", "scratch", "mean")
 
@@ -210,7 +211,7 @@ def pooled_model(
     from matmeta.checkpoint import load_checkpoint, save_checkpoint
     from matmeta.console import console
     from matmeta.models.gnn import CrystalGNN
-    from matmeta.predictor_train import train_pooled
+    from matmeta.predict.pooled import train_pooled
 
     for candidate in (*also_look_in, cache):
         if not Path(candidate).exists():
@@ -253,8 +254,10 @@ def run_benchmark(config: FewshotConfig, quick: bool = False) -> dict[str, Any]:
     from matmeta.atomic import write_text_atomic
     from matmeta.console import console, print_table
     from matmeta.errors import CheckpointError
-    from matmeta.predict import Predictor
-    from matmeta.predictor_train import PredictorRecipe, ensure_store, family_indices, load_table, pooled_key
+    from matmeta.predict.config import PredictorRecipe
+    from matmeta.predict.data import ensure_store, family_indices, load_table
+    from matmeta.predict.pooled import pooled_key
+    from matmeta.predict.predictor import Predictor
     from matmeta.recipes import load_recipe
 
     torch.manual_seed(config.seed)
@@ -434,14 +437,11 @@ def run_benchmark(config: FewshotConfig, quick: bool = False) -> dict[str, Any]:
     return summary
 
 
-Z90 = 1.6448536269514722
-
-
 def random_split(
     table: GraphTable, model_config: Any, recipe: Any, config: FewshotConfig, out_dir: Path, quick: bool
 ) -> tuple[float, int]:
     """Pooled network on a random 80/20 split of all structures; (test MAE eV/cell, training size)."""
-    from matmeta.predictor_data import TargetStats
+    from matmeta.predict.data import TargetStats
 
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(table))
@@ -465,8 +465,8 @@ def throughput(
 ) -> dict[str, str]:
     """Predict throughput from CIF files and from the store; wall time of ``matmeta finetune`` on 10 structures."""
     from matmeta.io import read_structure_file, structure_to_cif, write_cif
-    from matmeta.predictor_train import ensure_store
-    from matmeta.store import GraphStore
+    from matmeta.predict.data import ensure_store
+    from matmeta.store.reader import GraphStore
 
     recipe_store = GraphStore(ensure_store(_recipe_data(config)))
     n = min(config.throughput_structures, len(recipe_store))
@@ -478,7 +478,7 @@ def throughput(
     predictor.predict_structures(structures)
     cif_rate = n / (time.perf_counter() - start)
     start = time.perf_counter()
-    from matmeta.predictor_data import graph_from_data
+    from matmeta.predict.data import graph_from_data
 
     graphs = [graph_from_data(recipe_store[i], unknown_to=predictor.elements_seen) for i in range(n)]
     predictor.predict_graphs(graphs)
@@ -505,7 +505,7 @@ def throughput(
 
 
 def _recipe_data(config: FewshotConfig) -> Any:
-    from matmeta.predictor_train import PredictorRecipe
+    from matmeta.predict.config import PredictorRecipe
     from matmeta.recipes import load_recipe
 
     return PredictorRecipe.from_recipe(load_recipe(config.predictor_recipe), str(config.predictor_recipe)).data

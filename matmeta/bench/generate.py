@@ -106,7 +106,7 @@ def substitution_candidates(
     Returns:
         ``(structures, draws)``: draws counts the charge-neutral substitutions made.
     """
-    from matmeta.validity import compositional_validity
+    from matmeta.design.validity import compositional_validity
 
     excluded, taken = set(exclude), set()
     out, draws = [], 0
@@ -144,7 +144,7 @@ def substitution_space(
         rng: picks the prototype of each combination.
         exclude: reduced formulas left out (the training compositions).
     """
-    from matmeta.validity import compositional_validity
+    from matmeta.design.validity import compositional_validity
 
     by_anions: dict[tuple[str, ...], list[Any]] = {}
     for proto in prototypes:
@@ -169,7 +169,7 @@ def substitution_space(
 
 def _canonical(structures: list[Any], elements: tuple[str, ...]) -> list[Any]:
     """Re-order sites to A, B, X1..X3 (so site 0/1 are the A/B cations)."""
-    from matmeta.design_data import canonical_cell, cell_to_structure
+    from matmeta.design.data import canonical_cell, cell_to_structure
 
     cells = [canonical_cell(s, elements) for s in structures]
     return [cell_to_structure(i, f, lat, elements) for i, f, lat in cells]
@@ -178,7 +178,7 @@ def _canonical(structures: list[Any], elements: tuple[str, ...]) -> list[Any]:
 def _score(
     structures: list[Any], window: tuple[float, float], predictor: Any, reference: Any, test: list[Any], scaler: Any
 ) -> dict[str, float]:
-    from matmeta.validity import coverage, judge_candidates
+    from matmeta.design.validity import coverage, judge_candidates
 
     judged = judge_candidates(structures, reference)
     preds = predictor.predict_structures(structures)
@@ -206,12 +206,13 @@ def _score(
 def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     """Run the benchmark and print its table (also ``results.csv`` and ``success.png`` in ``out_dir``)."""
     from matmeta.console import print_table, progress
-    from matmeta.datasets import ensure_store
-    from matmeta.design import Generator, check_temperature
-    from matmeta.predict import Predictor
+    from matmeta.design.generator import Generator
+    from matmeta.design.request import check_temperature
+    from matmeta.design.validity import FingerprintScaler, ReferenceSet, composition_fingerprint
+    from matmeta.predict.predictor import Predictor
     from matmeta.recipes import config_from_dict
-    from matmeta.store import GraphStore
-    from matmeta.validity import FingerprintScaler, ReferenceSet, composition_fingerprint
+    from matmeta.store.datasets import ensure_store
+    from matmeta.store.reader import GraphStore
 
     torch.set_num_threads(1)
     section = {k: v for k, v in recipe.get("bench", {}).items() if k != "quick"}

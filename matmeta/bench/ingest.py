@@ -83,7 +83,8 @@ def _single_core_stages(texts: list[str], n_base: int, config: Any) -> list[tupl
     from pymatgen.io.cif import CifParser
 
     from matmeta.families import all_family_keys_of
-    from matmeta.graphs import graph_arrays, wrap_fractional
+    from matmeta.geometry import wrap_fractional
+    from matmeta.graphs import graph_arrays
     from matmeta.io import parse_cif, parse_cif_arrays
 
     rows: list[tuple[str, str, int, float, str]] = []
@@ -140,7 +141,8 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     from matmeta.graphs import GraphConfig
     from matmeta.io import read_csv
     from matmeta.recipes import config_from_dict
-    from matmeta.store import GraphStore, ingest
+    from matmeta.store.ingest import ingest
+    from matmeta.store.reader import GraphStore
 
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
@@ -218,7 +220,7 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     repeats = 1 if quick else cfg.read_repeats
     code = (
         "import sys, time\n"
-        "from matmeta.store import GraphStore\n"
+        "from matmeta.store.reader import GraphStore\n"
         "store = GraphStore(sys.argv[1]); store[0]\n"
         "best = float('inf')\n"
         "for _ in range(int(sys.argv[2])):\n"

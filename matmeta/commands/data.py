@@ -17,7 +17,7 @@ def default_data_root() -> Path:
 
 def _resolve_sources(sources: list[str], data_root: Path) -> list[str]:
     """Dataset names (perovskites, mp20, carbon24) become their downloaded split CSVs."""
-    from matmeta.download import DATASETS, dataset_files
+    from matmeta.store.download import DATASETS, dataset_files
 
     resolved: list[str] = []
     for source in sources:
@@ -26,24 +26,6 @@ def _resolve_sources(sources: list[str], data_root: Path) -> list[str]:
         else:
             resolved.append(source)
     return resolved
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV or JSON (by suffix), atomically."""
-    import csv
-    import io
-    import json
-
-    from matmeta.atomic import write_text_atomic
-
-    if path.suffix.lower() == ".json":
-        write_text_atomic(path, json.dumps(rows, indent=2))
-        return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["family", "size"])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 @data_app.command("ingest")
@@ -74,7 +56,7 @@ def ingest_command(
     from matmeta.console import print_table
     from matmeta.errors import MatmetaInputError
     from matmeta.graphs import ISOLATED_POLICIES, GraphConfig
-    from matmeta.store import IngestSettings, ingest
+    from matmeta.store.ingest import IngestSettings, ingest
 
     if on_isolated_atoms not in ISOLATED_POLICIES:
         raise MatmetaInputError(f"--on-isolated-atoms: use one of {', '.join(ISOLATED_POLICIES)}")
@@ -122,7 +104,7 @@ def families_command(
     """Print each family with its size and target statistics."""
     from matmeta.console import print_table
     from matmeta.families import family_statistics
-    from matmeta.store import GraphStore
+    from matmeta.store.reader import GraphStore
 
     graph_store = GraphStore(store)
     names = graph_store.target_names
@@ -137,7 +119,9 @@ def families_command(
         digits=3,
     )
     if out is not None:
-        _write_rows(out, shown)
+        from matmeta.atomic import write_table
+
+        write_table(out, shown, list(shown[0]) if shown else ["family", "size"])
 
 
 @data_app.command("download")
@@ -151,7 +135,7 @@ def download_command(
     import json
 
     from matmeta.console import print_table
-    from matmeta.download import MANIFEST, download
+    from matmeta.store.download import MANIFEST, download
 
     folder = download(name, dest or default_data_root(), from_path=from_path, force=force)
     manifest = json.loads((folder / MANIFEST).read_text())

@@ -148,19 +148,16 @@ def meta_train(
     steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
 ) -> None:
     """Meta-train the JMAK prior on synthetic Arrhenius families (or, for recipes/jmak_ttt.toml, the TTT prior)."""
-    from matmeta.commands.train import run_meta_train
-    from matmeta.errors import RecipeError
     from matmeta.recipes import load_recipe
+    from matmeta.runs import meta_train as run_meta_train
 
-    section = load_recipe(recipe).get("meta_train", {})
-    if section.get("app") != "jmak":
-        raise RecipeError(f"{recipe}: [meta_train] app must be 'jmak' for matmeta jmak meta-train")
-    if section.get("observation") == "log_time":
+    parsed = load_recipe(recipe)
+    if parsed.get("meta_train", {}).get("observation") == "log_time":
         from matmeta.kinetics.ttt_prior import meta_train_ttt_from_recipe
 
-        typer.echo(f"checkpoint: {meta_train_ttt_from_recipe(load_recipe(recipe), recipe, out=out, steps=steps)}")
-        return
-    path = run_meta_train(recipe, out=out, steps=steps)
+        path = meta_train_ttt_from_recipe(parsed, recipe, out=out, steps=steps)
+    else:
+        path = run_meta_train(recipe, out=out, steps=steps, app="jmak")
     typer.echo(f"checkpoint: {path}")
 
 

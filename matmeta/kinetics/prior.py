@@ -20,7 +20,7 @@ import torch
 
 from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.kinetics.fit import DEFAULT_NOISE, loss_fn, make_batch
-from matmeta.kinetics.synthetic import SyntheticConfig, make_corpus, sample_families, sample_times, true_fraction
+from matmeta.kinetics.synthetic import SyntheticConfig, sample_families, sample_times, true_fraction
 from matmeta.kinetics.synthetic import truth_grid as _truth_grid
 
 DEFAULT_PRIOR = CHECKPOINT_DIR / "JMAK-SynthArrhenius-2026-11-26-MetaSGDPrior.ckpt"
@@ -199,14 +199,3 @@ def meta_train_from_recipe(
     if trainer.info.is_main:  # under torchrun, one report
         print_table("JMAK prior (meta-trained)", ["quantity", "value"], rows + [[k, v] for k, v in summary.items()])
     return Path(target)
-
-
-def quick_corpus_check(maml: Any, seed: int = 0, points: int = 3) -> float:
-    """Median curve RMSE of the prior on a fresh synthetic corpus (a sanity number for notebooks)."""
-    from matmeta.kinetics.fit import fit_maml
-
-    corpus = make_corpus(32, 4, SyntheticConfig(), seed=seed, points=points)
-    fits = fit_maml(maml, corpus.time_s, corpus.fraction, corpus.mask)
-    grid = _truth_grid(corpus.ln_k, corpus.n)
-    err = fits.predict(grid) - true_fraction(corpus.ln_k, corpus.n, grid)
-    return float(err.pow(2).mean(1).sqrt().median())

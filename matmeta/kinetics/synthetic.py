@@ -207,12 +207,3 @@ def demo_curves(seed: int = 5, noise: float = 0.02) -> list[tuple[str, list[floa
         noisy = (clean + noise * torch.randn(points, generator=generator, dtype=torch.float64)).clamp(0, 1)
         out.append((name, log_t.exp().tolist(), noisy.tolist()))
     return out
-
-
-def write_demo_points(path: str) -> None:
-    """Write :func:`demo_curves` as a points CSV (``curve,time_s,fraction``) — how data/jmak_points.csv is made."""
-    import numpy as np
-
-    from matmeta.kinetics.data import Curve, write_points
-
-    write_points(path, [Curve(name, np.array(t), np.array(x)) for name, t, x in demo_curves()])

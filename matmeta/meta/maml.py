@@ -303,3 +303,28 @@ class MAML(nn.Module):
     def _shapes(self) -> list[tuple[str, torch.Size]]:
         shapes = {n: p.shape for n, p in self.model.named_parameters()}
         return [(n, shapes[n]) for n in self.adapt_names]
+
+
+class PredictorMAML(MAML):
+    """The engine with Meta-SGD rates parameterised as ``α = exp(gain · θ)`` (``θ`` stored in ``log_lrs``).
+
+    With one outer learning rate η for all meta-parameters (the trainer's Adam), ``log α`` moves
+    at most ~η per outer step, so with η = 3e-4 the rates stay at their initial value for hundreds
+    of steps (measured: 0.0100 → 0.0099 after 250 steps). A gain lets the rates move ``gain``
+    times faster without touching the weights' step size. ``gain = 1`` is the engine's own MAML.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr_gain: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.lr_gain = float(lr_gain)
+        if self.lr_gain <= 0:
+            raise ValueError(f"lr_gain must be > 0, got {lr_gain}")
+        with torch.no_grad():
+            for value in self.log_lrs.values():
+                value.div_(self.lr_gain)
+
+    def lr(self, name: str) -> Tensor | float:
+        """Inner step size for parameter ``name``."""
+        if not self.learn_inner_lr:
+            return self.inner_lr
+        return (self.log_lrs[self._key(name)] * self.lr_gain).exp()

@@ -1,5 +1,8 @@
 """The outer loop of meta-training: sample meta-batches, meta-update, validate, checkpoint, resume.
 
+Reason for its size (~500 lines): one class whose state (optimiser, RNGs, best weights, log) the
+checkpoint and resume files must capture together; split, that state would be passed around piecemeal.
+
 One ``MetaTrainer`` trains any ``MAML``-wrapped model from any ``EpisodeSource``:
 
 * outer optimiser Adam on ``maml.parameters()`` (model weights and, with Meta-SGD, the inner rates);
@@ -479,22 +482,10 @@ class MetaTrainer:
         return progress(disable=None if self.show_progress is None else not self.show_progress)
 
 
-def train_meta(
-    maml: MAML,
-    loss_fn: LossFn,
-    train_source: EpisodeSource,
-    config: TrainerConfig,
-    **kwargs: Any,
-) -> TrainResult:
-    """Shortcut: ``MetaTrainer(maml, loss_fn, train_source, config, **kwargs).fit()``."""
-    return MetaTrainer(maml, loss_fn, train_source, config, **kwargs).fit()
-
-
 __all__ = [
     "EpisodeSource",
     "MetaTrainer",
     "TrainResult",
     "TrainerConfig",
     "resume_path",
-    "train_meta",
 ]

@@ -14,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from matmeta.errors import StoreError
 from matmeta.models.gnn import GraphBatch, collate
+from matmeta.predict.config import DataConfig
 
 Graph = tuple[Tensor, Tensor, Tensor]  # atomic_numbers (n,), edge_index (2, e), edge_dist (e,)
 TARGETS = ("heat_ref", "band_gap")
@@ -209,11 +212,6 @@ def loss_fn(forward: Any, batch: GraphBatch) -> Tensor:
     return per_example_loss(forward, batch).mean()
 
 
-def collate_items(items: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBatch:
-    """``collate`` for ``matmeta.explain``: items are ``(atomic_numbers, edge_index, edge_dist, y)``."""
-    return collate(items)
-
-
 class FamilyEpisodes:
     """Episode source for the meta-trainer: (support, query) from one family of a :class:`GraphTable`.
 
@@ -250,3 +248,96 @@ def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     half = 1.96 * arr.std(ddof=1) / math.sqrt(arr.size) if arr.size > 1 else math.nan
     return float(arr.mean()), float(half)
+
+
+def ensure_store(config: DataConfig, graph_config: Any = None) -> Path:
+    """The recipe's store; built from the shared CSV (``source_csv``) when it does not exist yet."""
+    from matmeta.store.datasets import ensure_store as ensure_dataset_store
+
+    return ensure_dataset_store(
+        config.store, config.source_csv, graph_config, targets=(config.heat_column, "ind_gap", "dir_gap")
+    )
+
+
+def load_table(store_path: Path, config: DataConfig, stats: TargetStats | None = None) -> tuple[GraphTable, Any]:
+    """All graphs of a store with raw targets (``y`` normalised only when ``stats`` is given).
+
+    Returns:
+        ``(table, graph_config)``.
+    """
+    from matmeta.store.reader import GraphStore
+
+    store = GraphStore(store_path)
+    names = list(store.target_names)
+    for column in (config.heat_column, config.gap_column):
+        if column not in names:
+            raise StoreError(f"{store_path}: store has targets {names}, not {column!r}")
+    targets = np.asarray(store.targets, dtype=float)
+    heat = targets[:, names.index(config.heat_column)]
+    gap = targets[:, names.index(config.gap_column)]
+    graphs = [graph_from_data(store[i]) for i in range(len(store))]
+    families = list(store.family_keys(config.family_by))
+    table = GraphTable(graphs, torch.empty(0), heat, gap, families, list(store.ids))
+    n_atoms = table.n_atoms
+    table.y = (stats or TargetStats.fit(heat, gap, n_atoms)).encode(heat, gap, n_atoms)
+    return table, store.graph_config
+
+
+def family_indices(table: GraphTable, families: Sequence[str]) -> np.ndarray:
+    """Indices of the structures whose family is in ``families``."""
+    wanted = set(families)
+    return np.array([i for i, f in enumerate(table.families) if f in wanted], dtype=np.int64)
+
+
+def split(table: GraphTable, config: DataConfig) -> Any:
+    """Seeded leave-family-out split (``FamilySplit``)."""
+    from matmeta.tasks import split_families
+
+    return split_families(
+        table.families, fractions=config.split_fractions, seed=config.split_seed, min_size=config.min_family_size
+    )
+
+
+def read_support(
+    csv_path: Path, target: str, value_column: str | None, path_column: str, cif_column: str
+) -> tuple[list[str], list[Any], list[float], list[str]]:
+    """Names, structures and values of a support CSV (a path or a CIF-text column, and the value)."""
+    import math
+
+    from matmeta.errors import MatmetaInputError
+    from matmeta.io import parse_cif, read_csv, read_structure_file
+
+    value_column = value_column or target
+    columns, rows = read_csv(csv_path, required=(value_column,))
+    if path_column not in columns and cif_column not in columns:
+        raise MatmetaInputError(
+            f"{csv_path}: needs a {path_column!r} or {cif_column!r} column (has {', '.join(columns)}); "
+            "see --path-column / --cif-column"
+        )
+    names, structures, values, bad = [], [], [], []
+    for number, row in enumerate(rows, start=1):
+        where = f"{csv_path} row {number}"
+        try:
+            try:
+                value = float(row[value_column])
+            except ValueError:
+                raise MatmetaInputError(f"{where}: {value_column} {row[value_column]!r} is not a number") from None
+            if not math.isfinite(value):
+                raise MatmetaInputError(f"{where}: {value_column} is {value}")
+            if path_column in columns and row[path_column].strip():
+                path = Path(row[path_column].strip())
+                path = path if path.is_absolute() else csv_path.parent / path
+                structure = read_structure_file(path)[0][1]
+                name = row.get("name") or path.stem
+            elif cif_column in columns and row[cif_column].strip():
+                structure = parse_cif(row[cif_column], where)
+                name = row.get("name") or f"row {number}"
+            else:
+                raise MatmetaInputError(f"{where}: empty {path_column!r} and {cif_column!r}")
+        except MatmetaInputError as exc:
+            bad.append(str(exc))
+            continue
+        names.append(name)
+        structures.append(structure)
+        values.append(value)
+    return names, structures, values, bad

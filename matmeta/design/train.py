@@ -19,14 +19,7 @@ import torch
 
 # where meta-training writes the shipped decoder by default, and what ``Generator.load()`` reads
 from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
-from matmeta.design_data import (
-    CellArrays,
-    DecoderEpisodes,
-    element_features,
-    load_design_data,
-    loss_fn,
-    site_elements,
-)
+from matmeta.design.data import CellArrays, DecoderEpisodes, element_features, load_design_data, loss_fn, site_elements
 from matmeta.errors import RecipeError
 from matmeta.models.decoder import CrystalCVAE, DecoderConfig
 
@@ -102,7 +95,6 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     from matmeta.meta.trainer import MetaTrainer, TrainerConfig
     from matmeta.recipes import config_from_dict, config_to_dict
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     section = {k: v for k, v in recipe.get("meta_train", {}).items() if k != "app"}
     cfg = config_from_dict(GeneratorTrainConfig, section, f"{recipe_path}[meta_train]")
     model_section = dict(recipe.get("model", {}))
@@ -114,7 +106,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     if trainer_section.get("log_path"):
         trainer_section["log_path"] = str(_resolve(Path(trainer_section["log_path"]), recipe_path))
     tcfg = config_from_dict(TrainerConfig, trainer_section, f"{recipe_path}[trainer]")
-    from matmeta.datasets import ensure_store
+    from matmeta.store.datasets import ensure_store
 
     store = ensure_store(_resolve(cfg.store, recipe_path))
     arrays, _, elements = load_design_data(store, cfg.gap_target, cfg.family_by)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from matmeta import geometry
+
 MIN_DISTANCE_ANG = 0.5
 VOLUME_PER_ATOM_RANGE = (5.0, 60.0)
 # (structure, composition) fingerprint-distance thresholds; CDVAE uses (0.2, 4.0) on perov_5 with
@@ -35,18 +37,7 @@ _PROPERTIES = ("Z", "X", "row", "group", "mendeleev_no", "atomic_mass", "average
 
 def min_distance(structure: Any) -> float:
     """Shortest interatomic distance (Å) including periodic images and an atom's own images."""
-    lattice = structure.lattice.get_lll_reduced_lattice()
-    frac = lattice.get_fractional_coords(structure.cart_coords)
-    matrix = lattice.matrix
-    images = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.float64)
-    diff = frac[:, None, :] - frac[None, :, :]
-    diff -= np.round(diff)
-    vec = (diff[:, :, None, :] + images[None, None, :, :]) @ matrix
-    dist = np.linalg.norm(vec, axis=-1)
-    n = len(structure)
-    zero = np.all(images == 0, axis=1)
-    dist[np.arange(n), np.arange(n), np.flatnonzero(zero)[0]] = np.inf
-    return float(dist.min())
+    return geometry.min_distance(structure.lattice.matrix, structure.cart_coords)
 
 
 def structural_validity(

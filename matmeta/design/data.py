@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from matmeta.errors import MatmetaError, MatmetaInputError, RecipeError
+from matmeta.families import electronegativity
 from matmeta.models.decoder import COND_DIM
 
 N_SITES = 5
@@ -58,7 +59,7 @@ def canonical_cell(
     unknown = sorted({s for s in symbols if s not in elements})
     if unknown:
         raise MatmetaInputError(f"{name}: element(s) {', '.join(unknown)} never seen by the decoder")
-    chi = np.array([_electronegativity(s) for s in symbols])
+    chi = np.array([electronegativity(s) for s in symbols])
     order = np.argsort(-chi, kind="stable")
     anions = sorted(order[:3].tolist())
     cations = sorted(order[3:].tolist())
@@ -74,13 +75,6 @@ def canonical_cell(
     lattice = np.array([*lat.abc, *lat.angles], dtype=np.float64)
     index = [elements.index(symbols[i]) for i in sites]
     return index, coords, lattice
-
-
-def _electronegativity(symbol: str) -> float:
-    from pymatgen.core import Element
-
-    x = Element(symbol).X
-    return 0.0 if x is None or math.isnan(x) else float(x)
 
 
 def cell_to_structure(species: Sequence[int], frac: np.ndarray, lattice: np.ndarray, elements: Sequence[str]) -> Any:
@@ -187,7 +181,7 @@ def load_design_data(
     Returns:
         ``(arrays, structures, elements)``.
     """
-    from matmeta.store import GraphStore
+    from matmeta.store.reader import GraphStore
 
     store = GraphStore(source)
     names = tuple(store.target_names)

@@ -160,7 +160,8 @@ class WorkItem:
 def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) -> list[tuple[str, bytes, list[str]]]:
     """Parse, validate, graph and label one item; ``[(id, record_bytes, warnings)]`` (several for multi-frame files)."""
     from matmeta.families import all_family_keys_of
-    from matmeta.graphs import graph_arrays, targets_array, wrap_fractional
+    from matmeta.geometry import wrap_fractional
+    from matmeta.graphs import graph_arrays, targets_array
     from matmeta.io import parse_cif_arrays, read_structure_file, structure_to_cif
 
     options = {"max_atoms": settings.max_atoms, "ordered_approximation": settings.ordered_approximation}

@@ -29,7 +29,7 @@ def ensure_store(
     if store.exists():
         return store
     from matmeta.graphs import GraphConfig
-    from matmeta.store import ingest
+    from matmeta.store.ingest import ingest
 
     csv = shared_data_dir() / source_csv
     if not csv.exists():

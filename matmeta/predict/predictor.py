@@ -9,7 +9,7 @@
   the engine's inner loop (the meta-learned steps and rates); only these fast weights change.
   It reports the leave-one-out error adapted vs unadapted and keeps the unadapted weights when
   adaptation does not help.
-* :func:`meta_train_from_recipe` trains the checkpoint from a recipe (``matmeta meta-train``).
+* :func:`matmeta.predict.train.meta_train_from_recipe` trains the checkpoint from a recipe (``matmeta meta-train``).
 """
 
 from __future__ import annotations
@@ -30,97 +30,19 @@ from matmeta.checkpoint import expect, load_checkpoint, load_state_strict, save_
 from matmeta.errors import CheckpointError, MatmetaInputError
 from matmeta.meta.maml import MAML
 from matmeta.models.gnn import CrystalGNN, GNNConfig, GraphBatch, collate
-from matmeta.predictor_data import (
+from matmeta.predict.config import MAMLSettings, build_maml
+from matmeta.predict.data import (
     TARGETS,
     UNITS,
     TargetStats,
     graph_from_structure,
     loss_fn,
     map_unknown,
-    per_example_loss,
 )
 
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-26-HeatGap.ckpt"
 MODEL_CLASS = "CrystalGNN"
-__all__ = ["Predictor", "FinetuneReport", "MAMLSettings", "collate", "loss_fn", "per_example_loss"]
-Z90 = 1.6448536269514722  # two-sided 90% interval of a normal: mean ± Z90·σ
-
-
-@dataclasses.dataclass(frozen=True)
-class MAMLSettings:
-    """How the engine adapts the predictor (a recipe's ``[maml]`` section; saved in the checkpoint).
-
-    Attributes:
-        inner_lr: inner step size (initial value with ``learn_inner_lr``).
-        inner_steps: inner steps in meta-training (and at inference when ``adapt_steps`` is None).
-        first_order: first-order MAML.
-        learn_inner_lr: Meta-SGD rates (one per parameter tensor, or per element).
-        per_element_lr: one rate per weight element.
-        adapt: parameters the inner loop changes: ``"all"``, ``"head"`` (ANIL) or ``"re:<regex>"``.
-        lr_gain: Meta-SGD rates are ``exp(lr_gain · θ)``; > 1 lets the outer loop move them faster.
-        adapt_steps: inner steps at inference (``finetune``, calibration, benchmark) with the
-            meta-learned rates; None: ``inner_steps``. The benchmark gives the fine-tuning baseline
-            the same number of steps.
-    """
-
-    inner_lr: float = 0.01
-    inner_steps: int = 5
-    first_order: bool = False
-    learn_inner_lr: bool = True
-    per_element_lr: bool = False
-    adapt: str = "all"
-    lr_gain: float = 1.0
-    adapt_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.adapt_steps is not None and self.adapt_steps < 0:
-            raise ValueError(f"adapt_steps must be >= 0 or None, got {self.adapt_steps}")
-
-
-class PredictorMAML(MAML):
-    """The engine with Meta-SGD rates parameterised as ``α = exp(gain · θ)`` (``θ`` stored in ``log_lrs``).
-
-    With one outer learning rate η for all meta-parameters (the trainer's Adam), ``log α`` moves
-    at most ~η per outer step, so with η = 3e-4 the rates stay at their initial value for hundreds
-    of steps (measured: 0.0100 → 0.0099 after 250 steps). A gain lets the rates move ``gain``
-    times faster without touching the weights' step size. ``gain = 1`` is the engine's own MAML.
-    """
-
-    def __init__(self, model: torch.nn.Module, lr_gain: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        self.lr_gain = float(lr_gain)
-        if self.lr_gain <= 0:
-            raise ValueError(f"lr_gain must be > 0, got {lr_gain}")
-        with torch.no_grad():
-            for value in self.log_lrs.values():
-                value.div_(self.lr_gain)
-
-    def lr(self, name: str) -> Tensor | float:
-        """Inner step size for parameter ``name``."""
-        if not self.learn_inner_lr:
-            return self.inner_lr
-        return (self.log_lrs[self._key(name)] * self.lr_gain).exp()
-
-
-def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool = False) -> MAML:
-    """A fresh ``CrystalGNN`` wrapped in the engine with ``settings``.
-
-    With ``inference`` the engine takes ``settings.adapt_steps`` inner steps (when set) instead of
-    the meta-training ``inner_steps``.
-    """
-    maml = PredictorMAML(
-        CrystalGNN(model_config),
-        lr_gain=settings.lr_gain,
-        inner_lr=settings.inner_lr,
-        inner_steps=settings.inner_steps,
-        first_order=settings.first_order,
-        learn_inner_lr=settings.learn_inner_lr,
-        per_element_lr=settings.per_element_lr,
-        adapt=settings.adapt,
-    )
-    if inference and settings.adapt_steps is not None:
-        maml.inner_steps = int(settings.adapt_steps)
-    return maml
+__all__ = ["Predictor", "FinetuneReport"]
 
 
 @dataclasses.dataclass
@@ -215,8 +137,6 @@ class Predictor:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
         maml = build_maml(model_config, settings, inference=True)
         load_state_strict(maml, tensors, path)
-        if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
-            raise CheckpointError(f"{path}: checkpoint holds non-finite weights")
         maml.eval()
         return cls(maml, metadata, path)
 
@@ -413,10 +333,3 @@ def _unseen_warning(unseen: Sequence[int]) -> str | None:
 
     symbols = ", ".join(Element.from_Z(z).symbol for z in unseen)
     return f"element(s) never seen in training: {symbols}; prediction uses a generic element embedding"
-
-
-def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = None, steps: int | None = None) -> Path:
-    """``matmeta meta-train`` for ``[meta_train] app = "predictor"`` (see :mod:`matmeta.predictor_train`)."""
-    from matmeta.predictor_train import meta_train_from_recipe as train
-
-    return train(recipe, recipe_path, out=out, steps=steps)

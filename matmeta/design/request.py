@@ -1,0 +1,122 @@
+"""What ``matmeta generate`` is asked for, checked once: the gap window, n, temperature, family examples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from matmeta.console import warn
+from matmeta.errors import MatmetaInputError
+from matmeta.io import expand_sources, read_structure_file
+
+
+def parse_gap_window(band_gap: str | float, tolerance: float = 0.3) -> tuple[float, float]:
+    """``"2.0"`` with a tolerance, or ``"1.5:2.5"``, as a window (lo, hi) in eV."""
+    text = str(band_gap).strip()
+    try:
+        if ":" in text:
+            lo_s, hi_s = text.split(":", 1)
+            lo, hi = float(lo_s), float(hi_s)
+        else:
+            centre = float(text)
+            if tolerance < 0:
+                raise MatmetaInputError(f"--tolerance {tolerance}: must be >= 0")
+            lo, hi = centre - tolerance, centre + tolerance
+    except ValueError:
+        raise MatmetaInputError(f"--band-gap {text!r}: expected a number (2.0) or a window (1.5:2.5) in eV") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        raise MatmetaInputError(f"--band-gap {text!r}: the window must be finite with low <= high")
+    if hi < 0:
+        raise MatmetaInputError(f"--band-gap {text!r}: a band gap cannot be negative")
+    return max(lo, 0.0), hi
+
+
+def check_request(n: int, window: tuple[float, float], gap_range: tuple[float, float]) -> None:
+    """Refuse requests that cannot be met, with one line: nothing to generate, a gap out of reach."""
+    if n < 1:
+        raise MatmetaInputError(f"-n {n}: nothing to generate; ask for at least one candidate")
+    lo, hi = window
+    if lo > gap_range[1] or hi < gap_range[0]:
+        raise MatmetaInputError(
+            f"--band-gap {lo:g}:{hi:g} eV: outside what the decoder was trained on "
+            f"({gap_range[0]:g}–{gap_range[1]:.2f} eV); no candidate can be steered there"
+        )
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a species temperature that is not a finite positive number, with one line."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise MatmetaInputError(f"--temperature {temperature:g}: must be a finite number > 0 (1 = no change)")
+
+
+def target_gaps(n: int, window: tuple[float, float], gap_range: tuple[float, float], seed: int) -> Tensor:
+    """Condition values: uniform over the window clipped to the trained range (the centre for a point).
+
+    Shapes:
+        -> (n,).
+    """
+    lo, hi = max(window[0], gap_range[0]), min(window[1], gap_range[1])
+    gen = torch.Generator().manual_seed(seed + 7919)
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+@dataclass(frozen=True)
+class DesignRequest:
+    """What ``matmeta generate`` is asked for (CLI flags; a notebook can build one directly).
+
+    Attributes:
+        band_gap: a value ("2.0") or a window ("1.5:2.5"), eV.
+        tolerance: half-width around a single value, eV.
+        n: candidates to sample.
+        seed: the one seed.
+        elements: allowed elements (None: all).
+        exclude: forbidden elements.
+        guidance: classifier-free guidance weight.
+        temperature: species softmax temperature.
+        novel_only: never propose a training composition (when the store is available).
+        distinct: never propose a composition twice.
+    """
+
+    band_gap: str = "2.0"
+    tolerance: float = 0.3
+    n: int = 200
+    seed: int = 0
+    elements: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    guidance: float = 0.0
+    temperature: float = 1.0
+    novel_only: bool = True
+    distinct: bool = True
+
+
+MIN_FAMILY_EXAMPLES = 3
+ADVISED_FAMILY_EXAMPLES = 10
+
+
+def read_family_examples(folder: Path) -> tuple[list[tuple[str, Any]], list[str]]:
+    """``(name, structure)`` of every readable example in ``folder`` and one message per unreadable file.
+
+    Raises:
+        MatmetaInputError: fewer than 3 readable examples (adapting needs at least 3).
+    """
+    examples: list[tuple[str, Any]] = []
+    bad: list[str] = []
+    for path in expand_sources(folder):
+        try:
+            examples.extend(read_structure_file(path))
+        except MatmetaInputError as exc:
+            bad.append(str(exc))
+    if len(examples) < MIN_FAMILY_EXAMPLES:
+        raise MatmetaInputError(
+            f"{folder}: {len(examples)} readable example(s); adapting needs at least {MIN_FAMILY_EXAMPLES} "
+            f"(3-{ADVISED_FAMILY_EXAMPLES} advised)"
+        )
+    if len(examples) > ADVISED_FAMILY_EXAMPLES:
+        warn(f"{folder}: {len(examples)} examples; the decoder was meta-trained to adapt from 5")
+    return examples, bad

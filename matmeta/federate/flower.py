@@ -1,0 +1,141 @@
+"""Flower adapters: the server strategy and the lab client around the transport-free coordinator.
+
+Uses the gRPC transport that ships in ``flwr`` (``flwr.compat.server.app.start_server`` /
+``flwr.compat.client.app.start_client``: one long-running server process and one process per lab).
+Imported only by :mod:`matmeta.federate.run` and tests (``flwr`` is heavy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.client import NumPyClient
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import Strategy
+
+from matmeta.federate.aggregate import Update
+from matmeta.federate.messages import clean_metrics
+from matmeta.federate.server import Coordinator
+
+Audit = Callable[[dict[str, Any]], None]
+
+
+class MetaStrategy(Strategy):
+    """Every connected lab trains every round; the coordinator checks, averages and steps.
+
+    Args:
+        coordinator: the server's round logic and state.
+        min_labs: labs to wait for before each round.
+        wait_s: longest wait for them.
+        audit: called with every reply the server receives (raw tensors bytes, metrics, count).
+    """
+
+    def __init__(self, coordinator: Coordinator, min_labs: int, wait_s: float, audit: Audit | None = None) -> None:
+        super().__init__()
+        self.coordinator = coordinator
+        self.min_labs = min_labs
+        self.wait_s = wait_s
+        self.audit = audit
+        self._asked: list[str] = []
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        """The shared weights at the start (fresh or resumed)."""
+        return ndarrays_to_parameters(self.coordinator.state.arrays())
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
+        """Send the current weights and this round's instructions to every connected lab."""
+        if self.coordinator.phase == "done":
+            return []
+        client_manager.wait_for(self.min_labs, timeout=int(self.wait_s))
+        clients = list(client_manager.all().values())
+        self._asked = [c.cid for c in clients]
+        ins = FitIns(ndarrays_to_parameters(self.coordinator.state.arrays()), self.coordinator.instructions())
+        return [(c, ins) for c in clients]
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Parameters | None, dict]:
+        """Check and average the replies; labs that did not answer are reported as dropped."""
+        updates = []
+        for proxy, res in results:
+            if self.audit is not None:
+                self.audit(
+                    {
+                        "tensors": list(res.parameters.tensors),
+                        "tensor_type": res.parameters.tensor_type,
+                        "metrics": dict(res.metrics),
+                        "num_examples": res.num_examples,
+                    }
+                )
+            try:
+                arrays = [np.asarray(a) for a in parameters_to_ndarrays(res.parameters)]
+            except Exception:  # noqa: BLE001 - an undecodable reply is an empty (rejected) update
+                arrays = []
+            updates.append(Update(f"client {proxy.cid[:8]}", arrays, int(res.num_examples), clean_metrics(res.metrics)))
+        answered = {proxy.cid for proxy, _ in results}
+        dropped = [f"client {cid[:8]}" for cid in self._asked if cid not in answered]
+        self.coordinator.finish_round(updates, dropped)
+        return ndarrays_to_parameters(self.coordinator.state.arrays()), {}
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
+        """No federated evaluation (labs evaluate their own adapted models)."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[float | None, dict]:
+        """Nothing to aggregate."""
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict] | None:
+        """No server-side evaluation (the server holds no data)."""
+        return None
+
+
+class LabClient(NumPyClient):
+    """A lab behind Flower's client API: ``fit`` hands the round to ``handler``."""
+
+    def __init__(
+        self, handler: Callable[[list[np.ndarray], dict[str, Any]], tuple[list[np.ndarray], int, dict]]
+    ) -> None:
+        self.handler = handler
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        """The lab holds no weights of its own between rounds."""
+        return []
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        """One round's update."""
+        return self.handler(list(parameters), dict(config))
+
+
+def serve(
+    coordinator: Coordinator,
+    address: str,
+    min_labs: int,
+    wait_s: float,
+    round_timeout_s: float,
+    audit: Audit | None = None,
+) -> None:
+    """Run the Flower server until the coordinator's rounds are done (blocking)."""
+    from flwr.compat.server.app import start_server
+    from flwr.server import ServerConfig
+
+    rounds = coordinator.rounds_left()
+    if rounds <= 0:
+        return
+    strategy = MetaStrategy(coordinator, min_labs, wait_s, audit)
+    start_server(
+        server_address=address, config=ServerConfig(num_rounds=rounds, round_timeout=round_timeout_s), strategy=strategy
+    )
+
+
+def join(handler: Callable, address: str, max_wait_s: float = 300.0) -> None:
+    """Connect a lab to the server at ``address`` and answer rounds until the server ends (blocking)."""
+    from flwr.compat.client.app import start_client
+
+    start_client(
+        server_address=address,
+        client=LabClient(handler).to_client(),
+        insecure=True,
+        max_wait_time=max_wait_s,
+        max_retries=1000,
+    )

@@ -1,0 +1,103 @@
+"""The predictor app's surface, as the command line uses it: load, predict files, adapt to a support CSV, meta-train.
+
+Each function reads its inputs, reports bad items as one-line messages (the good ones are still
+processed) and returns plain values; :mod:`matmeta.commands.predict` only parses and renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matmeta.console import report_error, warn
+from matmeta.errors import MatmetaInputError
+from matmeta.io import read_structures
+from matmeta.predict.data import read_support
+from matmeta.predict.predictor import FinetuneReport, Predictor
+
+MAX_SUGGESTED_SUPPORT = 50
+
+
+def load(checkpoint: str | Path | None = None) -> Predictor:
+    """A predictor checkpoint (None: the shipped default); see :meth:`Predictor.load`."""
+    return Predictor.load(checkpoint)
+
+
+def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Predictions for named structures; structures that cannot become graphs are reported, not fatal."""
+    graphs, warnings, names, formulas, bad = [], [], [], [], []
+    for name, structure in named:
+        try:
+            (graph,), (warning,) = predictor.graphs([structure])
+        except MatmetaInputError as exc:
+            bad.append(f"{name}: {exc}")
+            continue
+        graphs.append(graph)
+        warnings.append(warning)
+        names.append(name)
+        formulas.append(structure.composition.reduced_formula)
+    rows = predictor.predict_graphs(graphs) if graphs else []
+    out = [
+        {"name": n, "formula": f, **row, "warning": w}
+        for n, f, row, w in zip(names, formulas, rows, warnings, strict=True)
+    ]
+    return out, bad
+
+
+def predict_files(
+    sources: Sequence[str], model: str | Path | None = None, mc_samples: int | None = None
+) -> tuple[Predictor, list[dict[str, Any]], list[str]]:
+    """``matmeta predict``: every readable structure of ``sources`` (files, folders, globs) predicted.
+
+    Returns:
+        The predictor, one row per structure (``name``, ``formula``, the keys of
+        :meth:`Predictor.predict_structures`) and one message per input that could not be used.
+    """
+    predictor = load(model)
+    if mc_samples is not None:
+        predictor.uncertainty["mc_samples"] = mc_samples
+    named, bad = read_structures(list(sources))
+    rows, bad_graphs = predict_named(predictor, named) if named else ([], [])
+    return predictor, rows, bad + bad_graphs
+
+
+def adapt(
+    support: Path,
+    target: str,
+    model: str | Path | None = None,
+    value_column: str | None = None,
+    path_column: str = "path",
+    cif_column: str = "cif",
+    steps: int | None = None,
+) -> tuple[Predictor, FinetuneReport, list[str]]:
+    """``matmeta finetune``: adapt to the labelled structures of a support CSV.
+
+    Returns:
+        The adapted predictor, the report (leave-one-out errors, what was kept) and one message per
+        unusable support row.
+
+    Raises:
+        MatmetaInputError: no usable labelled structure.
+    """
+    predictor = load(model)
+    names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column)
+    if not structures:
+        for message in bad:
+            report_error(message)
+        raise MatmetaInputError(f"{support}: no usable labelled structure")
+    if len(structures) > MAX_SUGGESTED_SUPPORT:
+        warn(
+            f"{support}: {len(structures)} structures; finetune is meant for 1-{MAX_SUGGESTED_SUPPORT} "
+            "(leave-one-out gets slower)"
+        )
+    adapted, report = predictor.finetune(structures, values, target, steps=steps, names=names)
+    return adapted, report, bad
+
+
+def meta_train(recipe_path: Path, out: Path | None = None, steps: int | None = None) -> Path:
+    """``matmeta meta-train`` of a predictor recipe; returns the checkpoint path."""
+    from matmeta.predict.train import meta_train_from_recipe
+    from matmeta.recipes import load_recipe
+
+    return meta_train_from_recipe(load_recipe(recipe_path), Path(recipe_path), out=out, steps=steps)

@@ -1,0 +1,187 @@
+"""The predictor's typed settings: how the engine adapts it (MAMLSettings) and the recipe sections."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from matmeta.errors import RecipeError
+from matmeta.meta.maml import MAML, PredictorMAML
+from matmeta.models.gnn import CrystalGNN, GNNConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLSettings:
+    """How the engine adapts the predictor (a recipe's ``[maml]`` section; saved in the checkpoint).
+
+    Attributes:
+        inner_lr: inner step size (initial value with ``learn_inner_lr``).
+        inner_steps: inner steps in meta-training (and at inference when ``adapt_steps`` is None).
+        first_order: first-order MAML.
+        learn_inner_lr: Meta-SGD rates (one per parameter tensor, or per element).
+        per_element_lr: one rate per weight element.
+        adapt: parameters the inner loop changes: ``"all"``, ``"head"`` (ANIL) or ``"re:<regex>"``.
+        lr_gain: Meta-SGD rates are ``exp(lr_gain · θ)``; > 1 lets the outer loop move them faster.
+        adapt_steps: inner steps at inference (``finetune``, calibration, benchmark) with the
+            meta-learned rates; None: ``inner_steps``. The benchmark gives the fine-tuning baseline
+            the same number of steps.
+    """
+
+    inner_lr: float = 0.01
+    inner_steps: int = 5
+    first_order: bool = False
+    learn_inner_lr: bool = True
+    per_element_lr: bool = False
+    adapt: str = "all"
+    lr_gain: float = 1.0
+    adapt_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapt_steps is not None and self.adapt_steps < 0:
+            raise ValueError(f"adapt_steps must be >= 0 or None, got {self.adapt_steps}")
+
+
+def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool = False) -> MAML:
+    """A fresh ``CrystalGNN`` wrapped in the engine with ``settings``.
+
+    With ``inference`` the engine takes ``settings.adapt_steps`` inner steps (when set) instead of
+    the meta-training ``inner_steps``.
+    """
+    maml = PredictorMAML(
+        CrystalGNN(model_config),
+        lr_gain=settings.lr_gain,
+        inner_lr=settings.inner_lr,
+        inner_steps=settings.inner_steps,
+        first_order=settings.first_order,
+        learn_inner_lr=settings.learn_inner_lr,
+        per_element_lr=settings.per_element_lr,
+        adapt=settings.adapt,
+    )
+    if inference and settings.adapt_steps is not None:
+        maml.inner_steps = int(settings.adapt_steps)
+    return maml
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the structures come from and how they are grouped (a recipe's ``[data]`` section).
+
+    Attributes:
+        store: graph store path (LMDB).
+        source_csv: CSV to build the store from when it is missing, relative to the shared data
+            directory (``$MATMETA_SHARED_DATA``, default ``../shared/data``).
+        family_by: family key (``b_site``, ``a_site``, ``anion_set``, ...).
+        heat_column: store target holding the heat of formation (eV/cell).
+        gap_column: store target holding the band gap (eV).
+        split_fractions: train/val/test fractions of the families.
+        split_seed: seed of the family split.
+        min_family_size: families with fewer structures are left out of every split.
+    """
+
+    store: Path = Path("out/perov.lmdb")
+    source_csv: str = "perovskites/perovskites.csv"
+    family_by: str = "b_site"
+    heat_column: str = "heat_ref"
+    gap_column: str = "ind_gap"
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    min_family_size: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig:
+    """Episodes for meta-training (a recipe's ``[episodes]`` section).
+
+    Attributes:
+        k_support: support sizes, one picked at random per task.
+        k_query: query size.
+    """
+
+    k_support: tuple[int, ...] = (5, 10, 20)
+    k_query: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class UncertaintyConfig:
+    """MC-dropout uncertainty and its calibration on validation families (``[uncertainty]``).
+
+    Attributes:
+        mc_samples: dropout samples per prediction.
+        calibration_k: support size of the adapted-calibration episodes.
+        calibration_episodes: episodes for the adapted calibration.
+    """
+
+    mc_samples: int = 32
+    calibration_k: int = 10
+    calibration_episodes: int = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Pooled pretraining before meta-training (a recipe's ``[pretrain]`` section).
+
+    The meta-learned start is initialised from the network trained on all training families
+    pooled (the same network the fine-tuning baseline starts from); ``epochs = 0`` starts
+    meta-training from random weights.
+
+    Attributes:
+        epochs: passes over the pooled training families.
+        lr: peak learning rate (one-cycle schedule, AdamW).
+        batch_size: structures per batch.
+    """
+
+    epochs: int = 60
+    lr: float = 2e-3
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """The ``[meta_train]`` section.
+
+    Attributes:
+        app: must be ``"predictor"``.
+        out: the final checkpoint.
+        work_dir: intermediate files (trainer checkpoint, resume state, log).
+    """
+
+    app: str = "predictor"
+    out: Path = Path("out/predictor/predictor.ckpt")
+    work_dir: Path = Path("out/predictor")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorRecipe:
+    """All settings of a predictor meta-training run, one dataclass per recipe section."""
+
+    meta_train: MetaTrainConfig
+    data: DataConfig
+    model: GNNConfig
+    maml: Any  # MAMLSettings (imported lazily from matmeta.predict to avoid a cycle)
+    episodes: EpisodeConfig
+    pretrain: PretrainConfig
+    trainer: Any  # TrainerConfig
+    uncertainty: UncertaintyConfig
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], where: str = "recipe") -> PredictorRecipe:
+        """Build from a recipe dict; unknown sections or keys are refused."""
+        from matmeta.meta.trainer import TrainerConfig
+        from matmeta.recipes import config_from_dict
+
+        sections = {
+            "meta_train": MetaTrainConfig,
+            "data": DataConfig,
+            "model": GNNConfig,
+            "maml": MAMLSettings,
+            "episodes": EpisodeConfig,
+            "pretrain": PretrainConfig,
+            "trainer": TrainerConfig,
+            "uncertainty": UncertaintyConfig,
+        }
+        extra = sorted(set(recipe) - set(sections))
+        if extra:
+            raise RecipeError(f"{where}: unknown section(s) {', '.join(extra)}; known: {', '.join(sections)}")
+        built = {name: config_from_dict(kind, recipe.get(name), f"{where} [{name}]") for name, kind in sections.items()}
+        return cls(**built)

@@ -1,0 +1,186 @@
+"""Training side of the predictor app: recipe configs, data loading, meta-training, calibration, pooled baseline.
+
+``matmeta meta-train recipes/perovskites.toml`` ends here (through ``matmeta.predict``):
+
+1. the graph store is read (built from the shared CSV first when missing) into a :class:`GraphTable`;
+2. families (``b_site`` by default) are split train/val/test with a seed (leave-family-out);
+3. targets are normalised with training-family statistics;
+4. the engine meta-trains ``CrystalGNN`` on episodes of training families, early-stopping on
+   validation families (``MetaTrainer``);
+5. the MC-dropout uncertainty is calibrated on validation families (zero-shot and adapted);
+6. the checkpoint is written with everything needed to use it (graph settings, statistics,
+   split, elements seen, engine settings, recipe, version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matmeta.errors import RecipeError
+from matmeta.models.gnn import GNNConfig
+from matmeta.predict.calibrate import calibrate
+from matmeta.predict.config import PredictorRecipe
+from matmeta.predict.data import (
+    TARGETS,
+    UNITS,
+    FamilyEpisodes,
+    TargetStats,
+    ensure_store,
+    family_indices,
+    load_table,
+    loss_fn,
+    split,
+)
+from matmeta.predict.pooled import _cached_pooled, pooled_key, train_pooled
+
+
+# ---------------------------------------------------------------------- meta-training
+def predictor_metadata(
+    recipe: PredictorRecipe, graph_config: Any, stats: TargetStats, family_split: Any, elements: Sequence[int]
+) -> dict[str, Any]:
+    """The metadata every predictor checkpoint carries (the trainer adds its own ``training`` entry)."""
+    from matmeta.recipes import config_to_dict
+
+    return {
+        "kind": "predictor",
+        "model_class": "CrystalGNN",
+        "model_config": config_to_dict(recipe.model),
+        "graph_config": graph_config.to_dict(),
+        "maml": config_to_dict(recipe.maml),
+        "targets": {
+            "names": list(TARGETS),
+            "units": UNITS,
+            "stats": stats.to_dict(),
+            "source_columns": {"heat_ref": recipe.data.heat_column, "band_gap": recipe.data.gap_column},
+        },
+        "families": {
+            "by": recipe.data.family_by,
+            "train": list(family_split.train),
+            "val": list(family_split.val),
+            "test": list(family_split.test),
+        },
+        "elements_seen": [int(z) for z in elements],
+        "adapted": None,
+    }
+
+
+def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = None, steps: int | None = None) -> Path:
+    """Meta-train the predictor described by ``recipe``; returns the checkpoint path."""
+    from matmeta.checkpoint import save_checkpoint
+    from matmeta.console import console
+    from matmeta.meta.trainer import MetaTrainer
+    from matmeta.predict.config import build_maml
+    from matmeta.recipes import config_to_dict
+
+    cfg = PredictorRecipe.from_recipe(recipe, str(recipe_path))
+    if cfg.meta_train.app != "predictor":
+        raise RecipeError(f"{recipe_path}: [meta_train] app must be 'predictor' here, got {cfg.meta_train.app!r}")
+    trainer_cfg = cfg.trainer
+    if steps is not None:
+        trainer_cfg = dataclasses.replace(trainer_cfg, outer_steps=int(steps))
+    work = Path(cfg.meta_train.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if trainer_cfg.log_path is None:
+        trainer_cfg = dataclasses.replace(trainer_cfg, log_path=work / "meta_train.jsonl")
+    out = Path(out) if out is not None else Path(cfg.meta_train.out)
+    torch.manual_seed(trainer_cfg.seed)
+
+    table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
+    if abs(graph_config.cutoff_angstrom - cfg.model.cutoff_angstrom) > 1e-9:
+        raise RecipeError(
+            f"{recipe_path}: [model] cutoff_angstrom {cfg.model.cutoff_angstrom} differs from the store's "
+            f"graph cutoff {graph_config.cutoff_angstrom}"
+        )
+    family_split = split(table, cfg.data)
+    train_idx = family_indices(table, family_split.train)
+    stats = TargetStats.fit(table.heat_ref[train_idx], table.band_gap[train_idx], table.n_atoms[train_idx])
+    table.y = stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
+    elements = table.elements(train_idx)
+    console.print(
+        f"{len(table)} structures, {len(set(table.families))} {cfg.data.family_by} families: "
+        f"{len(family_split.train)} train / {len(family_split.val)} val / {len(family_split.test)} test"
+    )
+
+    maml = build_maml(cfg.model, cfg.maml)
+    seed = trainer_cfg.seed
+    if cfg.pretrain.epochs > 0:
+        key = pooled_key(family_split.train, cfg.model, cfg.pretrain, seed, stats, len(table))
+        state = _cached_pooled(work / "pooled.ckpt", key)
+        if state is None:
+            pooled = train_pooled(
+                table, train_idx, cfg.model, cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr, seed
+            )
+            state = pooled.state_dict()
+            save_checkpoint(work / "pooled.ckpt", state, {"kind": "pooled-cache", "pooled_key": key})
+        else:
+            console.print(f"pooled pretraining: reusing {work / 'pooled.ckpt'} (same data, split, config and seed)")
+        maml.model.load_state_dict(state)
+    train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
+    val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
+    metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)
+    metadata["recipe"] = recipe
+    trainer = MetaTrainer(
+        maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
+    )
+    result = trainer.fit()
+    if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration below, finetune, benchmark)
+        maml.inner_steps = int(cfg.maml.adapt_steps)
+    maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
+    metadata["uncertainty"] = calibrate(maml, table, stats, family_split.val, cfg.uncertainty, seed)
+    metadata["training"] = {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+        "trainer": config_to_dict(trainer_cfg),
+    }
+    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
+        return out
+    save_checkpoint(out, maml.state_dict(), metadata)
+    console.print(
+        f"best validation query loss {result.best_val_loss} at step {result.best_step}; "
+        f"uncertainty scales {metadata['uncertainty']['zero_shot']} (zero-shot), "
+        f"{metadata['uncertainty']['adapted']} (adapted)"
+    )
+    return out
+
+
+def untrained_predictor(
+    model_config: GNNConfig | None = None,
+    settings: Any = None,
+    graph_config: Any = None,
+    stats: TargetStats | None = None,
+    elements: Sequence[int] = tuple(range(1, 84)),
+    seed: int = 0,
+) -> Any:
+    """A ``Predictor`` with random weights and complete metadata (for tests, examples and smoke runs)."""
+    from matmeta.graphs import GraphConfig
+    from matmeta.predict.config import MAMLSettings, build_maml
+    from matmeta.predict.predictor import Predictor
+    from matmeta.recipes import config_to_dict
+
+    torch.manual_seed(seed)
+    model_config = model_config or GNNConfig()
+    settings = settings or MAMLSettings()
+    graph_config = graph_config or GraphConfig(cutoff_angstrom=model_config.cutoff_angstrom)
+    stats = stats or TargetStats(0.29, 0.14, 1.7, 1.4)
+    maml = build_maml(model_config, settings, inference=True)
+    maml.eval()
+    metadata = {
+        "kind": "predictor",
+        "model_class": "CrystalGNN",
+        "model_config": config_to_dict(model_config),
+        "graph_config": graph_config.to_dict(),
+        "maml": config_to_dict(settings),
+        "targets": {"names": list(TARGETS), "units": UNITS, "stats": stats.to_dict()},
+        "families": {"by": None, "train": [], "val": [], "test": []},
+        "elements_seen": [int(z) for z in elements],
+        "uncertainty": {"method": "mc_dropout", "mc_samples": 8},
+        "adapted": None,
+    }
+    return Predictor(maml, metadata, None)

@@ -1,0 +1,1 @@
+"""The LMDB graph store: reader, resumable ingest, records, shared data sets, download."""
