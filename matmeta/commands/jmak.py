@@ -52,7 +52,8 @@ def run_fit(
         return f"{value:.4g} ± {std:.2g}"
 
     print_table(
-        f"JMAK fits ({method}; ± = 1σ Laplace, noise σ = {result.noise:g})",
+        f"JMAK fits ({method}; ± = 1σ Laplace, noise σ = {result.noise:g}"
+        + (" in ln t: time readings)" if result.observed == "time" else " in X)"),
         ["curve", "pts", "k (s^-n)", "ln k", "n", "t10 (s)", "t50 (s)", "t90 (s)", "residual"],
         [
             [
@@ -86,7 +87,9 @@ def fit(
     points: Path = typer.Argument(..., help="CSV with curve,time_s,fraction rows (or a TTT table)."),
     method: str = typer.Option("maml", "--method", help="maml | least-squares | avrami."),
     prior: Path = typer.Option(None, "--prior", help="Prior checkpoint (default: the shipped one)."),
-    noise: float = typer.Option(None, "--noise", help="Measurement sigma of the fractions (default: the prior's)."),
+    noise: float = typer.Option(
+        None, "--noise", help="Measurement sigma: of X, or of ln t for TTT readings (default: the prior's / 0.02)."
+    ),
     out: Path = typer.Option(None, "--out", help="Write the fits as CSV."),
     plot: Path = typer.Option(None, "--plot", help="Plot data, fits and uncertainty bands (e.g. fits.png)."),
     level: float = typer.Option(0.9, "--level", help="Coverage of the plotted band."),
@@ -97,16 +100,64 @@ def fit(
         raise typer.Exit(1)
 
 
+@jmak_app.command("ttt")
+def ttt(
+    table: Path = typer.Argument(..., help="TTT table: phase, T (°C), t_start, t_10%, t_90%, y_max."),
+    plot: Path = typer.Option(None, "--plot", help="Draw the fitted TTT diagram (e.g. ttt.png)."),
+    out: Path = typer.Option(None, "--out", help="Write the per-phase fits as CSV."),
+    level: float = typer.Option(0.9, "--level", help="Coverage of the plotted bands."),
+) -> None:
+    """Joint TTT fit per phase (n(T) smooth, C-curve rate with a nose), with posterior bands."""
+    from matmeta.console import print_table, warn
+    from matmeta.errors import MatmetaInputError
+    from matmeta.kinetics.ttt_api import fit_ttt_table, plot_ttt
+
+    if not 0 < level < 1:
+        raise MatmetaInputError(f"--level {level}: must be between 0 and 1")
+    diagram = fit_ttt_table(table, warn=warn)
+    print_table(
+        "TTT fits per phase (± = 1σ Laplace posterior)",
+        ["phase", "T's", "n", "nose (°C)", "T_e (°C)", "Q (kJ/mol)", "start X", "scatter ln t", "read σ"],
+        [
+            [
+                r["phase"],
+                r["temperatures"],
+                f"{r['n']:.3g} ± {r['n_std']:.2g}",
+                f"{r['nose_C']:.4g} ± {r['nose_C_std']:.2g}",
+                f"{r['Te_C']:.4g}",
+                f"{r['Q_kJ_mol']:.3g}",
+                f"{r['start_fraction']:.2%}",
+                f"{r['scatter_s']:.2g}",
+                f"{r['read_sigma']:.2g}",
+            ]
+            for r in diagram.table()
+        ],
+    )
+    if out is not None:
+        diagram.write_csv(out)
+        typer.echo(f"fits: {out}")
+    if plot is not None:
+        plot_ttt(diagram, plot, level=level)
+        typer.echo(f"plot: {plot}")
+
+
 @jmak_app.command("meta-train")
 def meta_train(
     recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/jmak.toml."),
     out: Path = typer.Option(None, "--out", help="Checkpoint path (default: the recipe's)."),
     steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
 ) -> None:
-    """Meta-train the JMAK prior on synthetic Arrhenius families."""
+    """Meta-train the JMAK prior on synthetic Arrhenius families (or, for recipes/jmak_ttt.toml, the TTT prior)."""
+    from matmeta.recipes import load_recipe
     from matmeta.runs import meta_train as run_meta_train
 
-    path = run_meta_train(recipe, out=out, steps=steps, app="jmak")
+    parsed = load_recipe(recipe)
+    if parsed.get("meta_train", {}).get("observation") == "log_time":
+        from matmeta.kinetics.ttt_prior import meta_train_ttt_from_recipe
+
+        path = meta_train_ttt_from_recipe(parsed, recipe, out=out, steps=steps)
+    else:
+        path = run_meta_train(recipe, out=out, steps=steps, app="jmak")
     typer.echo(f"checkpoint: {path}")
 
 

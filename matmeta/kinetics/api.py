@@ -69,6 +69,7 @@ class CurveFits:
     noise: float
     std: dict[str, Tensor]
     residual: Tensor
+    observed: str = "fraction"
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per curve with the :data:`COLUMNS`."""
@@ -124,11 +125,16 @@ def fit_curves(
 ) -> CurveFits:
     """Fit every curve (batched), with Laplace uncertainty and derived times.
 
+    Curves of time readings (TTT rows: ``observed == "time"``) are fitted with the log-time
+    likelihood (:mod:`matmeta.kinetics.logtime`): ``maml`` is the MAP under the log-time prior
+    (default: the shipped TTT prior), ``least-squares`` the regression of ln t on z.
+
     Args:
         curves: measured curves (≥ 2 points at distinct times each).
         method: ``maml`` | ``least-squares`` | ``avrami``.
         prior: prior checkpoint for ``maml`` (None: the shipped one).
-        noise: measurement σ of the fractions (default: the prior's, else 0.02).
+        noise: measurement σ of the fractions (default: the prior's, else 0.02); for time readings
+            (TTT rows) the σ of ln t (default :data:`~matmeta.kinetics.logtime.LOG_TIME_NOISE`).
         maml: an already loaded prior (skips loading ``prior``).
         steps: inner steps of the ``maml`` fit (default: the prior's own).
 
@@ -141,6 +147,8 @@ def fit_curves(
         raise MatmetaInputError("no curve to fit")
     curves = list(curves)
     time_s, fraction, mask = pad_curves(curves)
+    if method != "avrami" and all(c.observed == "time" for c in curves):
+        return _fit_log_time(curves, method, prior, noise, time_s, fraction, mask)
     prior_prec = None
     if method == "maml":
         if maml is None:
@@ -162,3 +170,30 @@ def fit_curves(
     std = derived_std(fits.ln_k, fits.n, cov, fits.ln_t_ref, TIME_FRACTIONS)
     residual = ((fits.predict(time_s) - fraction) ** 2 * mask).sum(1).div(mask.sum(1)).sqrt()
     return CurveFits(curves, method, fits, cov, noise, std, residual)
+
+
+def _fit_log_time(
+    curves: list[Curve], method: str, prior: str | Path | None, noise: float | None, time_s: Tensor,
+    fraction: Tensor, mask: Tensor,
+) -> CurveFits:  # fmt: skip
+    """:func:`fit_curves` for time readings: log-time likelihood, Laplace covariance, log-time residual."""
+    from matmeta.kinetics.logtime import (
+        LOG_TIME_NOISE,
+        fit_log_time_ls,
+        fit_log_time_map,
+        log_time_covariance,
+        log_time_residual,
+    )
+
+    noise = LOG_TIME_NOISE if noise is None else float(noise)
+    if method == "maml":
+        from matmeta.kinetics.ttt_prior import load_ttt_prior
+
+        mean, prec = load_ttt_prior(prior)
+        fits, cov = fit_log_time_map(time_s, fraction, mask, mean, prec, noise)
+    else:
+        fits = fit_log_time_ls(time_s, fraction, mask)
+        cov = log_time_covariance(fits, time_s, fraction, mask, noise)
+    std = derived_std(fits.ln_k, fits.n, cov, fits.ln_t_ref, TIME_FRACTIONS)
+    residual = log_time_residual(fits, time_s, fraction, mask)
+    return CurveFits(curves, method, fits, cov, noise, std, residual, observed="time")

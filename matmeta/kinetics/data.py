@@ -44,12 +44,17 @@ POINT_COLUMNS = ("curve", "time_s", "fraction")
 
 @dataclasses.dataclass
 class Curve:
-    """One measured curve. ``time_s`` and ``fraction`` are 1-D arrays of equal length (≥ 2)."""
+    """One measured curve. ``time_s`` and ``fraction`` are 1-D arrays of equal length (≥ 2).
+
+    ``observed`` says what was measured: ``"fraction"`` (X at set times; error in X) or ``"time"``
+    (times read at fixed fractions, as in a TTT table; error in ln t, see :mod:`matmeta.kinetics.logtime`).
+    """
 
     name: str
     time_s: np.ndarray
     fraction: np.ndarray
     rows: tuple[int, ...] = ()
+    observed: str = "fraction"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +78,7 @@ class TTTRow:
         """The row as a curve of normalised fractions (``which`` picks start/10 %/90 % points)."""
         times = np.array([(self.t_start, self.t_10, self.t_90)[i] for i in which], dtype=float)
         fracs = np.array([TTT_FRACTIONS[i] for i in which], dtype=float)
-        return Curve(self.name, times, fracs, (self.row,))
+        return Curve(self.name, times, fracs, (self.row,), observed="time")
 
 
 def _number(text: str) -> float:

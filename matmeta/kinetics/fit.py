@@ -13,8 +13,9 @@ no initial guess is needed. Results are mapped back to seconds at the end.
 
 Known limit of ``maml``: the inner loop is a fixed number of gradient steps on the squared error
 in X, and where every point sits at X ≲ 5 % (dX/dz ≈ X) those steps move the parameters little —
-the prior then dominates although the data are precise. For such curves (e.g. TTT start/10 %
-readings) use more ``steps``, a smaller ``noise``, or ``least-squares``.
+the prior then dominates although the data are precise. TTT readings (times at fixed fractions)
+are therefore not fitted here but with the log-time likelihood of :mod:`matmeta.kinetics.logtime`
+(``fit_curves`` does so for curves with ``observed == "time"``).
 
 The loss is the mean over a curve's points of :func:`per_example_loss`; :func:`collate` turns
 one curve's (time, fraction) items into a batch (both are what ``matmeta.explain`` uses).

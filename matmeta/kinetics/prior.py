@@ -138,6 +138,9 @@ def meta_train_from_recipe(
 ) -> Path:
     """Meta-train the JMAK prior described by ``recipe`` and write its checkpoint.
 
+    A ``[meta_train] observation = "log_time"`` recipe (recipes/jmak_ttt.toml) is refused: it is
+    trained by ``matmeta jmak meta-train`` (:func:`matmeta.kinetics.ttt_prior.meta_train_ttt_from_recipe`).
+
     Recipe sections: ``[meta_train]`` (``app = "jmak"``, ``checkpoint``), ``[prior]``
     (:class:`PriorConfig`), ``[synthetic]`` (:class:`SyntheticConfig` of the training corpus),
     ``[trainer]`` (:class:`matmeta.meta.trainer.TrainerConfig`).
@@ -154,6 +157,9 @@ def meta_train_from_recipe(
     from matmeta import __version__
     from matmeta.console import print_table
     from matmeta.errors import RecipeError
+
+    if recipe.get("meta_train", {}).get("observation") == "log_time":
+        raise RecipeError(f"{recipe_path}: a TTT (log-time) prior recipe: run `matmeta jmak meta-train {recipe_path}`")
     from matmeta.meta.trainer import MetaTrainer, TrainerConfig
     from matmeta.recipes import config_from_dict, config_to_dict
 
