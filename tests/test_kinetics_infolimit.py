@@ -1,6 +1,5 @@
 """The information limit: the exact grid posterior is the floor for the mean squared error."""
 
-
 from matmeta.kinetics.fit import fit_least_squares, fit_maml
 from matmeta.kinetics.infolimit import grid_posterior_predict
 from matmeta.kinetics.prior import load_prior

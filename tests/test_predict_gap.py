@@ -98,14 +98,27 @@ def test_finetune_picks_support_mean_for_pure_noise():
     assert adapted.metadata["adapted"]["choice"]["kind"] == "support_mean"
 
 
-def test_finetune_picks_adapted_when_labels_follow_the_structure():
+def test_finetune_picks_adapted_when_labels_follow_the_structure(tmp_path):
+    from matmeta.predict.predictor import Predictor
+
     predictor = _tiny(inner_lr=0.05, inner_steps=30, learn_inner_lr=False)
     structures = _family()
     level = {"Ti": -0.6, "Zr": 0.6, "Sn": -0.6, "Nb": 0.6}  # set by the B element, unrelated to the random model
     values = np.array([level[s[1].specie.symbol] + 0.01 * (i % 3) for i, s in enumerate(structures)])
-    _, report = predictor.finetune(structures, values, "heat_ref")
+    before = [r["heat_ref"] for r in predictor.predict_structures(structures, mc_samples=0)]
+    adapted, report = predictor.finetune(structures, values, "heat_ref")
     assert report.kept == "adapted", report.message()
     assert report.loo_mae["adapted"] < 0.6 * report.loo_mae["unadapted"]
+    # the adaptation lives in fast weights: the shared network is not touched, the adapted one differs
+    assert adapted.fast is not None and adapted.maml is predictor.maml
+    assert [r["heat_ref"] for r in predictor.predict_structures(structures, mc_samples=0)] == pytest.approx(before)
+    after = [r["heat_ref"] for r in adapted.predict_structures(structures, mc_samples=0)]
+    assert np.mean(np.abs(np.array(after) - values)) < np.mean(np.abs(np.array(before) - values))
+    reloaded = Predictor.load(adapted.save(tmp_path / "adapted.ckpt"))
+    assert reloaded.fast is None
+    assert [r["heat_ref"] for r in reloaded.predict_structures(structures, mc_samples=0)] == pytest.approx(
+        after, abs=1e-5
+    )
 
 
 def test_recalibration_learns_a_systematic_gap_offset():

@@ -41,8 +41,10 @@ def fit_linear(prediction: np.ndarray, values: np.ndarray) -> tuple[float, float
     """
     p, y = np.asarray(prediction, float), np.asarray(values, float)
     var = float(np.var(p))
-    scale = 1.0 if var < 1e-12 else (float(np.mean((p - p.mean()) * (y - y.mean()))) + SLOPE_PRIOR * var) / (
-        (1.0 + SLOPE_PRIOR) * var
+    scale = (
+        1.0
+        if var < 1e-12
+        else (float(np.mean((p - p.mean()) * (y - y.mean()))) + SLOPE_PRIOR * var) / ((1.0 + SLOPE_PRIOR) * var)
     )
     return float(scale), float(y.mean() - scale * p.mean())
 
@@ -182,11 +184,9 @@ def finetune(
     """Score the candidates, fit the best on the whole support set.
 
     Returns:
-        ``(maml, adapted, loo)``: the engine holding the kept weights (a copy), the checkpoint's
-        ``adapted`` metadata entry, and every candidate's leave-one-out predictions.
+        ``(fast, adapted, loo)``: the kept fast weights by name (None: the checkpoint's own), the
+        checkpoint's ``adapted`` metadata entry, and every candidate's leave-one-out predictions.
     """
-    import copy
-
     from matmeta.conformal import conformal_quantile
     from matmeta.models.gnn import collate
 
@@ -195,15 +195,12 @@ def finetune(
     kept, maes = ("adapted", {kind: math.nan for kind in CHOICES}) if len(items) == 1 else best_choice(loo, values)
     if len(items) == 1:
         maes["unadapted"] = float(np.mean(np.abs(loo["unadapted"] - values)))
-    maml = copy.deepcopy(predictor.maml)
+    kept_fast: dict[str, torch.Tensor] | None = None
     choice: dict[str, Any] = {"kind": kept}
     if kept == "adapted":
         fast = predictor.maml.adapt(collate(items), predictor.loss, steps=steps)
         if all(torch.isfinite(v).all() for v in fast.values()):
-            with torch.no_grad():
-                params = dict(maml.model.named_parameters())
-                for name, value in fast.items():
-                    params[name].copy_(value)
+            kept_fast = {name: value.detach() for name, value in fast.items()}
         else:  # diverged on the full set although leave-one-out did not: keep the unadapted weights
             kept, choice = "unadapted", {"kind": "unadapted"}
     elif kept in ("recalibrated", "support_mean"):
@@ -224,4 +221,4 @@ def finetune(
         "loo_mae_unadapted": maes["unadapted"],
         "loo_half_width": None if not math.isfinite(half) else half,
     }
-    return maml, adapted, loo
+    return kept_fast, adapted, loo

@@ -99,10 +99,13 @@ class Predictor:
     Use :meth:`load`; the constructor takes already-checked parts.
     """
 
-    def __init__(self, maml: MAML, metadata: dict[str, Any], path: Path | None = None) -> None:
+    def __init__(
+        self, maml: MAML, metadata: dict[str, Any], path: Path | None = None, fast: dict[str, Tensor] | None = None
+    ) -> None:
         from matmeta.graphs import GraphConfig
 
         self.maml = maml
+        self.fast = fast  # adapted weights by name (the engine's fast weights); None: the checkpoint's own
         self.metadata = metadata
         self.path = path
         self.stats = TargetStats(**metadata["targets"]["stats"])
@@ -114,8 +117,12 @@ class Predictor:
 
     @property
     def model(self) -> CrystalGNN:
-        """The network."""
+        """The network (at the checkpoint's weights; :meth:`forward` applies adapted ones)."""
         return self.maml.model  # type: ignore[return-value]
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Tensor:
+        """The network at this predictor's weights: the adapted fast weights when there are any."""
+        return self.maml(*inputs, params=self.fast, **kwargs)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Predictor:
@@ -191,8 +198,8 @@ class Predictor:
         with torch.inference_mode():
             for begin in range(0, len(graphs), chunk):
                 batch = collate([(*g, nan_y) for g in graphs[begin : begin + chunk]])
-                point = self.model(*batch.inputs())
-                mc = self.model(*batch.inputs(), mc_samples=samples, mc_seed=seed) if samples > 1 else None
+                point = self.forward(*batch.inputs())
+                mc = self.forward(*batch.inputs(), mc_samples=samples, mc_seed=seed) if samples > 1 else None
                 rows.extend(self._rows(point, mc, batch))
         return rows
 
@@ -312,13 +319,13 @@ class Predictor:
                 raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
         items = self.support_items(structures, values_arr, target)
         steps = self.maml.inner_steps if steps is None else int(steps)
-        maml, adapted, loo = finetune(self, items, values_arr, target, steps)
+        fast, adapted, loo = finetune(self, items, values_arr, target, steps)
         report = FinetuneReport(
             target, UNITS[target], len(items), steps, adapted["loo_mae"], adapted["kept"],
             [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
         )  # fmt: skip
         adapted["base_checkpoint"] = str(self.path.name if self.path else None)
-        return Predictor(maml, {**self.metadata, "adapted": adapted}, None), report
+        return Predictor(self.maml, {**self.metadata, "adapted": adapted}, None, fast=fast), report
 
     def support_items(
         self, structures: Sequence[Any], values: Sequence[float], target: str
@@ -338,7 +345,10 @@ class Predictor:
 
     def save(self, path: str | Path) -> Path:
         """Write this predictor (weights incl. adapted ones, metadata) as a checkpoint."""
-        return save_checkpoint(path, self.maml.state_dict(), self.metadata)
+        state = self.maml.state_dict()
+        for name, value in (self.fast or {}).items():
+            state[f"model.{name}"] = value.detach()
+        return save_checkpoint(path, state, self.metadata)
 
 
 def _finite(value: float) -> float | None:
