@@ -8,10 +8,10 @@ import typer
 
 
 def _split_elements(values: list[str] | None) -> list[str] | None:
+    """Comma/space-separated symbols; ``[]`` when the option was given empty (the library refuses it)."""
     if not values:
         return None
-    out = [tok.strip() for value in values for tok in value.replace(" ", ",").split(",") if tok.strip()]
-    return out or None
+    return [tok.strip() for value in values for tok in value.replace(" ", ",").split(",") if tok.strip()]
 
 
 def generate_cmd(
@@ -47,6 +47,7 @@ def generate_cmd(
         None, "--store", help="Training store for novelty (default: the checkpoint's, when present)."
     ),
     top: int = typer.Option(10, "--top", help="Rows of the ranked table to print."),
+    yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 5000 candidates."),
 ) -> None:
     """Generate candidate crystals for a band gap: sample, check validity, score, rank, write."""
     from matmeta.console import print_table, report_error
@@ -69,8 +70,9 @@ def generate_cmd(
         temperature=temperature,
         novel_only=novel_only,
         distinct=distinct,
+        yes=yes,
     )
-    result = run_generate(request, examples, checkpoint=checkpoint, predictor=predictor, store=store)
+    result = run_generate(request, examples, checkpoint=checkpoint, predictor=predictor, store=store, out_dir=out)
     lo, hi = result.window
     total = result.counts[0][1]
     if result.draws > total:

@@ -312,6 +312,8 @@ def ingest(
     for message in errors:
         on_error(message)
 
+    if out_path.exists() and not out_path.is_dir():
+        raise StoreError(f"{out_path}: exists and is not a folder (a graph store is a folder)")
     if out_path.exists() and not (out_path / "data.mdb").exists() and any(out_path.iterdir()):
         raise StoreError(f"{out_path}: exists and is not a graph store")
     env = _open_env(out_path, readonly=False)
