@@ -38,6 +38,7 @@ DEFAULT_MAX_ATOMS = 500
 MIN_VOLUME_PER_ATOM = 1.0  # Å^3
 MAX_VOLUME_PER_ATOM = 1000.0  # Å^3
 MIN_DISTANCE = 0.5  # Å
+MAX_FRACTIONAL = 1e6  # |fractional coordinate|; beyond it the position within the cell is lost to rounding
 
 CIF_SUFFIXES = (".cif",)
 POSCAR_SUFFIXES = (".vasp", ".poscar")
@@ -439,6 +440,8 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     frac = np.asarray(frac_coords, dtype=np.float64)
     if not np.all(np.isfinite(frac)):
         raise MatmetaInputError(f"{name}: non-finite atom coordinates")
+    if frac.size and float(np.abs(frac).max()) > MAX_FRACTIONAL:
+        raise MatmetaInputError(f"{name}: fractional coordinate {float(np.abs(frac).max()):.3g} is absurd")
     volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
     if not math.isfinite(volume) or volume <= 0:
         raise MatmetaInputError(f"{name}: degenerate or non-finite cell")
@@ -458,7 +461,7 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
         raise MatmetaInputError(
             f"{name}: atoms 0 and 0 overlap ({shortest:.3g} Å apart: a lattice vector shorter than {MIN_DISTANCE} Å)"
         )
-    cart = wrap_fractional((frac @ matrix) @ np.linalg.inv(reduced)) @ reduced
+    cart = wrap_fractional((wrap_fractional(frac) @ matrix) @ np.linalg.inv(reduced)) @ reduced
     pair = closest_pair(reduced, cart, MIN_DISTANCE)
     if pair is not None:
         i, j, distance = pair
