@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ settings.register_profile(
     max_examples=60,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 settings.register_profile(
@@ -61,6 +63,10 @@ NUMBERS = st.one_of(
 SYMBOLS = st.sampled_from(["Xx", "Q", "Sr2+", "O-", "D", "T", "Og", "Uue", "sr", "SR", "0", "*", "Fe3+", "''", "#"])
 
 
+_ELEMENT = re.compile(r"\b(Sr|Ti|Si|Zn|O|Ba|Ca|Sn|K|Nb|Ta|La|Al|Cr|Fe|Zr|Na)\b")
+_CELL = re.compile(r"(_cell_(?:length_[abc]|angle_\w+)\s+)(\S+)")
+
+
 def _lines(text: str) -> list[str]:
     return text.split("\n")
 
@@ -71,8 +77,8 @@ def mutated_text(draw: Any, base: str | Any) -> str:
     numbers, unknown species, CRLF, non-UTF-8 (as surrogate-escaped text), huge repetition."""
     text = draw(base) if isinstance(base, st.SearchStrategy) else base
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["truncate", "flip", "delete", "duplicate", "number", "symbol", "crlf", "bytes",
-                                   "repeat", "blank", "swap"]))  # fmt: skip
+        op = draw(st.sampled_from(["truncate", "flip", "delete", "duplicate", "number", "symbol", "cell", "crlf",
+                                   "bytes", "repeat", "blank", "swap"]))  # fmt: skip
         lines = _lines(text)
         if op == "truncate":
             text = text[: draw(st.integers(0, max(len(text) - 1, 0)))]
@@ -93,10 +99,15 @@ def mutated_text(draw: Any, base: str | Any) -> str:
                 tokens[draw(st.sampled_from(numeric))] = draw(NUMBERS)
                 text = " ".join(tokens)
         elif op == "symbol":
-            for old in ("Sr", "Ti", "Si", "Zn", " O ", "Ba"):
-                if old in text:
-                    text = text.replace(old, draw(SYMBOLS), draw(st.integers(1, 3)))
-                    break
+            found = list(_ELEMENT.finditer(text))
+            if found:
+                hit = found[draw(st.integers(0, len(found) - 1))]
+                text = text[: hit.start()] + draw(SYMBOLS) + text[hit.end() :]
+        elif op == "cell":
+            found = list(_CELL.finditer(text))
+            if found:
+                hit = found[draw(st.integers(0, len(found) - 1))]
+                text = text[: hit.start(2)] + draw(NUMBERS) + text[hit.end(2) :]
         elif op == "crlf":
             text = text.replace("\n", "\r\n")
         elif op == "bytes":

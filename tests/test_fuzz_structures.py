@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fuzzing import CIF_TEXT, GOOD_CIF, POSCAR_TEXT, XYZ_TEXT, check, valid_arrays
+from fuzzing import CIF_TEXT, GOOD_CIF, POSCAR_TEXT, SYMBOLS, XYZ_TEXT, check, valid_arrays
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,4 +73,20 @@ def test_a_bad_file_never_costs_the_good_ones(kind_text: tuple[str, str], encodi
         for message in messages:
             assert message.startswith(str(bad)) and "\n" not in message
         for _, structure in good:
+            assert valid_arrays(structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
+
+
+@given(st.lists(SYMBOLS | st.sampled_from(["Si", "O", "Na"]), min_size=1, max_size=3))
+def test_any_poscar_species_line_gives_real_elements_or_one_line(symbols: list[str]) -> None:
+    """The species line of a POSCAR (issue 13: ``Xx Xx Xx`` gave garbage atomic numbers)."""
+    coords = ["0 0 0", "0.5 0.5 0", "0.5 0 0.5"][: len(symbols)]
+    text = "fuzz\n1.0\n4 0 0\n0 4 0\n0 0 4\n{}\n{}\ndirect\n{}\n".format(
+        " ".join(symbols), " ".join("1" for _ in symbols), "\n".join(coords)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "POSCAR"
+        path.write_text(text)
+        result = check("poscar-species", text, lambda: read_structure_file(path), names=str(path))
+        if result is not None and not isinstance(result, MatmetaError):
+            [(_, structure)] = result
             assert valid_arrays(structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
