@@ -136,3 +136,12 @@ def test_ingest_reports_bad_files_on_stderr_only(tmp_path: Path) -> None:
     blocked = _cli("data", "ingest", "good.cif", "--out", "blocker", cwd=tmp_path)
     assert blocked.returncode == 1
     assert blocked.stderr.strip() == "error: blocker: exists and is not a folder (a graph store is a folder)"
+
+
+def test_the_repeat_warning_counts_each_candidate_once() -> None:
+    from matmeta.design.validity import count_repeats
+
+    formulas = ["BaTiO3", "BaTiO3", "SrTiO3", "BaTiO3", "CaTiO3"]
+    assert count_repeats(formulas, {"SrTiO3", "BaTiO3"}) == 4  # it said 3 + 2 = 5 before (28 of 20 on the CLI)
+    assert count_repeats(formulas, set()) == 2
+    assert count_repeats(formulas, set(), distinct=False) == 0

@@ -67,6 +67,7 @@ from matmeta.design.train import (
 from matmeta.design.validity import (
     ReferenceSet,
     compositional_validity,
+    count_repeats,
     coverage,
     judge_candidates,
     structural_validity,
@@ -155,7 +156,7 @@ def generate(
     if known or distinct:
         structures, draws = generator.sample_distinct(n, gaps, seed=seed, exclude=known, distinct=distinct, **options)
         formulas = [s.composition.reduced_formula for s in structures]
-        left = sum(f in known for f in formulas) + (len(formulas) - len(set(formulas)) if distinct else 0)
+        left = count_repeats(formulas, known, distinct)  # each candidate once (it said "28 of 20")
         if left:
             from matmeta.console import warn
 
