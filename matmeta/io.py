@@ -317,7 +317,8 @@ def parse_cif_arrays(
         counts[symbol] = counts.get(symbol, 0.0) + 1.0
     _check_formula_sum(text, counts, name)
     try:
-        lattice = np.array(Lattice.from_parameters(*cell).matrix, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            lattice = np.array(Lattice.from_parameters(*cell).matrix, dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - degenerate lattice and the like
         raise MatmetaInputError(f"{name}: invalid cell ({exc})") from None
     numbers = np.array([_element_numbers()[s] for s in symbols], dtype=np.int64)
@@ -442,7 +443,8 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
         raise MatmetaInputError(f"{name}: non-finite atom coordinates")
     if frac.size and float(np.abs(frac).max()) > MAX_FRACTIONAL:
         raise MatmetaInputError(f"{name}: fractional coordinate {float(np.abs(frac).max()):.3g} is absurd")
-    volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
+    with np.errstate(all="ignore"):  # an overflowing determinant is refused below, not warned about
+        volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
     if not math.isfinite(volume) or volume <= 0:
         raise MatmetaInputError(f"{name}: degenerate or non-finite cell")
     per_atom = volume / len(frac)
