@@ -145,3 +145,33 @@ def test_the_repeat_warning_counts_each_candidate_once() -> None:
     assert count_repeats(formulas, {"SrTiO3", "BaTiO3"}) == 4  # it said 3 + 2 = 5 before (28 of 20 on the CLI)
     assert count_repeats(formulas, set()) == 2
     assert count_repeats(formulas, set(), distinct=False) == 0
+
+
+def test_two_ingests_into_one_store_never_overwrite_or_double_count(tmp_path: Path) -> None:
+    """A second ingest runs while the first is between batches: every id stored once, "added" is true."""
+    from matmeta.io import structure_to_cif
+    from matmeta.store.ingest import ingest
+    from matmeta.store.reader import GraphStore
+
+    paths = sorted((REPO / "data" / "structures").glob("*.cif"))
+    cifs = [structure_to_cif(read_structure_file(p)[0][1]) for p in paths]
+    for name, ids in (("a.csv", range(0, 8)), ("b.csv", range(4, 10))):
+        with (tmp_path / name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "cif"])
+            writer.writerows([f"s{i}", cifs[i]] for i in ids)
+    store = tmp_path / "store"
+    second = "from matmeta.store.ingest import ingest; ingest(['b.csv'], 'store', id_column='id', workers=1)"
+    runs: list[int] = []
+
+    def run_the_second_ingest(count: int) -> None:
+        if not runs:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+            subprocess.run([sys.executable, "-c", second], cwd=tmp_path, env=env, check=True, capture_output=True)
+        runs.append(count)
+
+    report = ingest([tmp_path / "a.csv"], store, id_column="id", workers=1, batch_size=4, chunk_size=4,
+                    on_batch=run_the_second_ingest)  # fmt: skip
+    ids = list(GraphStore(store).ids)
+    assert sorted(ids, key=lambda s: int(s[1:])) == [f"s{i}" for i in range(10)]
+    assert report.added == 4 and report.already_present == 4 and report.total == 10

@@ -237,6 +237,16 @@ def _existing_ids(env: Any, count: int) -> set[str]:
     return ids
 
 
+def _claim(txn: Any, count: int, pending: list[tuple[str, bytes]], report: IngestReport) -> int:
+    """The store's count now (inside a write txn); drops from ``pending`` ids another ingest stored since ``count``."""
+    stored = int(json.loads(txn.get(META_KEY))["count"])
+    others = {str(record_info(txn.get(str(i).encode("ascii")))["id"]) for i in range(count, stored)}
+    kept = [item for item in pending if item[0] not in others]
+    report.already_present += len(pending) - len(kept)
+    pending[:] = kept
+    return stored
+
+
 def ingest(
     sources: str | Path | Sequence[str | Path],
     out_path: str | Path,
@@ -351,10 +361,10 @@ def ingest(
         def flush() -> None:
             if not pending:
                 return
-            count = int(meta["count"])
-            meta["count"] = count + len(pending)
-            meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with env.begin(write=True) as txn:
+            with env.begin(write=True) as txn:  # LMDB serialises writers; another ingest may have added records
+                count = _claim(txn, int(meta["count"]), pending, report)
+                meta["count"] = count + len(pending)
+                meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 for offset, (_, blob) in enumerate(pending):
                     txn.put(str(count + offset).encode("ascii"), blob)
                 txn.put(META_KEY, json.dumps(meta).encode())
