@@ -47,6 +47,8 @@ def regular_file(path: str | Path, max_bytes: int | None = None) -> Path:
         raise MatmetaInputError(f"{path}: file not found") from None
     except OSError as exc:
         raise MatmetaInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the name (e.g. from a CSV path column)
+        raise MatmetaInputError(f"{str(path)!r}: not a usable file name (NUL byte)") from None
     if not stat.S_ISREG(info.st_mode):
         raise MatmetaInputError(f"{path}: is {_kind(info.st_mode)}, not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
