@@ -46,6 +46,7 @@ XYZ_SUFFIXES = (".extxyz", ".xyz")
 
 _TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
 _SYMBOL = re.compile(r"^[A-Z][a-z]?$")
+_RESERVED = ("data_", "loop_", "save_", "global_", "stop_")
 _UNUSUAL_SPACE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _NUMBER = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\(\d+\))?$")
 _FORMULA_TERM = re.compile(r"([A-Z][a-z]?)\s*(\d*\.?\d*)")
@@ -86,8 +87,8 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
         ``(cell_parameters, element_symbols, frac_coords)``; raises ``MatmetaInputError`` for a
         CIF that is certainly broken (e.g. a truncated atom loop, an unknown element).
     """
-    if _UNUSUAL_SPACE.search(text):
-        return None  # control characters or Unicode spaces: Python's and pymatgen's line/word splits differ
+    if not text.isascii() or _UNUSUAL_SPACE.search(text):
+        return None  # non-ASCII or control characters: Python's and pymatgen's line/word splits differ
     items: dict[str, str] = {}
     loops: list[tuple[list[str], list[str]]] = []
     blocks = 0
@@ -129,11 +130,15 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
             return None  # stray value
         in_values = True
         tokens = _TOKEN.findall(line)
-        if any(token[0] == "#" for token in tokens):
-            return None  # trailing comment: the general parser knows where the row ends
+        if any(token[0] in "#_" or token.lower().startswith(_RESERVED) for token in tokens):
+            return None  # a comment, tag or reserved word inside a row: the general parser knows where it ends
         values.extend(tokens)
-    if blocks != 1 or any(not header_ for header_, _ in loops):
-        return None  # several blocks, or a loop_ without tags: the general parser decides
+    if blocks != 1 or any(
+        not header_ or not values_ or len(set(header_)) < len(header_) or len(values_) % len(header_)
+        for header_, values_ in loops
+        if "_atom_site_fract_x" not in header_  # the atom loop gets its own error below
+    ):
+        return None  # several blocks, an empty, repeated-tag or ragged loop: the general parser decides
 
     cell = [_number(items.get(key, "?")) for key in _CELL_KEYS]
     if any(v is None for v in cell):
@@ -161,8 +166,9 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
     if atoms is None:
         return None
     header_, values_ = atoms
-    if "_atom_site_type_symbol" not in header_ or any(f"_atom_site_fract_{axis}" not in header_ for axis in "xyz"):
-        return None
+    needed = ("_atom_site_type_symbol", "_atom_site_label", *(f"_atom_site_fract_{axis}" for axis in "xyz"))
+    if any(key not in header_ for key in needed):
+        return None  # pymatgen needs the label column too: it decides
     width = len(header_)
     if len(values_) % width:
         raise MatmetaInputError(f"{name}: truncated or malformed CIF (atom_site loop has a partial row)")

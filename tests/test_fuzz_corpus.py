@@ -32,6 +32,9 @@ EXPECTED = {
     "loop_glued.cif": "not a readable CIF",
     "empty_loop.cif": "not a readable CIF",
     "item_before_data_block.cif": "not a readable CIF",  # the fast reader accepted it, pymatgen does not
+    "loop_without_values.cif": "not a readable CIF",  # the fast reader accepted it, pymatgen does not
+    "ragged_loop.cif": "not a readable CIF",  # the fast reader accepted it, pymatgen does not
+    "tag_in_row.cif": "not a readable CIF",  # the fast reader accepted it, pymatgen does not
     "support_nul_path.csv": "not a usable file name (NUL byte); row skipped",  # ValueError from os.stat
 }
 
