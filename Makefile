@@ -8,7 +8,7 @@ FLWR_RUNTIME := alembic certifi cryptography fastapi grpcio grpcio-health-checki
 DATA ?= ../shared/data
 export MATMETA_SHARED_DATA ?= $(DATA)
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test lint bench fuzz clean
 
 env: $(STAMP)
 
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+# A long fuzz run (hypothesis, many random inputs; FUZZ_EXAMPLES in all): prints inputs tried, crashes, time.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP)
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) scripts/fuzz.py --examples $(FUZZ_EXAMPLES) --record out/fuzz
 
 bench: $(STAMP)
 	for r in recipes/ingest.toml recipes/engine.toml recipes/jmak.toml recipes/fewshot_perovskites.toml recipes/generate.toml recipes/explain.toml; do \

@@ -2,7 +2,16 @@
 
 
 class MatmetaError(Exception):
-    """Base class: a problem with the user's input, data, model or settings."""
+    """Base class: a problem with the user's input, data, model or settings.
+
+    The message is kept to one line: line breaks from a wrapped library's message (pymatgen, ase,
+    lmdb) are joined, so every error prints as exactly one line.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (" ".join(part.strip() for part in args[0].splitlines() if part.strip()),)
+        super().__init__(*args)
 
 
 class MatmetaInputError(MatmetaError):
@@ -23,3 +32,7 @@ class TrainingDivergedError(MatmetaError):
 
 class RecipeError(MatmetaError):
     """A recipe TOML is missing, malformed or names unknown settings."""
+
+
+class WorkLimitError(MatmetaError):
+    """A request above a work ceiling (candidates, support size) without the override (``--yes``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import functools
 import glob
+import math
 import re
 import sys
 import warnings
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matmeta.errors import MatmetaInputError
+from matmeta.guards import MAX_CSV_BYTES, MAX_STRUCTURE_FILE_BYTES, regular_file
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -36,6 +38,7 @@ DEFAULT_MAX_ATOMS = 500
 MIN_VOLUME_PER_ATOM = 1.0  # Å^3
 MAX_VOLUME_PER_ATOM = 1000.0  # Å^3
 MIN_DISTANCE = 0.5  # Å
+MAX_FRACTIONAL = 1e6  # |fractional coordinate|; beyond it the position within the cell is lost to rounding
 
 CIF_SUFFIXES = (".cif",)
 POSCAR_SUFFIXES = (".vasp", ".poscar")
@@ -43,6 +46,8 @@ XYZ_SUFFIXES = (".extxyz", ".xyz")
 
 _TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
 _SYMBOL = re.compile(r"^[A-Z][a-z]?$")
+_RESERVED = ("data_", "loop_", "save_", "global_", "stop_")
+_UNUSUAL_SPACE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _NUMBER = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\(\d+\))?$")
 _FORMULA_TERM = re.compile(r"([A-Z][a-z]?)\s*(\d*\.?\d*)")
 _CELL_KEYS = (
@@ -82,6 +87,8 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
         ``(cell_parameters, element_symbols, frac_coords)``; raises ``MatmetaInputError`` for a
         CIF that is certainly broken (e.g. a truncated atom loop, an unknown element).
     """
+    if not text.isascii() or _UNUSUAL_SPACE.search(text):
+        return None  # non-ASCII or control characters: Python's and pymatgen's line/word splits differ
     items: dict[str, str] = {}
     loops: list[tuple[list[str], list[str]]] = []
     blocks = 0
@@ -99,7 +106,11 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
             blocks += 1
             header = None
             continue
+        if not blocks:
+            return None  # content before the first data_ block
         if lower.startswith("loop_"):
+            if lower != "loop_":
+                return None  # something glued to loop_: the general parser decides
             header, values, in_values = [], [], False
             loops.append((header, values))
             continue
@@ -119,11 +130,15 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
             return None  # stray value
         in_values = True
         tokens = _TOKEN.findall(line)
-        if any(token[0] == "#" for token in tokens):
-            return None  # trailing comment: the general parser knows where the row ends
+        if any(token[0] in "#_" or token.lower().startswith(_RESERVED) for token in tokens):
+            return None  # a comment, tag or reserved word inside a row: the general parser knows where it ends
         values.extend(tokens)
-    if blocks != 1:
-        return None
+    if blocks != 1 or any(
+        not header_ or not values_ or len(set(header_)) < len(header_) or len(values_) % len(header_)
+        for header_, values_ in loops
+        if "_atom_site_fract_x" not in header_  # the atom loop gets its own error below
+    ):
+        return None  # several blocks, an empty, repeated-tag or ragged loop: the general parser decides
 
     cell = [_number(items.get(key, "?")) for key in _CELL_KEYS]
     if any(v is None for v in cell):
@@ -151,8 +166,9 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
     if atoms is None:
         return None
     header_, values_ = atoms
-    if "_atom_site_type_symbol" not in header_ or any(f"_atom_site_fract_{axis}" not in header_ for axis in "xyz"):
-        return None
+    needed = ("_atom_site_type_symbol", "_atom_site_label", *(f"_atom_site_fract_{axis}" for axis in "xyz"))
+    if any(key not in header_ for key in needed):
+        return None  # pymatgen needs the label column too: it decides
     width = len(header_)
     if len(values_) % width:
         raise MatmetaInputError(f"{name}: truncated or malformed CIF (atom_site loop has a partial row)")
@@ -181,6 +197,28 @@ def _fast_p1_cif(text: str, name: str) -> tuple[list[float], list[str], np.ndarr
             frac[k, axis] = coordinate
         symbols.append(symbol)
     return [float(v) for v in cell], symbols, frac  # type: ignore[arg-type]
+
+
+_CELL_ITEM = re.compile(
+    r"^\s*(_cell_(?:length_[abc]|angle_(?:alpha|beta|gamma)))\s+(\S+)", re.MULTILINE | re.IGNORECASE
+)
+
+
+def _check_cell_items(text: str, name: str) -> None:
+    """Refuse non-positive cell lengths and angles outside (0°, 180°) before either CIF parser sees them.
+
+    pymatgen reads ``_cell_length_a -4.0`` as a 4 Å vector pointing the other way and accepts
+    ``_cell_angle_alpha -90``; both are broken files, refused here so both parsers agree.
+    """
+    for key, token in _CELL_ITEM.findall(text):
+        value = _number(token.strip("'\""))
+        if value is None:
+            continue  # '?' or a layout the parsers judge themselves
+        key = key.lower()
+        if "length" in key and not (math.isfinite(value) and value > 0):
+            raise MatmetaInputError(f"{name}: {key} {token} must be a positive length")
+        if "angle" in key and not (math.isfinite(value) and 0 < value < 180):
+            raise MatmetaInputError(f"{name}: {key} {token} must be an angle between 0 and 180 degrees")
 
 
 def _check_formula_sum(text: str, found: dict[str, float], name: str) -> None:
@@ -266,6 +304,7 @@ def parse_cif_arrays(
         raise MatmetaInputError(f"{name}: binary data, not a CIF")
     if "_cell_length_a" not in text and "_cell_length_a" not in text.lower():
         raise MatmetaInputError(f"{name}: not a CIF (no _cell_length_a)")
+    _check_cell_items(text, name)
     fast = _fast_p1_cif(text, name)
     if fast is None:
         structure = _pymatgen_cif(text, name)
@@ -284,7 +323,8 @@ def parse_cif_arrays(
         counts[symbol] = counts.get(symbol, 0.0) + 1.0
     _check_formula_sum(text, counts, name)
     try:
-        lattice = np.array(Lattice.from_parameters(*cell).matrix, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            lattice = np.array(Lattice.from_parameters(*cell).matrix, dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - degenerate lattice and the like
         raise MatmetaInputError(f"{name}: invalid cell ({exc})") from None
     numbers = np.array([_element_numbers()[s] for s in symbols], dtype=np.int64)
@@ -357,6 +397,7 @@ def check_structure(
     n_atoms = len(structure)
     if n_atoms == 0:
         raise MatmetaInputError(f"{name}: structure has no atoms")
+    check_species(structure, name)
     if n_atoms > max_atoms:
         raise MatmetaInputError(f"{name}: {n_atoms} atoms exceed max_atoms={max_atoms}")
     if not structure.is_ordered:
@@ -373,6 +414,24 @@ def check_structure(
     return structure
 
 
+def check_species(structure: Structure, name: str) -> None:
+    """Refuse any site whose species is not a real element (pymatgen's ``DummySpecies`` such as ``Xx``).
+
+    POSCAR and CIF readers turn unknown symbols into dummy species whose atomic number is garbage;
+    this is the one place that stops them before a graph is built.
+
+    Raises:
+        MatmetaInputError: ``"<name>: unknown element 'Xx'"``.
+    """
+    known = _element_numbers()
+    for site in structure:
+        for species in site.species:
+            symbol = getattr(species, "symbol", str(species))
+            element = getattr(species, "element", species)
+            if symbol not in known or getattr(element, "Z", None) != known[symbol]:
+                raise MatmetaInputError(f"{name}: unknown element {symbol!r}")
+
+
 def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     """The geometric checks of :func:`check_structure`: finite cell, volume per atom, no overlapping atoms.
 
@@ -382,12 +441,17 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     Raises:
         MatmetaInputError: ``"<name>: <reason>"``.
     """
-    from matmeta.geometry import closest_pair
+    from matmeta.geometry import closest_pair, wrap_fractional
 
     matrix = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64)
-    volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
-    if not np.all(np.isfinite(frac)) or volume <= 0:
+    if not np.all(np.isfinite(frac)):
+        raise MatmetaInputError(f"{name}: non-finite atom coordinates")
+    if frac.size and float(np.abs(frac).max()) > MAX_FRACTIONAL:
+        raise MatmetaInputError(f"{name}: fractional coordinate {float(np.abs(frac).max()):.3g} is absurd")
+    with np.errstate(all="ignore"):  # an overflowing determinant is refused below, not warned about
+        volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
+    if not math.isfinite(volume) or volume <= 0:
         raise MatmetaInputError(f"{name}: degenerate or non-finite cell")
     per_atom = volume / len(frac)
     if per_atom < MIN_VOLUME_PER_ATOM or per_atom > MAX_VOLUME_PER_ATOM:
@@ -395,7 +459,18 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
             f"{name}: implausible volume per atom {per_atom:.3g} Å^3 "
             f"(allowed {MIN_VOLUME_PER_ATOM:g}–{MAX_VOLUME_PER_ATOM:g})"
         )
-    pair = closest_pair(matrix, frac @ matrix, MIN_DISTANCE)
+    # The search runs in the LLL-reduced cell with wrapped atoms: a coordinate such as -87588 or a
+    # skewed/needle cell would otherwise make the cell-list search span millions of cells.
+    from pymatgen.core import Lattice
+
+    reduced = np.asarray(Lattice(matrix).get_lll_reduced_lattice().matrix, dtype=np.float64)
+    shortest = float(np.linalg.norm(reduced, axis=1).min())
+    if shortest < MIN_DISTANCE:
+        raise MatmetaInputError(
+            f"{name}: atoms 0 and 0 overlap ({shortest:.3g} Å apart: a lattice vector shorter than {MIN_DISTANCE} Å)"
+        )
+    cart = wrap_fractional((wrap_fractional(frac) @ matrix) @ np.linalg.inv(reduced)) @ reduced
+    pair = closest_pair(reduced, cart, MIN_DISTANCE)
     if pair is not None:
         i, j, distance = pair
         raise MatmetaInputError(f"{name}: atoms {i} and {j} overlap ({distance:.3f} Å apart, minimum {MIN_DISTANCE} Å)")
@@ -417,6 +492,7 @@ def file_kind(path: Path) -> str | None:
 
 
 def _read_text(path: Path) -> str:
+    regular_file(path, MAX_STRUCTURE_FILE_BYTES)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -439,15 +515,24 @@ def read_structure_file(
 ) -> list[tuple[str, Structure]]:
     """All structures in one file as ``(name, Structure)``; the name is the file stem (``stem:k`` per frame).
 
+    Only regular files are opened (a FIFO or device is refused unread). Each structure's
+    ``properties["source"]`` holds the path as given (``path frame k`` per frame), for messages.
+
     Raises:
         MatmetaInputError: unreadable file, unknown format, or a structure failing the checks.
     """
-    path = Path(path)
+    named = _read_structure_file(Path(path), max_atoms=max_atoms, ordered_approximation=ordered_approximation)
+    for name, structure in named:
+        frame = name.rsplit(":", 1)[1] if ":" in name else None
+        structure.properties["source"] = str(path) if frame is None else f"{path} frame {frame}"
+    return named
+
+
+def _read_structure_file(path: Path, **options: Any) -> list[tuple[str, Structure]]:
     kind = file_kind(path)
     if kind is None:
         raise MatmetaInputError(f"{path}: unknown structure format (use .cif, POSCAR/.vasp or .extxyz)")
     text = _read_text(path)
-    options = {"max_atoms": max_atoms, "ordered_approximation": ordered_approximation}
     if kind == "cif":
         return [(path.stem, parse_cif(text, str(path), **options))]
     if kind == "poscar":
@@ -483,7 +568,10 @@ def _read_extxyz(path: Path, **options: int | bool) -> list[tuple[str, Structure
         where = str(path) if len(frames) == 1 else f"{path} frame {k}"
         if not all(atoms.pbc) or abs(atoms.cell.volume) < 1e-8:
             raise MatmetaInputError(f'{where}: no periodic cell (need a Lattice= with pbc="T T T")')
-        structure = AseAtomsAdaptor.get_structure(atoms)
+        try:
+            structure = AseAtomsAdaptor.get_structure(atoms)
+        except Exception as exc:  # noqa: BLE001 - ase/pymatgen raise many types for odd frames
+            raise MatmetaInputError(f"{where}: not a usable frame ({str(exc).strip() or type(exc).__name__})") from None
         out.append((name, check_structure(structure, where, **options)))  # type: ignore[arg-type]
     return out
 
@@ -548,7 +636,7 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[str],
         MatmetaInputError: unreadable file, no header, a row with the wrong number of fields,
             or a missing required column (named, with the columns that exist).
     """
-    path = Path(path)
+    path = regular_file(path, MAX_CSV_BYTES)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:

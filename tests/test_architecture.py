@@ -12,7 +12,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "matmeta"
 
 #: Layers, bottom to top (see the README's "Layout"). A module may import its own layer or lower ones.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("matmeta", "matmeta.errors", "matmeta.atomic", "matmeta.console", "matmeta.recipes", "matmeta.checkpoint"),
+    (
+        "matmeta",
+        "matmeta.errors",
+        "matmeta.atomic",
+        "matmeta.console",
+        "matmeta.recipes",
+        "matmeta.checkpoint",
+        "matmeta.guards",
+    ),
     ("matmeta.geometry", "matmeta.io"),
     ("matmeta.graphs", "matmeta.families", "matmeta.tasks", "matmeta.elements", "matmeta.conformal"),
     ("matmeta.store", "matmeta.meta", "matmeta.models"),

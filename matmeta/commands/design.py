@@ -8,10 +8,10 @@ import typer
 
 
 def _split_elements(values: list[str] | None) -> list[str] | None:
+    """Comma/space-separated symbols; ``[]`` when the option was given empty (the library refuses it)."""
     if not values:
         return None
-    out = [tok.strip() for value in values for tok in value.replace(" ", ",").split(",") if tok.strip()]
-    return out or None
+    return [tok.strip() for value in values for tok in value.replace(" ", ",").split(",") if tok.strip()]
 
 
 def generate_cmd(
@@ -57,6 +57,7 @@ def generate_cmd(
         None, "--store", help="Training store for novelty and the screen (default: the checkpoint's, when present)."
     ),
     top: int = typer.Option(10, "--top", help="Rows of the ranked table to print."),
+    yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 5000 candidates."),
 ) -> None:
     """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write."""
     from matmeta.console import progress, report_error
@@ -83,9 +84,12 @@ def generate_cmd(
         max_predictor_calls=max_predictor_calls,
         screen=screen,
         relax=relax,
+        yes=yes,
     )
     with progress() as bar:
-        result = run_design(request, examples, checkpoint=checkpoint, predictor=predictor, store=store, progress=bar)
+        result = run_design(
+            request, examples, checkpoint=checkpoint, predictor=predictor, store=store, progress=bar, out_dir=out
+        )
     _render(result, seed, top)
     if out is not None:
         from matmeta.design.output import write_design

@@ -30,9 +30,14 @@ def run_fit(
     steps: int | None = None,
 ) -> int:
     """Fit every good curve of ``points``, print the table, write outputs; returns the number of bad items."""
+    from matmeta.atomic import writable_target
     from matmeta.console import print_table, report_error
     from matmeta.errors import MatmetaInputError
     from matmeta.kinetics.api import fit_curves, read_curves_reporting
+
+    for target in (out, plot):
+        if target is not None:
+            writable_target(target)  # before the fit: no work for an output that cannot be written
 
     if not 0 < level < 1:
         raise MatmetaInputError(f"--level {level}: must be between 0 and 1")

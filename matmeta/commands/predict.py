@@ -14,13 +14,15 @@ def predict(
     mc_samples: int = typer.Option(None, "--mc-samples", help="MC-dropout samples for the uncertainty."),
 ) -> None:
     """Predict heat of formation (eV/cell) and band gap (eV, with P(metal)) with uncertainties."""
-    from matmeta.atomic import write_table
+    from matmeta.atomic import writable_target, write_table
     from matmeta.console import print_table, report_error, warn
     from matmeta.errors import MatmetaInputError
     from matmeta.predict.api import predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise MatmetaInputError(f"{out}: --out must end in .csv or .json")
+    if out is not None:
+        writable_target(out)
     predictor, rows, bad = predict_files(sources, model, mc_samples)
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
@@ -59,12 +61,15 @@ def finetune(
     path_column: str = typer.Option("path", "--path-column", help="Column with structure file paths."),
     cif_column: str = typer.Option("cif", "--cif-column", help="Column with CIF text."),
     steps: int = typer.Option(None, "--steps", help="Inner steps (default: the meta-learned number)."),
+    yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 100 support rows."),
 ) -> None:
     """Adapt the predictor to 1-50 measured structures (best of four candidates by leave-one-out)."""
+    from matmeta.atomic import writable_target
     from matmeta.console import print_table, report_error
     from matmeta.predict.api import adapt
 
-    adapted, report, bad = adapt(support, target, model, value_column, path_column, cif_column, steps)
+    writable_target(out)
+    adapted, report, bad = adapt(support, target, model, value_column, path_column, cif_column, steps, yes=yes)
     print_table(
         f"leave-one-out on {report.n_support} support structures ({report.steps} inner steps; lowest is kept)",
         ["candidate", f"MAE {report.unit}", "kept"],

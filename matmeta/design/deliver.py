@@ -27,7 +27,7 @@ from matmeta.design.fill import FillBudget, FillResult, decoder_proposer, fill
 from matmeta.design.generator import Generator
 from matmeta.design.judge import prediction_verdict
 from matmeta.design.relax import Relaxer, RelaxSettings, relax_status
-from matmeta.design.request import DesignRequest, check_request, check_temperature, parse_gap_window
+from matmeta.design.request import DesignRequest, check_options, check_request, parse_gap_window
 from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
 from matmeta.design.stability import StabilityCriterion
 
@@ -128,6 +128,7 @@ def run_design(
     store: str | Path | None = None,
     relax_settings: RelaxSettings | None = None,
     progress: Any | None = None,
+    out_dir: str | Path | None = None,
 ) -> DesignResult:
     """Fill, screen, relax and rank one request (module docstring).
 
@@ -139,14 +140,15 @@ def run_design(
         store: training store for novelty and the screen (None: the checkpoint's when present).
         relax_settings: the bounds of every relaxation.
         progress: a rich Progress to report on (None: silent).
+        out_dir: the folder the result will be written to, checked before any work (None: not written).
     """
     from matmeta.design.pipeline import training_reference
     from matmeta.predict.predictor import Predictor
 
+    check_options(request, out_dir)
     window = parse_gap_window(request.band_gap, request.tolerance)
     gen = Generator.load(checkpoint)
     check_request(request.n, window, gen.gap_range)
-    check_temperature(request.temperature)
     budget = FillBudget(max_draws=request.max_draws, max_predictor_calls=request.max_predictor_calls)
     budget_check(budget)
     mask = gen.element_mask(request.elements, request.exclude)

@@ -71,6 +71,7 @@ from matmeta.design.train import (
 from matmeta.design.validity import (
     ReferenceSet,
     compositional_validity,
+    count_repeats,
     coverage,
     judge_candidates,
     structural_validity,
@@ -159,7 +160,7 @@ def generate(
     if known or distinct:
         structures, draws = generator.sample_distinct(n, gaps, seed=seed, exclude=known, distinct=distinct, **options)
         formulas = [s.composition.reduced_formula for s in structures]
-        left = sum(f in known for f in formulas) + (len(formulas) - len(set(formulas)) if distinct else 0)
+        left = count_repeats(formulas, known, distinct)  # each candidate once (it said "28 of 20")
         if left:
             from matmeta.console import warn
 
@@ -263,8 +264,11 @@ def run_generate(
     checkpoint: str | Path | None = None,
     predictor: str | Path | None = None,
     store: str | Path | None = None,
+    out_dir: str | Path | None = None,
 ) -> GenerationResult:
     """``matmeta generate`` as a library call: load the decoder and predictor, generate, judge, rank.
+
+    Options and output folder are checked before any work (:func:`~matmeta.design.request.check_options`).
 
     Args:
         request: the target and options.
@@ -272,9 +276,12 @@ def run_generate(
         checkpoint: generator checkpoint (None: shipped).
         predictor: predictor checkpoint (None: shipped).
         store: training store for novelty (None: the checkpoint's when present).
+        out_dir: the folder :func:`write_candidates` will write to, checked up front (None: not written).
     """
+    from matmeta.design.request import check_options
     from matmeta.predict.predictor import Predictor
 
+    check_options(request, out_dir)
     window = parse_gap_window(request.band_gap, request.tolerance)
     gen = Generator.load(checkpoint)
     check_request(request.n, window, gen.gap_range)  # the rest of the request is checked once, in generate
@@ -331,10 +338,9 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
 
     from pymatgen.io.cif import CifWriter
 
-    from matmeta.atomic import write_text_atomic
+    from matmeta.atomic import writable_dir, write_text_atomic
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(out_dir)
     rows = sorted(result.rows, key=lambda r: r["rank"])
     for row in rows:
         row["cif"] = ""
@@ -354,14 +360,12 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
 
 
 __all__ = [
-    # matmeta.validity
     "ReferenceSet",
     "compositional_validity",
     "coverage",
     "judge_candidates",
     "structural_validity",
     "unique_mask",
-    # matmeta.design_data
     "ELEMENT_DESCRIPTORS",
     "N_SITES",
     "CellArrays",
@@ -378,13 +382,11 @@ __all__ = [
     "make_batch",
     "per_example_loss",
     "site_elements",
-    # matmeta.design_train
     "CHECKPOINT_DIR",
     "DEFAULT_CHECKPOINT",
     "GeneratorTrainConfig",
     "family_split",
     "meta_train_from_recipe",
-    # this module: the inverse-design app
     "CSV_COLUMNS",
     "DesignRequest",
     "GenerationResult",

@@ -11,9 +11,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from matmeta.atomic import writable_dir
 from matmeta.console import warn
 from matmeta.errors import MatmetaInputError
+from matmeta.guards import finite_number, within_ceiling
 from matmeta.io import expand_sources, read_structure_file
+
+#: Candidates sampled without ``--yes``; above it the request is refused with its estimate.
+MAX_CANDIDATES = 5000
+#: Requests above this many candidates say their estimate before starting.
+ESTIMATE_ABOVE = 1000
+#: Worst case measured on 1 CPU core: ``-n 100000 --elements Ba,Ti,O`` took ~40 min (rejection redraws).
+WORST_SECONDS_PER_CANDIDATE = 0.025
+#: The rejection sampler's draw budget per candidate (``Generator.sample_distinct``).
+MAX_DRAWS_PER_CANDIDATE = 50
+TEMPERATURE_RANGE = (1e-2, 1e2)
+MAX_GUIDANCE = 50.0
 
 
 def parse_gap_window(band_gap: str | float, tolerance: float = 0.3) -> tuple[float, float]:
@@ -51,8 +64,42 @@ def check_request(n: int, window: tuple[float, float], gap_range: tuple[float, f
 
 def check_temperature(temperature: float) -> None:
     """Refuse a species temperature that is not a finite positive number, with one line."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise MatmetaInputError(f"--temperature {temperature:g}: must be a finite number > 0 (1 = no change)")
+    lo, hi = TEMPERATURE_RANGE
+    if not (math.isfinite(temperature) and lo <= temperature <= hi):
+        raise MatmetaInputError(
+            f"--temperature {temperature:g}: must be a finite number > 0 (1 = no change; allowed {lo:g}-{hi:g})"
+        )
+
+
+def estimate(n: int) -> str:
+    """The up-front cost of sampling ``n`` candidates, in words."""
+    minutes = n * WORST_SECONDS_PER_CANDIDATE / 60
+    return f"up to {MAX_DRAWS_PER_CANDIDATE * n:,} decoder draws, about {minutes:.1f} min at worst on one core"
+
+
+def check_options(request: DesignRequest, out_dir: str | Path | None = None) -> None:
+    """Refuse a request whose options are unusable, with one line; above the ceiling only with ``yes``.
+
+    Checks: finite ``--guidance`` in [0, 50] and ``--tolerance`` >= 0, a temperature in range,
+    ``--elements`` / ``--exclude-elements`` that name at least one element when given,
+    ``n`` <= :data:`MAX_CANDIDATES` unless ``request.yes``, and a writable ``out_dir`` (when given).
+
+    Raises:
+        MatmetaInputError: a bad option.
+        WorkLimitError: ``n`` above the ceiling without ``yes``.
+    """
+    finite_number("--guidance", request.guidance, low=0.0, high=MAX_GUIDANCE)
+    finite_number("--tolerance", request.tolerance, low=0.0)
+    check_temperature(request.temperature)
+    for flag, group in (("--elements", request.elements), ("--exclude-elements", request.exclude)):
+        if group is not None and not [sym for sym in group if str(sym).strip()]:
+            raise MatmetaInputError(f"{flag}: empty; name at least one element (e.g. Ba,Ti,O) or leave the option out")
+    if not request.yes:
+        within_ceiling(f"-n {request.n}", request.n, MAX_CANDIDATES, "--yes", estimate(request.n))
+    if out_dir is not None:
+        writable_dir(out_dir)
+    if request.n > ESTIMATE_ABOVE:
+        warn(f"-n {request.n}: {estimate(request.n)}")
 
 
 def target_gaps(n: int, window: tuple[float, float], gap_range: tuple[float, float], seed: int) -> Tensor:
@@ -85,6 +132,7 @@ class DesignRequest:
         max_predictor_calls: the fill loop's predictor-call budget.
         screen: also screen the enumerable substitution space exhaustively (needs the store).
         relax: relax every returned candidate with CHGNet.
+        yes: accept ``n`` above :data:`MAX_CANDIDATES`.
     """
 
     band_gap: str = "2.0"
@@ -101,6 +149,7 @@ class DesignRequest:
     max_predictor_calls: int = 10_000
     screen: bool = True
     relax: bool = True
+    yes: bool = False
 
 
 MIN_FAMILY_EXAMPLES = 3

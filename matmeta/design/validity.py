@@ -125,6 +125,16 @@ class ReferenceSet:
         return any(self.matcher.fit(structure, other) for other in known)
 
 
+def count_repeats(formulas: Sequence[str], known: set[str], distinct: bool = True) -> int:
+    """Candidates whose formula is known, or (``distinct``) repeats an earlier candidate; each counted once."""
+    seen: set[str] = set()
+    left = 0
+    for formula in formulas:
+        left += formula in known or (distinct and formula in seen)
+        seen.add(formula)
+    return left
+
+
 def judge_candidates(structures: Sequence[Any], reference: ReferenceSet | None = None) -> list[dict[str, Any]]:
     """Validity, uniqueness and novelty flags of each candidate (``novel`` is None without a reference)."""
     rows = []

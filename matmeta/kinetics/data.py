@@ -3,8 +3,8 @@
 Points CSV: one row per measurement, columns ``curve``, ``time_s`` (s, > 0) and ``fraction``
 (transformed fraction X in [0, 1], normalised to the phase's final amount). A curve needs at least
 two valid points at two distinct times. A bad row (non-numeric cell, fraction outside [0, 1],
-non-positive time) or a curve with too few points gives one error line naming the curve and the
-file row; the curve is skipped and the others are still returned.
+time not in (0, 1e12] s, an exact duplicate of an earlier row) or a curve with too few points
+gives one error line naming the curve and the file row; the curve is skipped and the others are still returned.
 
 TTT table (``phase, T (°C), t_start, t_10%, t_90%, y_max``): each clean row becomes a curve of
 three points in the *normalised* fraction X = (phase fraction)/y_max, which is what JMAK
@@ -40,6 +40,7 @@ TTT_FRACTIONS = (START_FRACTION, 0.10, 0.90)
 NEVER_SENTINEL_S = 1e6
 Y_MAX_MIN = 1e-3
 POINT_COLUMNS = ("curve", "time_s", "fraction")
+MAX_TIME_S = 1e12  # ~30,000 years: a larger time is a unit or typing error
 
 
 @dataclasses.dataclass
@@ -120,8 +121,12 @@ def read_points(path: str | Path, on_error: Callable[[str], None]) -> list[Curve
                 on_error(f"{where}: non-numeric cell (time_s={record['time_s']!r}, fraction={record['fraction']!r})")
                 bad.add(name)
                 continue
-            if t <= 0:
-                on_error(f"{where}: time_s = {t:g} must be > 0")
+            if not 0 < t <= MAX_TIME_S:
+                on_error(f"{where}: time_s = {t:g} must be > 0 and <= {MAX_TIME_S:g} s")
+                bad.add(name)
+            elif (t, x) in {(p[0], p[1]) for p in points[name]}:
+                first = next(p[2] for p in points[name] if (p[0], p[1]) == (t, x))
+                on_error(f"{where}: duplicate of row {first} (same time_s and fraction)")
                 bad.add(name)
             elif not 0.0 <= x <= 1.0:
                 hint = " (a percentage? give fractions in [0, 1])" if 1.0 < x <= 100.0 else ""
@@ -220,7 +225,21 @@ def is_ttt_table(path: str | Path) -> bool:
 
 
 def read_curves(path: str | Path, on_error: Callable[[str], None], warn: Callable[[str], None]) -> list[Curve]:
-    """Curves from a points CSV or a TTT table (cleaned, one warning per dropped row); bad rows go to ``on_error``."""
+    """Curves from a points CSV or a TTT table (cleaned, one warning per dropped row); bad rows go to ``on_error``.
+
+    Raises:
+        MatmetaInputError: not a regular file (a FIFO would block), not UTF-8 text, malformed CSV.
+    """
+    from matmeta.guards import MAX_CSV_BYTES, regular_file
+
+    regular_file(path, MAX_CSV_BYTES)
+    try:
+        return _read_curves(path, on_error, warn)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MatmetaInputError(f"{path}: not a readable UTF-8 CSV ({type(exc).__name__})") from None
+
+
+def _read_curves(path: str | Path, on_error: Callable[[str], None], warn: Callable[[str], None]) -> list[Curve]:
     if is_ttt_table(path):
         return [row.curve() for row in load_ttt(path, warn=warn)]
     return read_points(path, on_error=on_error)

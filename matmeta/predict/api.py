@@ -6,6 +6,7 @@ processed) and returns plain values; :mod:`matmeta.commands.predict` only parses
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 from matmeta.console import report_error, warn
 from matmeta.errors import MatmetaInputError
 from matmeta.io import read_structures
-from matmeta.predict.data import read_support
 from matmeta.predict.predictor import FinetuneReport, Predictor
+from matmeta.predict.support import MAX_SUPPORT_ROWS, read_support
 
 MAX_SUGGESTED_SUPPORT = 50
 
@@ -31,7 +32,7 @@ def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[l
         try:
             (graph,), (warning,) = predictor.graphs([structure])
         except MatmetaInputError as exc:
-            bad.append(f"{name}: {exc}")
+            bad.append(f"{structure.properties.get('source', name)}: {exc}")
             continue
         graphs.append(graph)
         warnings.append(warning)
@@ -71,18 +72,32 @@ def adapt(
     path_column: str = "path",
     cif_column: str = "cif",
     steps: int | None = None,
+    yes: bool = False,
 ) -> tuple[Predictor, FinetuneReport, list[str]]:
     """``matmeta finetune``: adapt to the labelled structures of a support CSV.
 
+    Args:
+        support: the support CSV (see :mod:`matmeta.predict.support`).
+        target: ``heat_ref`` or ``band_gap``.
+        model: the checkpoint to start from (None: the shipped one).
+        value_column: column with the values (default: ``target``).
+        path_column: column with structure paths.
+        cif_column: column with CIF text.
+        steps: inner steps (default: the meta-learned number).
+        yes: lift the ceiling of :data:`MAX_SUPPORT_ROWS` support rows (the leave-one-out check
+            adapts once per row, so its cost grows as rows²).
+
     Returns:
         The adapted predictor, the report (leave-one-out errors, what was kept) and one message per
-        unusable support row.
+        unusable support row, plus one when the adaptation diverged (non-finite leave-one-out error).
 
     Raises:
-        MatmetaInputError: no usable labelled structure.
+        MatmetaInputError: no usable labelled structure; a non-finite unadapted error.
+        WorkLimitError: more support rows than the ceiling without ``yes``.
     """
     predictor = load(model)
-    names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column)
+    max_rows = None if yes else MAX_SUPPORT_ROWS
+    names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column, max_rows)
     if not structures:
         for message in bad:
             report_error(message)
@@ -90,9 +105,17 @@ def adapt(
     if len(structures) > MAX_SUGGESTED_SUPPORT:
         warn(
             f"{support}: {len(structures)} structures; finetune is meant for 1-{MAX_SUGGESTED_SUPPORT} "
-            "(leave-one-out gets slower)"
+            f"(leave-one-out adapts {len(structures)} times)"
         )
     adapted, report = predictor.finetune(structures, values, target, steps=steps, names=names)
+    if not math.isfinite(report.loo_mae_unadapted):
+        raise MatmetaInputError(
+            f"{support}: the unadapted model gives a non-finite error on these values; nothing written"
+        )
+    if len(structures) > 1 and not math.isfinite(report.loo_mae_adapted):
+        bad.append(
+            f"{support}: adaptation diverged (leave-one-out MAE {report.loo_mae_adapted}); kept {report.kept} weights"
+        )
     return adapted, report, bad
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from matmeta.errors import StoreError
 from matmeta.models.gnn import GraphBatch, collate
 from matmeta.predict.config import DataConfig
+from matmeta.predict.support import read_support  # noqa: F401 - re-exported; it lives in predict.support
 
 Graph = tuple[Tensor, Tensor, Tensor]  # atomic_numbers (n,), edge_index (2, e), edge_dist (e,)
 TARGETS = ("heat_ref", "band_gap")
@@ -296,48 +297,3 @@ def split(table: GraphTable, config: DataConfig) -> Any:
     return split_families(
         table.families, fractions=config.split_fractions, seed=config.split_seed, min_size=config.min_family_size
     )
-
-
-def read_support(
-    csv_path: Path, target: str, value_column: str | None, path_column: str, cif_column: str
-) -> tuple[list[str], list[Any], list[float], list[str]]:
-    """Names, structures and values of a support CSV (a path or a CIF-text column, and the value)."""
-    import math
-
-    from matmeta.errors import MatmetaInputError
-    from matmeta.io import parse_cif, read_csv, read_structure_file
-
-    value_column = value_column or target
-    columns, rows = read_csv(csv_path, required=(value_column,))
-    if path_column not in columns and cif_column not in columns:
-        raise MatmetaInputError(
-            f"{csv_path}: needs a {path_column!r} or {cif_column!r} column (has {', '.join(columns)}); "
-            "see --path-column / --cif-column"
-        )
-    names, structures, values, bad = [], [], [], []
-    for number, row in enumerate(rows, start=1):
-        where = f"{csv_path} row {number}"
-        try:
-            try:
-                value = float(row[value_column])
-            except ValueError:
-                raise MatmetaInputError(f"{where}: {value_column} {row[value_column]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise MatmetaInputError(f"{where}: {value_column} is {value}")
-            if path_column in columns and row[path_column].strip():
-                path = Path(row[path_column].strip())
-                path = path if path.is_absolute() else csv_path.parent / path
-                structure = read_structure_file(path)[0][1]
-                name = row.get("name") or path.stem
-            elif cif_column in columns and row[cif_column].strip():
-                structure = parse_cif(row[cif_column], where)
-                name = row.get("name") or f"row {number}"
-            else:
-                raise MatmetaInputError(f"{where}: empty {path_column!r} and {cif_column!r}")
-        except MatmetaInputError as exc:
-            bad.append(str(exc))
-            continue
-        names.append(name)
-        structures.append(structure)
-        values.append(value)
-    return names, structures, values, bad

@@ -237,6 +237,16 @@ def _existing_ids(env: Any, count: int) -> set[str]:
     return ids
 
 
+def _claim(txn: Any, count: int, pending: list[tuple[str, bytes]], report: IngestReport) -> int:
+    """The store's count now (inside a write txn); drops from ``pending`` ids another ingest stored since ``count``."""
+    stored = int(json.loads(txn.get(META_KEY))["count"])
+    others = {str(record_info(txn.get(str(i).encode("ascii")))["id"]) for i in range(count, stored)}
+    kept = [item for item in pending if item[0] not in others]
+    report.already_present += len(pending) - len(kept)
+    pending[:] = kept
+    return stored
+
+
 def ingest(
     sources: str | Path | Sequence[str | Path],
     out_path: str | Path,
@@ -312,6 +322,8 @@ def ingest(
     for message in errors:
         on_error(message)
 
+    if out_path.exists() and not out_path.is_dir():
+        raise StoreError(f"{out_path}: exists and is not a folder (a graph store is a folder)")
     if out_path.exists() and not (out_path / "data.mdb").exists() and any(out_path.iterdir()):
         raise StoreError(f"{out_path}: exists and is not a graph store")
     env = _open_env(out_path, readonly=False)
@@ -349,10 +361,10 @@ def ingest(
         def flush() -> None:
             if not pending:
                 return
-            count = int(meta["count"])
-            meta["count"] = count + len(pending)
-            meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with env.begin(write=True) as txn:
+            with env.begin(write=True) as txn:  # LMDB serialises writers; another ingest may have added records
+                count = _claim(txn, int(meta["count"]), pending, report)
+                meta["count"] = count + len(pending)
+                meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 for offset, (_, blob) in enumerate(pending):
                     txn.put(str(count + offset).encode("ascii"), blob)
                 txn.put(META_KEY, json.dumps(meta).encode())

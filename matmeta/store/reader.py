@@ -64,8 +64,12 @@ def _open_env(path: Path, readonly: bool, resolved: str | None = None) -> Any:
             _READ_ENVS[key] = env
         return env
     _close_read_env(path)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=MAP_SIZE, readahead=False, meminit=False, max_dbs=0)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(str(path), map_size=MAP_SIZE, readahead=False, meminit=False, max_dbs=0)
+    except (OSError, lmdb.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).split(":")[-1].strip() or type(exc).__name__
+        raise StoreError(f"{path}: cannot write a graph store there ({reason})") from None
 
 
 def _drop_inherited_envs() -> None:
