@@ -42,11 +42,19 @@ matmeta explain --support data/lab_measurements.csv --target band_gap --query da
 
 echo
 echo "== 5. inverse design: candidates for a 2 eV band gap, checked and ranked"
-matmeta generate --band-gap 2.0 --tolerance 0.3 -n 100 --seed 0 --out out/demo/candidates "${STORE_ARGS[@]}"
+# a small request for the demo (-n 100 with the default 50,000-draw budget takes minutes on 2 cores)
+matmeta generate --band-gap 2.0 --tolerance 0.3 -n 20 --max-draws 10000 --seed 0 --out out/demo/candidates \
+  "${STORE_ARGS[@]}"
 
 echo
 echo "== 6. JMAK kinetics from sparse points with the meta-learned prior (plot: out/demo/jmak.png)"
 matmeta jmak fit data/jmak_points.csv --plot out/demo/jmak.png --out out/demo/jmak_fits.csv
+
+if [ -f "$SHARED/jmak/ttt_steel.csv" ]; then
+  echo
+  echo "== 7. a whole TTT diagram of the shared steel: joint fit per phase (plot: out/demo/ttt.png)"
+  matmeta jmak ttt "$SHARED/jmak/ttt_steel.csv" --plot out/demo/ttt.png --out out/demo/ttt_fits.csv
+fi
 
 echo
 echo "demo outputs in out/demo/"
