@@ -56,10 +56,9 @@ def write_design(result: DesignResult, out_dir: str | Path) -> Path:
     """
     from pymatgen.io.cif import CifWriter
 
-    from matmeta.atomic import write_table, write_text_atomic
+    from matmeta.atomic import writable_dir, write_table, write_text_atomic
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(out_dir)
     for row, generated, relaxed in zip(result.rows, result.generated, result.relaxed, strict=True):
         stem = f"{row['rank']:04d}_{row['formula']}"
         row["cif_generated"] = f"{stem}_generated.cif"

@@ -333,12 +333,9 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
     Returns:
         The path of ``candidates.csv``.
     """
-    import csv
-    import io
-
     from pymatgen.io.cif import CifWriter
 
-    from matmeta.atomic import writable_dir, write_text_atomic
+    from matmeta.atomic import writable_dir, write_table, write_text_atomic
 
     out_dir = writable_dir(out_dir)
     rows = sorted(result.rows, key=lambda r: r["rank"])
@@ -349,14 +346,8 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
             name = f"{row['rank']:04d}_{row['formula']}.cif"
             write_text_atomic(out_dir / name, str(CifWriter(result.structures[index])))
             row["cif"] = name
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    path = out_dir / "candidates.csv"
-    write_text_atomic(path, buffer.getvalue())
-    return path
+    rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    return write_table(out_dir / "candidates.csv", rounded, CSV_COLUMNS)
 
 
 __all__ = [

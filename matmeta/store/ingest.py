@@ -1,22 +1,8 @@
-"""Ingest into the LMDB graph store: atomic, resumable, idempotent (the layout is in :mod:`matmeta.store.reader`).
+"""Ingest into the LMDB graph store: atomic, resumable, idempotent.
 
-Layout of the LMDB environment (a directory, e.g. ``perov.lmdb/``):
-
-- ``b"0"``, ``b"1"``, … (integer ASCII keys): one record per structure, encoded as safetensors
-  bytes (never pickles; see :mod:`matmeta.records`). Tensors: the graph fields of
-  :mod:`matmeta.graphs` plus ``lattice`` (3, 3) float64, ``frac_coords`` (N, 3) float64 (the exact
-  structure) and ``cif`` (the source CIF text, uint8). The safetensors header metadata ``info`` is
-  JSON: ``id``, ``source``, ``families`` (kind → key, including ``column:<name>``) and
-  ``family_errors`` (kind → reason).
-- ``b"__meta__"``: JSON with the format version, matmeta version, graph config, target names,
-  ingest settings and ``count``, the number of records. ``count`` is the progress marker: it is
-  written in the same transaction as the records of each batch, so a reader or a resumed
-  ingest never sees half a batch.
-
-Readers open the environment read-only with ``lock=False``, lazily and once per process and path
-(LMDB allows one handle per path and process; a handle inherited through ``fork`` is dropped in
-the child), so a :class:`GraphStore` works in DataLoader workers (fork or spawn). Read
-transactions are short (one record), as ``lock=False`` readers need when a writer is active.
+The layout of the store (records, ``__meta__``, the ``count`` progress marker) and how readers open it
+are described in :mod:`matmeta.store.reader`. Records of a batch and the new ``count`` are written in one
+transaction, so a reader or a resumed ingest never sees half a batch.
 """
 
 from __future__ import annotations
