@@ -73,10 +73,6 @@ def random_double_proposer(
     a_sites: Sequence[str], b_sites: Sequence[str], anion_sets: Sequence[Sequence[str]], seed: int
 ) -> Proposer:
     """Uniformly random charge-neutral A2BB'X6 (module docstring); a draw is one random combination."""
-    from pymatgen.core import Composition
-
-    from matmeta.design.validity import compositional_validity
-
     rng = np.random.default_rng(seed)
 
     def propose(k: int, rnd: int, taken: Collection[str], draws_left: int) -> tuple[list[Any], int]:
@@ -86,16 +82,23 @@ def random_double_proposer(
             a = a_sites[int(rng.integers(len(a_sites)))]
             b, b2 = (b_sites[int(i)] for i in rng.choice(len(b_sites), 2, replace=False))
             anions = anion_sets[int(rng.integers(len(anion_sets)))]
-            if a in (b, b2):
-                continue
-            formula = _key(a, b, b2, anions)
-            if formula in seen or not compositional_validity(Composition(formula)):
-                continue
-            seen.add(formula)
-            out.append(double_perovskite(a, b, b2, anions))
+            if a not in (b, b2):
+                _admit(a, b, b2, anions, seen, out)
         return out, draws
 
     return propose
+
+
+def _admit(a: str, b: str, b2: str, anions: Sequence[str], seen: set[str], out: list[Any]) -> None:
+    """Append A2BB'X6 to ``out`` unless its formula was seen or is not charge-neutral (SMACT)."""
+    from pymatgen.core import Composition
+
+    from matmeta.design.validity import compositional_validity
+
+    formula = _key(a, b, b2, anions)
+    if formula not in seen and compositional_validity(Composition(formula)):
+        seen.add(formula)
+        out.append(double_perovskite(a, b, b2, anions))
 
 
 def decoder_double_proposer(
@@ -106,10 +109,7 @@ def decoder_double_proposer(
     A draw is one decoder sample; every round draws ``draws_per_round`` (fewer when the budget has
     less left) conditioned uniformly over the window.
     """
-    from pymatgen.core import Composition
-
     from matmeta.design.request import target_gaps
-    from matmeta.design.validity import compositional_validity
 
     def propose(k: int, rnd: int, taken: Collection[str], draws_left: int) -> tuple[list[Any], int]:
         m = max(2, min(draws_per_round, draws_left))
@@ -125,13 +125,8 @@ def decoder_double_proposer(
         for (a, *anions), bs in groups.items():
             for i, b in enumerate(bs):
                 for b2 in bs[i + 1 :]:
-                    if len(out) >= k or b == b2 or a in (b, b2):
-                        continue
-                    formula = _key(a, b, b2, anions)
-                    if formula in seen or not compositional_validity(Composition(formula)):
-                        continue
-                    seen.add(formula)
-                    out.append(double_perovskite(a, b, b2, anions))
+                    if len(out) < k and b != b2 and a not in (b, b2):
+                        _admit(a, b, b2, tuple(anions), seen, out)
         return out, m
 
     return propose
