@@ -63,7 +63,7 @@ def finetune(
     steps: int = typer.Option(None, "--steps", help="Inner steps (default: the meta-learned number)."),
     yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 100 support rows."),
 ) -> None:
-    """Adapt the predictor to 1-50 measured structures (best of four candidates by leave-one-out)."""
+    """Adapt the predictor to 1-50 measured structures (best of five candidates by leave-one-out)."""
     from matmeta.atomic import writable_target
     from matmeta.console import print_table, report_error
     from matmeta.predict.api import adapt

@@ -1,4 +1,4 @@
-"""How ``matmeta finetune`` adapts the predictor: four candidates, chosen by leave-one-out error.
+"""How ``matmeta finetune`` adapts the predictor: five candidates, chosen by leave-one-out error.
 
 For a labelled support set of one family (1–50 structures, one target), the candidates are
 
@@ -8,6 +8,9 @@ For a labelled support set of one family (1–50 structures, one target), the ca
   head or of the heat per atom) and, for band gaps, a shift of the metal logit so that the support's
   share of non-metals is matched — the systematic offset between the training fidelity (GLLB-SC
   DFT) and experiment is learned here, without bending the network;
+* ``kriged``: the recalibration plus a Gaussian process on the support's recalibration residuals in the
+  head's feature space (:mod:`matmeta.predict.kriging`): structures like a measured one inherit its
+  residual (e.g. a family-specific offset between DFT and experiment), the weights stay untouched;
 * ``support_mean``: the support mean (per atom for heat_ref) for every structure.
 
 Each is scored by leave-one-out MAE on the support set and the best is kept; its choice and
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CHOICES = ("unadapted", "recalibrated", "adapted", "support_mean")  # order = preference on ties
+CHOICES = ("unadapted", "recalibrated", "kriged", "adapted", "support_mean")  # order = preference on ties
 SLOPE_PRIOR = 1.0  # ridge weight pulling the recalibration slope to 1 (relative to the data's own weight)
 
 
@@ -80,23 +83,42 @@ def recalibration(raw: dict[str, np.ndarray], values: np.ndarray, target: str, t
     return {"scale": scale, "shift": shift, "metal_logit_shift": fit_logit_shift(raw["metal_logit"], metal)}
 
 
+def kriging(raw: dict[str, np.ndarray], values: np.ndarray, target: str, threshold: float) -> dict[str, Any]:
+    """Fit the ``kriged`` candidate: the recalibration and a GP on its residuals (non-metals only for gaps)."""
+    from matmeta.predict.kriging import fit_gp
+
+    linear = recalibration(raw, values, target, threshold)
+    if target == "heat_ref":
+        used = np.ones(len(values), dtype=bool)
+        residuals = values / raw["n_atoms"] - (linear["scale"] * raw["heat_per_atom"] + linear["shift"])
+    else:
+        used = values > threshold
+        residuals = (values - (linear["scale"] * raw["gap"] + linear["shift"]))[used]
+    return {**linear, "gp": fit_gp(raw["features"][used], residuals)}
+
+
 def transform(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, target: str) -> dict[str, np.ndarray]:
     """Raw outputs with a fitted choice applied to ``target`` (the other target is left as it is)."""
     kind = (choice or {}).get("kind", "unadapted")
     out = dict(raw)
     if kind in ("unadapted", "adapted"):
         return out
+    correction = 0.0
+    if kind == "kriged":
+        from matmeta.predict.kriging import gp_mean
+
+        correction = gp_mean(choice["gp"], raw["features"])  # type: ignore[index]
     if target == "heat_ref":
         if kind == "support_mean":
             out["heat_per_atom"] = np.full_like(raw["heat_per_atom"], choice["mean"])  # type: ignore[index]
         else:
-            out["heat_per_atom"] = choice["scale"] * raw["heat_per_atom"] + choice["shift"]  # type: ignore[index]
+            out["heat_per_atom"] = choice["scale"] * raw["heat_per_atom"] + choice["shift"] + correction  # type: ignore[index]
         return out
     if kind == "support_mean":
         out["gap"] = np.full_like(raw["gap"], choice["mean"])  # type: ignore[index]
         out["metal_logit"] = np.full_like(raw["metal_logit"], -30.0 if choice["mean"] > 0 else 30.0)  # type: ignore[index]
     else:
-        out["gap"] = np.clip(choice["scale"] * raw["gap"] + choice["shift"], 0.0, None)  # type: ignore[index]
+        out["gap"] = np.clip(choice["scale"] * raw["gap"] + choice["shift"] + correction, 0.0, None)  # type: ignore[index]
         out["metal_logit"] = raw["metal_logit"] + choice["metal_logit_shift"]  # type: ignore[index]
     return out
 
@@ -114,7 +136,9 @@ def apply_choice(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, targ
 
 
 def fit_choice(kind: str, raw: dict[str, np.ndarray], values: np.ndarray, target: str, threshold: float) -> dict:
-    """Fit candidate ``kind`` (``unadapted``, ``recalibrated`` or ``support_mean``) on support outputs."""
+    """Fit candidate ``kind`` (``unadapted``, ``recalibrated``, ``kriged`` or ``support_mean``) on support outputs."""
+    if kind == "kriged":
+        return {"kind": kind, **kriging(raw, values, target, threshold)}
     if kind == "recalibrated":
         return {"kind": kind, **recalibration(raw, values, target, threshold)}
     if kind == "support_mean":
@@ -124,8 +148,10 @@ def fit_choice(kind: str, raw: dict[str, np.ndarray], values: np.ndarray, target
 
 
 def raw_outputs(predictor: Any, batch: Any, fast: dict | None = None) -> dict[str, np.ndarray]:
-    """Model outputs in physical units before any choice: heat per atom, metal logit, non-metal gap."""
-    with torch.inference_mode():
+    """Model outputs in physical units before any choice: heat per atom, metal logit, non-metal gap, head features."""
+    from matmeta.predict.kriging import head_features
+
+    with torch.inference_mode(), head_features(predictor.model) as captured:
         out = predictor.maml(*batch.inputs(), params=fast)
     n_atoms = batch.n_atoms
     return {
@@ -133,6 +159,7 @@ def raw_outputs(predictor: Any, batch: Any, fast: dict | None = None) -> dict[st
         "metal_logit": out[:, 1].numpy().astype(float),
         "gap": predictor.stats.decode_gap(out[:, 2]).numpy().astype(float),
         "n_atoms": n_atoms.numpy().astype(float),
+        "features": captured["features"].numpy().astype(float),
     }
 
 
@@ -161,7 +188,7 @@ def leave_one_out(
         return out
     for i in range(n):
         rest = [j for j in range(n) if j != i]
-        for kind in ("recalibrated", "support_mean"):
+        for kind in ("recalibrated", "kriged", "support_mean"):
             fitted = fit_choice(kind, take(raw, rest), values[rest], target, threshold)
             out[kind][i] = apply_choice(take(raw, [i]), fitted, target, p_cut)[0]
         fast = predictor.maml.adapt(collate([items[j] for j in rest]), loss, steps=steps)
@@ -203,7 +230,7 @@ def finetune(
             kept_fast = {name: value.detach() for name, value in fast.items()}
         else:  # diverged on the full set although leave-one-out did not: keep the unadapted weights
             kept, choice = "unadapted", {"kind": "unadapted"}
-    elif kept in ("recalibrated", "support_mean"):
+    elif kept in ("recalibrated", "kriged", "support_mean"):
         raw = raw_outputs(predictor, collate(items))
         choice = fit_choice(kept, raw, values, target, predictor.stats.metal_threshold_ev)
     residuals = np.abs(loo[kept] - values)

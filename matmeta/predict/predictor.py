@@ -191,6 +191,8 @@ class Predictor:
         seed: int = 0,
     ) -> list[dict[str, float]]:
         """Predictions for ready graphs (see :meth:`predict_structures` for the keys)."""
+        from matmeta.predict.kriging import head_features
+
         samples = int(mc_samples if mc_samples is not None else self.uncertainty.get("mc_samples", 32))
         nan_y = torch.full((3,), math.nan)
         rows: list[dict[str, float]] = []
@@ -198,9 +200,10 @@ class Predictor:
         with torch.inference_mode():
             for begin in range(0, len(graphs), chunk):
                 batch = collate([(*g, nan_y) for g in graphs[begin : begin + chunk]])
-                point = self.forward(*batch.inputs())
+                with head_features(self.model) as captured:
+                    point = self.forward(*batch.inputs())
                 mc = self.forward(*batch.inputs(), mc_samples=samples, mc_seed=seed) if samples > 1 else None
-                rows.extend(self._rows(point, mc, batch))
+                rows.extend(self._rows(point, mc, batch, captured["features"]))
         return rows
 
     def predict_structures(self, structures: Sequence[Any], mc_samples: int | None = None) -> list[dict[str, Any]]:
@@ -225,8 +228,8 @@ class Predictor:
         """P(non-metal) at or above which a structure is called a non-metal (chosen on validation families)."""
         return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
-    def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch) -> list[dict[str, float]]:
-        """Decode model outputs (point (G, 3), MC samples (S, G, 3)) into rows in target units."""
+    def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, float]]:
+        """Decode model outputs (point (G, 3), MC samples (S, G, 3), head features (G, H)) into rows in target units."""
         from matmeta.predict.adaptation import transform
         from matmeta.predict.intervals import half_widths
 
@@ -238,6 +241,7 @@ class Predictor:
             "metal_logit": point[:, 1].numpy().astype(float),
             "gap": self.stats.decode_gap(point[:, 2]).numpy().astype(float),
             "n_atoms": n_atoms.numpy().astype(float),
+            "features": features.numpy().astype(float),
         }
         if adapted.get("target") in TARGETS:
             raw = transform(raw, adapted.get("choice"), adapted["target"])
@@ -285,7 +289,7 @@ class Predictor:
         steps: int | None = None,
         names: Sequence[str] | None = None,
     ) -> tuple[Predictor, FinetuneReport]:
-        """Adapt to labelled structures of one family, keeping the best of four candidates by leave-one-out.
+        """Adapt to labelled structures of one family, keeping the best of five candidates by leave-one-out.
 
         The candidates (adapted, unadapted, linear recalibration, support mean) are described in
         :mod:`matmeta.predict.adaptation`; the kept one is written into the returned predictor's metadata.
