@@ -96,7 +96,12 @@ class GapBench:
         self.hits.setdefault(f"heat_ref, {mode}", []).append(inside)
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
         gap = self.stats.decode_gap(outputs[:, 2]).numpy()
-        hit = np.abs(gap - table.band_gap[query]) <= half["band_gap_nonmetal"]
+        called = 1.0 - torch.sigmoid(outputs[:, 1]).numpy() >= self.cut
+        pooled = half["band_gap_nonmetal"]
+        width = np.where(
+            called, half.get("band_gap_nonmetal_called", pooled), half.get("band_gap_nonmetal_uncalled", pooled)
+        )
+        hit = np.abs(gap - table.band_gap[query]) <= width
         self.hits.setdefault(f"band gap of non-metals, {mode}", []).append(hit[nonmetal])
 
     def gap_rows(self, methods: list[str], ks: list[int]) -> list[tuple]:

@@ -7,7 +7,11 @@
 * ``conformal``: split-conformal 90% half-widths (:mod:`matmeta.conformal`) of the heat of
   formation per atom (eV/atom) and of the gap of true non-metals (eV), zero-shot and after
   adaptation on k = 5 / 10 / 20 support structures of a validation family (heat per k; the
-  non-metal gap pooled over k, non-metals being ~4% of the queries);
+  non-metal gap pooled over k, non-metals being ~4% of the queries). The gap has Mondrian
+  half-widths by predicted class as well (``band_gap_nonmetal_called`` for structures called
+  non-metal at the threshold, ``band_gap_nonmetal_uncalled`` for those called metal: a non-metal
+  the classifier missed has a much less reliable gap, so one pooled width over-covers the first
+  group and under-covers the second);
 * ``zero_shot`` / ``adapted``: scales of the MC-dropout spread (``±σ`` columns), as before.
 
 :func:`recalibrate_checkpoint` reruns it on an existing checkpoint (same split, same store).
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from matmeta.conformal import balanced_threshold, conformal_quantile
+from matmeta.conformal import balanced_threshold, conformal_quantile, mondrian_quantiles
 from matmeta.meta.maml import MAML
 from matmeta.predict.data import GraphTable, TargetStats, family_indices, loss_fn
 
@@ -62,11 +66,14 @@ def _mc_scale(errors: np.ndarray, stds: np.ndarray) -> float:
     return float(np.quantile(np.abs(errors[ok]) / stds[ok], LEVEL) / Z90)
 
 
-def _summary(parts: list[dict[str, np.ndarray]]) -> dict[str, float]:
+def _summary(parts: list[dict[str, np.ndarray]], cut: float) -> dict[str, float]:
     joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    by_call = mondrian_quantiles(np.abs(joined["gap"]), joined["p_nonmetal"] >= cut, LEVEL)
     return {
         "heat_ref_per_atom": conformal_quantile(np.abs(joined["heat"]), LEVEL),
-        "band_gap_nonmetal": conformal_quantile(np.abs(joined["gap"]), LEVEL),
+        "band_gap_nonmetal": by_call["pooled"],
+        "band_gap_nonmetal_called": by_call["true"],
+        "band_gap_nonmetal_uncalled": by_call["false"],
         "n_heat": int(np.isfinite(joined["heat"]).sum()),
         "n_gap": int(np.isfinite(joined["gap"]).sum()),
         "mc_heat_ref": _mc_scale(joined["heat"], joined["heat_std"]),
@@ -89,7 +96,8 @@ def calibrate(
     maml.eval()
     torch.manual_seed(seed)
     zero = _residuals(maml, table, stats, family_indices(table, families), None, mc_samples)
-    zero_summary = _summary([zero])
+    cut = balanced_threshold(zero["p_nonmetal"], zero["nonmetal"], MIN_PRECISION)
+    zero_summary = _summary([zero], cut)
     adapted: dict[str, dict[str, float]] = {}
     generator = torch.Generator().manual_seed(seed)
     every: list[dict[str, np.ndarray]] = []
@@ -100,17 +108,18 @@ def calibrate(
             episode = sampler.sample(generator)
             fast = maml.adapt(table.batch(episode.support), loss_fn)
             parts.append(_residuals(maml, table, stats, np.asarray(episode.query), fast, mc_samples))
-        adapted[str(k)] = _summary(parts)
+        adapted[str(k)] = _summary(parts, cut)
         every.extend(parts)
-    pooled = _summary(every)  # non-metals are rare (~4%): one gap quantile over all k is far less noisy
+    pooled = _summary(every, cut)  # non-metals are rare (~4%): one gap quantile over all k is far less noisy
+    gap_keys = ("band_gap_nonmetal", "band_gap_nonmetal_called", "band_gap_nonmetal_uncalled", "n_gap")
     for entry in adapted.values():
-        entry["band_gap_nonmetal"], entry["n_gap"] = pooled["band_gap_nonmetal"], pooled["n_gap"]
+        entry.update({key: pooled[key] for key in gap_keys})
     ref = adapted["10"]
     return {
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,
         "interval": LEVEL,
-        "nonmetal_threshold": balanced_threshold(zero["p_nonmetal"], zero["nonmetal"], MIN_PRECISION),
+        "nonmetal_threshold": cut,
         "conformal": {"level": LEVEL, "zero_shot": zero_summary, "adapted": adapted},
         "zero_shot": {"heat_ref": zero_summary["mc_heat_ref"], "band_gap": zero_summary["mc_band_gap"]},
         "adapted": {"heat_ref": ref["mc_heat_ref"], "band_gap": ref["mc_band_gap"]},

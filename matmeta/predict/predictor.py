@@ -256,7 +256,8 @@ class Predictor:
         metal = (1.0 - p_metal) < self.nonmetal_cut
         band_gap = np.where(metal, 0.0, gap)
         band_gap_std = np.where(metal, np.sqrt((1 - p_metal) * (gap_std**2 + gap**2)), gap_std)
-        heat_half, gap_half = half_widths(self.uncertainty, adapted)
+        heat_half, called_half, uncalled_half = half_widths(self.uncertainty, adapted)
+        gap_half = np.where(metal, uncalled_half, called_half)
         return [
             {
                 "heat_ref": float(heat[i]),
@@ -267,8 +268,8 @@ class Predictor:
                 "band_gap_std": float(band_gap_std[i]),
                 "p_metal": float(p_metal[i]),
                 "gap_if_nonmetal": float(gap[i]),
-                "gap_lo": _finite(max(gap[i] - gap_half, 0.0)),
-                "gap_hi": _finite(gap[i] + gap_half),
+                "gap_lo": _finite(max(gap[i] - gap_half[i], 0.0)),
+                "gap_hi": _finite(gap[i] + gap_half[i]),
             }
             for i in range(point.shape[0])
         ]
