@@ -159,6 +159,26 @@ def load_ttt_prior(path: str | Path | None = None) -> tuple[Tensor, Tensor]:
     return maml.model.prior_mean.detach().double(), maml.model.prior_precision().detach().double()
 
 
+def load_ttt_synthetic(path: str | Path | None = None) -> TTTSynthConfig:
+    """The synthetic TTT distribution a log-time prior checkpoint was meta-trained on (None: the shipped one).
+
+    Raises:
+        CheckpointError: not a log-time prior, or its metadata lack a valid ``synthetic`` section.
+    """
+    from matmeta.checkpoint import load_checkpoint
+    from matmeta.errors import CheckpointError, RecipeError
+    from matmeta.recipes import config_from_dict
+
+    path = Path(path) if path is not None else DEFAULT_TTT_PRIOR
+    _, metadata = load_checkpoint(path)
+    if metadata.get("observation") != OBSERVATION:
+        raise CheckpointError(f"{path}: a prior for fraction readings, not for TTT (time) readings")
+    try:
+        return config_from_dict(TTTSynthConfig, metadata.get("synthetic", {}), where=f"{path}:synthetic")
+    except RecipeError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
 @dataclasses.dataclass
 class PhasePrior:
     """A prior adapted to one phase: ``mean``/``prec`` for :func:`fit_log_time_map`, and the phase's start fraction."""
