@@ -13,6 +13,10 @@ Reading schemes: (start, 10 %) → the rest, as in the benchmark's query, and (s
 X = 1, 10, 50, 90, 99 % of the MAP fit from the support readings, differentiating through the
 unrolled Gauss–Newton iterations (the MAP is the inner loop; the prior is the meta-parameter).
 
+*Per-curve fits* (plain ``matmeta jmak fit`` of time readings) do not use the Gaussian: they use the
+exact posterior under the synthetic distribution itself (:func:`load_ttt_synthetic`,
+:mod:`matmeta.kinetics.logtime_posterior`), of which the Gaussian is an approximation.
+
 *Phase adaptation* (:func:`phase_prior`): the phase's other temperatures are the support. Their
 log-time fits give n_j; the prior of n becomes the posterior of the phase's n (normal–normal, the
 meta-learned prior as hyperprior) widened by the spread of the n_j (at least
