@@ -1,6 +1,8 @@
 """Time readings: the exact posterior fit, reading-scheme detection and the window prior of the JMAK model."""
 
 import math
+import tomllib
+from pathlib import Path
 
 import torch
 
@@ -113,3 +115,17 @@ def test_window_penalty_is_zero_inside_the_window_and_grows_outside():
     model.ln_k = torch.nn.Parameter(LN_LN2 - 2.0 * torch.tensor([[0.0], [0.9]], dtype=torch.float64))
     pen = model.window_penalty(log_t.expand(2, 2))
     assert pen.shape == (2, 1) and float(pen[0, 0].detach()) == 0.0 and float(pen[1, 0].detach()) > 0.0
+
+
+def test_shipped_two_point_prior_learned_an_open_window():
+    from matmeta.kinetics.prior import load_prior, prior_summary
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "jmak_2pt.toml"
+    recipe = tomllib.loads(path.read_text())
+    ckpt = Path(__file__).resolve().parents[1] / recipe["meta_train"]["checkpoint"]
+    assert ckpt.stat().st_size < 20e6
+    maml, metadata = load_prior(ckpt)
+    assert metadata["model_config"]["window_prior"] and metadata["synthetic"]["points_range"] == [2, 2]
+    summary = prior_summary(maml)
+    # it started closed (w0 = w1 = 1); the benchmark's times lie in [0.3, 2.5]·t50
+    assert 0.2 < summary["window_lo"] < 0.8 and 1.3 < summary["window_hi"] < 3.5
