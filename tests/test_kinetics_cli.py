@@ -66,10 +66,13 @@ def test_bench_quick_runs_both_parts(tmp_path, ttt_csv, monkeypatch, capsys):
     assert "held-out synthetic" in text and "leave-one-phase-out" in text
     with (tmp_path / "synthetic.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 13 and {r["method"] for r in rows} == {"MAML", "Avrami", "curve_fit", "information limit"}
-    assert all(r["failures"] == "0" for r in rows if r["method"] == "MAML")
+    matched = "MAML (prior of this distribution)"  # recipes/jmak_2pt.toml's prior, at the limit's point count
+    assert len(rows) == 14
+    assert {r["method"] for r in rows} == {"MAML", "Avrami", "curve_fit", "information limit", matched}
+    assert all(r["failures"] == "0" for r in rows if r["method"].startswith("MAML"))
     limit = [r for r in rows if r["method"] == "information limit"]
     assert [r["points"] for r in limit] == ["2"] and 0 < float(limit[0]["RMSE p90"]) < 0.5
+    assert [r["points"] for r in rows if r["method"] == matched] == ["2"]
     assert (tmp_path / "ttt.csv").exists()
     with (tmp_path / "ttt_loto.csv").open() as handle:
         loto = list(csv.DictReader(handle))

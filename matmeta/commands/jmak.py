@@ -28,6 +28,7 @@ def run_fit(
     plot: Path | None = None,
     level: float = 0.9,
     steps: int | None = None,
+    observed: str = "auto",
 ) -> int:
     """Fit every good curve of ``points``, print the table, write outputs; returns the number of bad items."""
     from matmeta.atomic import writable_target
@@ -46,7 +47,7 @@ def run_fit(
     curves, errors = read_curves_reporting(points, "no curve could be read")
     if steps is not None and steps < 0:
         raise MatmetaInputError(f"--steps {steps}: must be >= 0")
-    result = fit_curves(curves, method=method, prior=prior, noise=noise, steps=steps)
+    result = fit_curves(curves, method=method, prior=prior, noise=noise, steps=steps, observed=observed)
     rows = result.rows()
     for row in rows:
         if not row["ok"]:
@@ -99,9 +100,12 @@ def fit(
     plot: Path = typer.Option(None, "--plot", help="Plot data, fits and uncertainty bands (e.g. fits.png)."),
     level: float = typer.Option(0.9, "--level", help="Coverage of the plotted band."),
     steps: int = typer.Option(None, "--steps", help="Inner steps of the MAML fit (default: the prior's)."),
+    observed: str = typer.Option(
+        "auto", "--observed", help="auto | time (times read at set fractions, as in TTT tables) | fraction."
+    ),
 ) -> None:
     """Fit k and n of every curve; prints k, ln k, n (± 1σ), t10/t50/t90 and the residual."""
-    if run_fit(points, method, prior, noise, out, plot, level, steps):
+    if run_fit(points, method, prior, noise, out, plot, level, steps, observed):
         raise typer.Exit(1)
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from matmeta.console import report_error, warn
 from matmeta.errors import MatmetaInputError
-from matmeta.kinetics.data import Curve, read_curves
+from matmeta.kinetics.data import Curve, read_curves, with_observed
 from matmeta.kinetics.fit import (
     DEFAULT_NOISE,
     METHODS,
@@ -30,6 +30,7 @@ from matmeta.kinetics.fit import (
 from matmeta.kinetics.uncertainty import derived_std, fraction_band, laplace_covariance
 
 TIME_FRACTIONS = (0.1, 0.5, 0.9)
+OBSERVED = ("auto", "time", "fraction")
 COLUMNS = (
     "curve", "method", "points", "k", "ln_k", "ln_k_std", "n", "n_std",
     "t10_s", "t50_s", "t90_s", "ln_t50_std", "residual_rms", "ok",
@@ -122,12 +123,14 @@ def fit_curves(
     noise: float | None = None,
     maml: Any = None,
     steps: int | None = None,
+    observed: str = "auto",
 ) -> CurveFits:
     """Fit every curve (batched), with Laplace uncertainty and derived times.
 
     Curves of time readings (TTT rows: ``observed == "time"``) are fitted with the log-time
-    likelihood (:mod:`matmeta.kinetics.logtime`): ``maml`` is the MAP under the log-time prior
-    (default: the shipped TTT prior), ``least-squares`` the regression of ln t on z.
+    likelihood (:mod:`matmeta.kinetics.logtime`): ``maml`` is the exact posterior under the synthetic
+    TTT distribution the log-time prior was meta-trained on (default: the shipped TTT prior;
+    :mod:`matmeta.kinetics.logtime_posterior`), ``least-squares`` the regression of ln t on z.
 
     Args:
         curves: measured curves (≥ 2 points at distinct times each).
@@ -137,15 +140,19 @@ def fit_curves(
             (TTT rows) the σ of ln t (default :data:`~matmeta.kinetics.logtime.LOG_TIME_NOISE`).
         maml: an already loaded prior (skips loading ``prior``).
         steps: inner steps of the ``maml`` fit (default: the prior's own).
+        observed: ``auto`` (as read: TTT tables and files of conventional reading levels are time
+            readings, :func:`~matmeta.kinetics.data.is_reading_scheme`), ``time`` or ``fraction``.
 
     Raises:
-        MatmetaInputError: unknown method or no curves.
+        MatmetaInputError: unknown method or observation, or no curves.
     """
     if method not in METHODS:
         raise MatmetaInputError(f"--method {method}: choose one of {', '.join(METHODS)}")
+    if observed not in OBSERVED:
+        raise MatmetaInputError(f"--observed {observed}: choose one of {', '.join(OBSERVED)}")
     if not curves:
         raise MatmetaInputError("no curve to fit")
-    curves = list(curves)
+    curves = list(curves) if observed == "auto" else with_observed(list(curves), observed)
     time_s, fraction, mask = pad_curves(curves)
     if method != "avrami" and all(c.observed == "time" for c in curves):
         return _fit_log_time(curves, method, prior, noise, time_s, fraction, mask)
@@ -180,17 +187,17 @@ def _fit_log_time(
     from matmeta.kinetics.logtime import (
         LOG_TIME_NOISE,
         fit_log_time_ls,
-        fit_log_time_map,
         log_time_covariance,
         log_time_residual,
     )
 
     noise = LOG_TIME_NOISE if noise is None else float(noise)
     if method == "maml":
-        from matmeta.kinetics.ttt_prior import load_ttt_prior
+        from matmeta.kinetics.logtime_posterior import fit_log_time_posterior
+        from matmeta.kinetics.ttt_prior import load_ttt_synthetic
 
-        mean, prec = load_ttt_prior(prior)
-        fits, cov = fit_log_time_map(time_s, fraction, mask, mean, prec, noise)
+        synth = load_ttt_synthetic(prior)
+        fits, cov = fit_log_time_posterior(time_s, fraction, mask, synth.n_range, synth.n_jitter, noise)
     else:
         fits = fit_log_time_ls(time_s, fraction, mask)
         cov = log_time_covariance(fits, time_s, fraction, mask, noise)

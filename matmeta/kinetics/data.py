@@ -1,7 +1,9 @@
 """Kinetics input: CSV of (curve, time_s, fraction) points, and the TTT-table loader and cleaner.
 
 Points CSV: one row per measurement, columns ``curve``, ``time_s`` (s, > 0) and ``fraction``
-(transformed fraction X in [0, 1], normalised to the phase's final amount). A curve needs at least
+(transformed fraction X in [0, 1], normalised to the phase's final amount). A file whose every
+curve has only conventional reading levels as fractions (1 %, 10 %, 90 % …, :func:`is_reading_scheme`)
+holds *time readings* (``observed = "time"``), like a TTT table, and is fitted in log time. A curve needs at least
 two valid points at two distinct times. A bad row (non-numeric cell, fraction outside [0, 1],
 time not in (0, 1e12] s, an exact duplicate of an earlier row) or a curve with too few points
 gives one error line naming the curve and the file row; the curve is skipped and the others are still returned.
@@ -41,6 +43,8 @@ NEVER_SENTINEL_S = 1e6
 Y_MAX_MIN = 1e-3
 POINT_COLUMNS = ("curve", "time_s", "fraction")
 MAX_TIME_S = 1e12  # ~30,000 years: a larger time is a unit or typing error
+# Fractions at which transformation diagrams are conventionally read (start lines 0.5–2 %, then 5 … 99.5 %)
+READING_LEVELS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995)
 
 
 @dataclasses.dataclass
@@ -156,6 +160,29 @@ def read_points(path: str | Path, on_error: Callable[[str], None]) -> list[Curve
     return curves
 
 
+def is_reading_scheme(curves: list[Curve]) -> bool:
+    """True when every curve is a set of *time readings*: its fractions are distinct conventional levels.
+
+    A measured fraction carries noise and is reported as measured (0.137, 0.62); a fraction that is a
+    convention — the 1 %, 10 %, 50 %, 90 % … lines of a TTT or CCT diagram — is exactly one of a
+    few round levels (:data:`READING_LEVELS`), and then the *time* is what was read, with its error
+    in log time. A file counts as readings only if all its curves are, each with at least two
+    distinct levels (so one file is fitted with one observation model).
+    """
+
+    def reads(curve: Curve) -> bool:
+        fracs = [float(x) for x in curve.fraction]
+        on_level = all(any(abs(x - level) < 1e-9 for level in READING_LEVELS) for x in fracs)
+        return on_level and len(set(fracs)) == len(fracs) >= 2
+
+    return bool(curves) and all(reads(c) for c in curves)
+
+
+def with_observed(curves: list[Curve], observed: str) -> list[Curve]:
+    """The curves with ``observed`` set (``"fraction"`` or ``"time"``)."""
+    return [dataclasses.replace(c, observed=observed) for c in curves]
+
+
 def write_points(path: str | Path, curves: list[Curve]) -> None:
     """Write curves as a points CSV (atomically)."""
     from matmeta.atomic import atomic_path
@@ -242,4 +269,5 @@ def read_curves(path: str | Path, on_error: Callable[[str], None], warn: Callabl
 def _read_curves(path: str | Path, on_error: Callable[[str], None], warn: Callable[[str], None]) -> list[Curve]:
     if is_ttt_table(path):
         return [row.curve() for row in load_ttt(path, warn=warn)]
-    return read_points(path, on_error=on_error)
+    curves = read_points(path, on_error=on_error)
+    return with_observed(curves, "time") if is_reading_scheme(curves) else curves

@@ -40,6 +40,8 @@ class PriorConfig:
         noise: measurement σ assumed in the inner loss and the Laplace uncertainty.
         query_points: grid points of the query (true) curve.
         curves_per_family: curves drawn per family in a meta-batch.
+        window_prior: also meta-learn the window the times are taken in around t50
+            (:meth:`matmeta.models.jmak.JMAK.window_penalty`); off in priors saved before it existed.
     """
 
     init_ln_k: float = -0.4
@@ -51,6 +53,7 @@ class PriorConfig:
     noise: float = DEFAULT_NOISE
     query_points: int = 32
     curves_per_family: int = 4
+    window_prior: bool = False
 
 
 def build_maml(config: PriorConfig) -> Any:
@@ -58,7 +61,7 @@ def build_maml(config: PriorConfig) -> Any:
     from matmeta.meta.maml import MAML
     from matmeta.models.jmak import JMAK
 
-    model = JMAK(config.init_ln_k, config.init_n, config.prior_std)
+    model = JMAK(config.init_ln_k, config.init_n, config.prior_std, window=config.window_prior)
     return MAML(
         model,
         inner_lr=config.inner_lr,
@@ -120,7 +123,12 @@ def prior_summary(maml: Any) -> dict[str, float]:
     model = maml.model
     cov = torch.linalg.inv(model.prior_precision().detach())
     std = cov.diagonal().sqrt()
-    return {
+    window = {}
+    if getattr(model, "window", False):
+        w = model.window_log.detach().exp()
+        weight = float(model.window_log_weight.detach().exp())
+        window = {"window_lo": float(w[0]), "window_hi": float(w[1]), "window_weight": weight}
+    return window | {
         "init_ln_k": float(model.ln_k.detach()),
         "init_n": float(model.n.detach()),
         "prior_mean_ln_k": float(model.prior_mean[0].detach()),

@@ -5,9 +5,10 @@
 * **leave-one-phase-out**: the support is the other phases' rows.
 
 Methods: the classical fit (exact two-point solve: the log-time line through both readings, the
-same as curve_fit through two points), the per-curve prior (MAP under the shipped TTT prior, what
-plain ``matmeta jmak fit`` does), the phase-adapted prior (:func:`phase_prior` from the support)
-and the joint TTT fit of the support (:func:`fit_phase`; leave-one-temperature-out only).
+same as curve_fit through two points), the per-curve prior (the exact posterior under the synthetic
+distribution of the shipped TTT prior, what plain ``matmeta jmak fit`` does), the phase-adapted
+prior (:func:`phase_prior` from the support) and the joint TTT fit of the support
+(:func:`fit_phase`; leave-one-temperature-out only).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from matmeta.kinetics.data import TTT_FRACTIONS, TTTRow
-from matmeta.kinetics.logtime import fit_log_time_ls, fit_log_time_map
-from matmeta.kinetics.ttt_prior import load_ttt_prior, phase_prior
+from matmeta.kinetics.logtime import LOG_TIME_NOISE, fit_log_time_ls, fit_log_time_map
+from matmeta.kinetics.logtime_posterior import fit_log_time_posterior
+from matmeta.kinetics.ttt_prior import load_ttt_prior, load_ttt_synthetic, phase_prior
 
 CLASSICAL = "classical (two-point solve)"
 PER_CURVE = "per-curve prior"
@@ -40,11 +42,15 @@ def _rel_err(ln_t90: torch.Tensor, rows: Sequence[TTTRow]) -> np.ndarray:
 
 
 def per_row_errors(rows: Sequence[TTTRow], prior: str | None = None) -> dict[str, np.ndarray]:
-    """Errors of the methods that use nothing but each row's two readings (classical, per-curve prior)."""
-    mean, prec = load_ttt_prior(prior)
+    """Errors of the methods that use nothing but each row's two readings (classical, per-curve prior).
+
+    The per-curve prior is what plain ``matmeta jmak fit`` does with time readings: the exact posterior
+    under the synthetic TTT distribution of the prior (:mod:`matmeta.kinetics.logtime_posterior`).
+    """
+    synth = load_ttt_synthetic(prior)
     time_s, frac, mask = _two_readings(rows)
     classical = fit_log_time_ls(time_s, frac, mask)
-    prior_fit, _ = fit_log_time_map(time_s, frac, mask, mean, prec)
+    prior_fit, _ = fit_log_time_posterior(time_s, frac, mask, synth.n_range, synth.n_jitter, LOG_TIME_NOISE)
     return {CLASSICAL: _rel_err(classical.ln_time_at(0.9), rows), PER_CURVE: _rel_err(prior_fit.ln_time_at(0.9), rows)}
 
 

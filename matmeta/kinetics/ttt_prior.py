@@ -13,6 +13,10 @@ Reading schemes: (start, 10 %) → the rest, as in the benchmark's query, and (s
 X = 1, 10, 50, 90, 99 % of the MAP fit from the support readings, differentiating through the
 unrolled Gauss–Newton iterations (the MAP is the inner loop; the prior is the meta-parameter).
 
+*Per-curve fits* (plain ``matmeta jmak fit`` of time readings) do not use the Gaussian: they use the
+exact posterior under the synthetic distribution itself (:func:`load_ttt_synthetic`,
+:mod:`matmeta.kinetics.logtime_posterior`), of which the Gaussian is an approximation.
+
 *Phase adaptation* (:func:`phase_prior`): the phase's other temperatures are the support. Their
 log-time fits give n_j; the prior of n becomes the posterior of the phase's n (normal–normal, the
 meta-learned prior as hyperprior) widened by the spread of the n_j (at least
@@ -157,6 +161,26 @@ def load_ttt_prior(path: str | Path | None = None) -> tuple[Tensor, Tensor]:
     if metadata.get("observation") != OBSERVATION:
         raise CheckpointError(f"{path}: a prior for fraction readings, not for TTT (time) readings")
     return maml.model.prior_mean.detach().double(), maml.model.prior_precision().detach().double()
+
+
+def load_ttt_synthetic(path: str | Path | None = None) -> TTTSynthConfig:
+    """The synthetic TTT distribution a log-time prior checkpoint was meta-trained on (None: the shipped one).
+
+    Raises:
+        CheckpointError: not a log-time prior, or its metadata lack a valid ``synthetic`` section.
+    """
+    from matmeta.checkpoint import load_checkpoint
+    from matmeta.errors import CheckpointError, RecipeError
+    from matmeta.recipes import config_from_dict
+
+    path = Path(path) if path is not None else DEFAULT_TTT_PRIOR
+    _, metadata = load_checkpoint(path)
+    if metadata.get("observation") != OBSERVATION:
+        raise CheckpointError(f"{path}: a prior for fraction readings, not for TTT (time) readings")
+    try:
+        return config_from_dict(TTTSynthConfig, metadata.get("synthetic", {}), where=f"{path}:synthetic")
+    except RecipeError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 @dataclasses.dataclass

@@ -56,13 +56,21 @@ class JMAK(nn.Module):
 
     adapted = ("ln_k", "n")
 
-    def __init__(self, ln_k: float = 0.0, n: float = 2.0, prior_std: tuple[float, float] = (1.5, 1.0)) -> None:
+    def __init__(
+        self, ln_k: float = 0.0, n: float = 2.0, prior_std: tuple[float, float] = (1.5, 1.0), window: bool = False
+    ) -> None:
         super().__init__()
         self.ln_k = nn.Parameter(torch.tensor(float(ln_k)))
         self.n = nn.Parameter(torch.tensor(float(n)))
         self.prior_mean = nn.Parameter(torch.tensor([float(ln_k), float(n)]))
         self.prior_log_prec = nn.Parameter(-2.0 * torch.log(torch.tensor([float(s) for s in prior_std])))
         self.prior_offdiag = nn.Parameter(torch.tensor(0.0))
+        self.window = window
+        if window:  # ln of the window [w0, w1]·t50 the times were taken in, and the log-weight of its edges;
+            # it starts closed (w0 = w1 = 1: ln t50 pulled to the middle of the times, so gradients flow)
+            # and meta-training opens it
+            self.window_log = nn.Parameter(torch.zeros(2))
+            self.window_log_weight = nn.Parameter(torch.tensor(math.log(100.0)))
 
     def prior_precision(self) -> Tensor:
         """The prior precision matrix Λ = L·Lᵀ of (ln k, n). Shapes: ``(2, 2)``."""
@@ -86,7 +94,27 @@ class JMAK(nn.Module):
         d_lnk = self.ln_k - self.prior_mean[0]
         d_n = self.n - self.prior_mean[1]
         penalty = 0.5 * ((diag[0] * d_lnk + self.prior_offdiag * d_n) ** 2 + (diag[1] * d_n) ** 2)
+        if self.window:
+            penalty = penalty + self.window_penalty(log_t)
         return fraction_from_z(self.z(log_t)), penalty
+
+    def window_penalty(self, log_t: Tensor) -> Tensor:
+        """Prior that the times lie in a window [w0, w1]·t50 (a sampling design; meta-learned w0, w1, weight).
+
+        The times bound ln t50 to [max ln t − ln w1, min ln t − ln w0]; beyond the bounds the penalty
+        grows as ½·weight·distance². ``log_t`` is normalised (mean 0 over the real points; padding 0,
+        which lies between the real minimum and maximum), so max/min over the last axis are the real ones.
+
+        Shapes:
+            log_t ``(..., P)`` → like the parameters (``()`` or ``(B, 1)``).
+        """
+        lo = log_t.amax(-1, keepdim=True) - self.window_log[1]
+        hi = log_t.amin(-1, keepdim=True) - self.window_log[0]
+        if self.ln_k.dim() == 0:
+            lo, hi = lo.reshape(()), hi.reshape(())
+        ln_t50 = (LN_LN2 - self.ln_k) / self.n.clamp(min=1e-3)
+        outside = torch.relu(lo - ln_t50) ** 2 + torch.relu(ln_t50 - hi) ** 2
+        return 0.5 * self.window_log_weight.exp() * outside
 
 
 def physical_ln_k(ln_k_norm: Tensor, n: Tensor, ln_t_ref: Tensor) -> Tensor:
