@@ -284,20 +284,45 @@ class MAML(nn.Module):
         Shapes:
             every tensor leaf of ``support`` and ``query``: ``(n_tasks, *shape)``.
         """
-        query_loss_fn = query_loss_fn or loss_fn
-        create_graph = self.training and not self.first_order
-        fixed = {**dict(self.model.named_buffers()), **self.meta_parameters()}
-        fast = {n: fixed.pop(n).unsqueeze(0).expand(n_tasks, *fixed_shape) for n, fixed_shape in self._shapes()}
-        if not self.training:
-            fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        fast = self.adapt_stacked(support, n_tasks, loss_fn)
+        return self.map_tasks(query_loss_fn or loss_fn, fast, support=query).mean()
 
-        def task_loss(task_params: Params, batch: Any, fn: LossFn) -> Tensor:
+    def _fixed(self) -> Params:
+        """Buffers and the parameters the inner loop does not change."""
+        fixed = {**dict(self.model.named_buffers()), **self.meta_parameters()}
+        return {n: v for n, v in fixed.items() if n not in self.adapt_names}
+
+    def map_tasks(self, fn: Callable[[Forward, Any], Tensor], fast: Params, support: Any) -> Tensor:
+        """``fn(forward, batch)`` of every task at its own fast weights, under ``vmap`` (results stacked).
+
+        Shapes:
+            fast: ``(n_tasks, *shape)`` per name; every tensor leaf of ``support``: ``(n_tasks, ...)``.
+        """
+        fixed = self._fixed()
+
+        def task_fn(task_params: Params, batch: Any) -> Tensor:
             return fn(lambda *a, **k: functional_call(self.model, {**fixed, **task_params}, a, k), batch)
 
-        batched = torch.func.vmap(task_loss, in_dims=(0, 0, None), randomness="different")
-        for _ in range(self.inner_steps):
+        return torch.func.vmap(task_fn, randomness="different")(fast, support)
+
+    def adapt_stacked(self, support: Any, n_tasks: int, loss_fn: LossFn, steps: int | None = None) -> Params:
+        """:meth:`adapt` for ``n_tasks`` stacked support sets at once: fast weights with a task dimension.
+
+        Same rules as :meth:`adapt` (second order while training unless ``first_order``; first
+        order and detached after ``eval()``); one ``autograd.grad`` per inner step for all tasks.
+
+        Shapes:
+            every tensor leaf of ``support``: ``(n_tasks, ...)`` → each fast weight ``(n_tasks, *shape)``.
+        """
+        steps = self.inner_steps if steps is None else steps
+        create_graph = self.training and not self.first_order
+        meta = self.meta_parameters()
+        fast = {n: meta[n].unsqueeze(0).expand(n_tasks, *shape) for n, shape in self._shapes()}
+        if not self.training:
+            fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        for _ in range(steps):
             with torch.enable_grad():
-                losses = batched(fast, support, loss_fn)
+                losses = self.map_tasks(loss_fn, fast, support)
                 grads = torch.autograd.grad(
                     losses.sum(), list(fast.values()), create_graph=create_graph, allow_unused=True
                 )
@@ -307,9 +332,7 @@ class MAML(nn.Module):
             }
             if not self.training:
                 fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
-        if not self.training:
-            fast = {n: v.detach() for n, v in fast.items()}
-        return batched(fast, query, query_loss_fn).mean()
+        return fast if self.training else {n: v.detach() for n, v in fast.items()}
 
     def _shapes(self) -> list[tuple[str, torch.Size]]:
         shapes = {n: p.shape for n, p in self.model.named_parameters()}

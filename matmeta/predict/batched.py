@@ -136,6 +136,19 @@ def pad_graphs(batches: Sequence[GraphBatch], needed: bool = True, max_padding: 
     return PaddedGraphs(**{name: torch.stack([getattr(p, name) for p in padded]) for name in names})
 
 
+def leave_one_out_copies(batch: GraphBatch, needed: bool = True) -> PaddedGraphs:
+    """``n`` copies of ``batch`` (n graphs) with a task dimension, graph i weighted 0 in copy i.
+
+    Shapes:
+        → every field ``(n, ...)``; ``weight`` (n, n + 1) = 1 − I, padded with a 0 column.
+    """
+    one = pad_graphs([batch], needed, max_padding=float("inf"))
+    n = batch.num_graphs
+    copies = {f.name: getattr(one, f.name).expand(n, *getattr(one, f.name).shape[1:]) for f in dataclasses.fields(one)}
+    weight = copies["weight"] * (1.0 - torch.eye(n, copies["weight"].shape[1], dtype=copies["weight"].dtype))
+    return PaddedGraphs(**{**copies, "weight": weight})
+
+
 class GraphStacker:
     """The engine's ``stacker`` for crystal-graph tasks: ``tasks -> (support, query)`` padded, or None.
 
