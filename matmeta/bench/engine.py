@@ -273,6 +273,11 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool = False) -> None:
         claim = f"second-order vmap step >= {GOAL:g}x faster than higher ({clock})"
         goal_rows.append([claim, f"{second[key]:.2f}x", verdict])
     print_table("goal", ["claim", "measured", "verdict"], goal_rows)
+    if "graph" in recipe:  # the crystal-graph rows (matmeta.bench.engine_graph)
+        from matmeta.bench.engine_graph import run_graph
+
+        graph_rows = run_graph(dict(recipe["graph"]), f"{recipe_path}[graph]", quick)
+        rows = rows + [{key: row.get(key, "") for key in rows[0]} for row in graph_rows]
     out = Path(cfg.out_dir)
     header = list(rows[0])
     csv = ",".join(header) + "\n" + "".join(",".join(str(r[k]) for k in header) + "\n" for r in rows)

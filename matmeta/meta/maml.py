@@ -21,7 +21,10 @@ what the model is. Two rules it enforces or relies on:
 
 Same-shaped tensor tasks (JMAK curves, padded decoders) are vectorised with ``torch.func.vmap``:
 the adapted parameters carry a task dimension and one ``autograd.grad`` per inner step serves the
-whole meta-batch. Other tasks (graphs) run in a loop. Both give the same meta-gradient (tested).
+whole meta-batch. Tasks of other shapes (graphs) are vectorised when the engine has a ``stacker``
+(``tasks -> (stacked support, stacked query) | None``, e.g. graphs padded to a common shape by
+:mod:`matmeta.predict.batched`); otherwise, or when it returns None, they run in a loop. All paths
+give the same meta-gradient (tested).
 
 Training vs inference: in ``train()`` mode the adaptation keeps the graph to the meta-parameters
 (second order unless ``first_order``); in ``eval()`` mode it is first order and detached, which is
@@ -134,6 +137,7 @@ class MAML(nn.Module):
         self.learn_inner_lr = bool(learn_inner_lr)
         self.adapt_names = _select(model, adapt)
         self.inner_lr = float(inner_lr)
+        self.stacker: Callable[[Sequence[Task]], tuple[Any, Any] | None] | None = None
         self.log_lrs = nn.ParameterDict()
         if learn_inner_lr:
             params = dict(model.named_parameters())
@@ -241,7 +245,8 @@ class MAML(nn.Module):
         Args:
             tasks: ``[(support, query), ...]``.
             loss_fn: ``loss_fn(forward, batch) -> scalar``, used for support (and query).
-            vectorize: ``vmap`` over tasks; default: when all tasks are same-shaped tensors.
+            vectorize: ``vmap`` over tasks; default: when all tasks are same-shaped tensors or
+                ``self.stacker`` stacks them. False: the loop.
             query_loss_fn: loss on the query sets (default ``loss_fn``), e.g. a validation metric.
 
         Returns:
@@ -250,15 +255,24 @@ class MAML(nn.Module):
         if not tasks:
             raise MatmetaError("meta_loss needs at least one task")
         query_loss_fn = query_loss_fn or loss_fn
+        if vectorize is not False and self.stacker is not None and not _is_stackable(tasks):
+            stacked = self.stacker(tasks)
+            if stacked is not None:
+                return self.meta_loss_stacked(*stacked, len(tasks), loss_fn, query_loss_fn)
         if vectorize is None:
             vectorize = _is_stackable(tasks)
         if not vectorize:
             losses = [query_loss_fn(self.functional(self.adapt(s, loss_fn)), q) for s, q in tasks]
             return torch.stack(losses).mean()
-        return self._meta_loss_vmap(tasks, loss_fn, query_loss_fn)
+        from torch.utils._pytree import tree_map
 
-    def _meta_loss_vmap(self, tasks: Sequence[Task], loss_fn: LossFn, query_loss_fn: LossFn) -> Tensor:
-        """``meta_loss`` for same-shaped tensor tasks, all tasks at once.
+        support, query = tree_map(lambda *xs: torch.stack(xs), *tasks)
+        return self.meta_loss_stacked(support, query, len(tasks), loss_fn, query_loss_fn)
+
+    def meta_loss_stacked(
+        self, support: Any, query: Any, n_tasks: int, loss_fn: LossFn, query_loss_fn: LossFn | None = None
+    ) -> Tensor:
+        """``meta_loss`` for tasks already stacked along a leading task dimension, all tasks at once.
 
         The adapted parameters get a leading task dimension (an ``expand`` of the meta-parameters,
         so the outer gradient sums over tasks); the model runs under ``vmap`` over (task
@@ -268,25 +282,47 @@ class MAML(nn.Module):
         transforms. Outside training (``eval()``) the adaptation keeps no second-order graph.
 
         Shapes:
-            every leaf of every task: the same shape; stacked to ``(n_tasks, *shape)``.
+            every tensor leaf of ``support`` and ``query``: ``(n_tasks, *shape)``.
         """
-        from torch.utils._pytree import tree_map
+        fast = self.adapt_stacked(support, n_tasks, loss_fn)
+        return self.map_tasks(query_loss_fn or loss_fn, fast, support=query).mean()
 
-        n_tasks = len(tasks)
-        support, query = tree_map(lambda *xs: torch.stack(xs), *tasks)
-        create_graph = self.training and not self.first_order
+    def _fixed(self) -> Params:
+        """Buffers and the parameters the inner loop does not change."""
         fixed = {**dict(self.model.named_buffers()), **self.meta_parameters()}
-        fast = {n: fixed.pop(n).unsqueeze(0).expand(n_tasks, *fixed_shape) for n, fixed_shape in self._shapes()}
-        if not self.training:
-            fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        return {n: v for n, v in fixed.items() if n not in self.adapt_names}
 
-        def task_loss(task_params: Params, batch: Any, fn: LossFn) -> Tensor:
+    def map_tasks(self, fn: Callable[[Forward, Any], Tensor], fast: Params, support: Any) -> Tensor:
+        """``fn(forward, batch)`` of every task at its own fast weights, under ``vmap`` (results stacked).
+
+        Shapes:
+            fast: ``(n_tasks, *shape)`` per name; every tensor leaf of ``support``: ``(n_tasks, ...)``.
+        """
+        fixed = self._fixed()
+
+        def task_fn(task_params: Params, batch: Any) -> Tensor:
             return fn(lambda *a, **k: functional_call(self.model, {**fixed, **task_params}, a, k), batch)
 
-        batched = torch.func.vmap(task_loss, in_dims=(0, 0, None), randomness="different")
-        for _ in range(self.inner_steps):
+        return torch.func.vmap(task_fn, randomness="different")(fast, support)
+
+    def adapt_stacked(self, support: Any, n_tasks: int, loss_fn: LossFn, steps: int | None = None) -> Params:
+        """:meth:`adapt` for ``n_tasks`` stacked support sets at once: fast weights with a task dimension.
+
+        Same rules as :meth:`adapt` (second order while training unless ``first_order``; first
+        order and detached after ``eval()``); one ``autograd.grad`` per inner step for all tasks.
+
+        Shapes:
+            every tensor leaf of ``support``: ``(n_tasks, ...)`` → each fast weight ``(n_tasks, *shape)``.
+        """
+        steps = self.inner_steps if steps is None else steps
+        create_graph = self.training and not self.first_order
+        meta = self.meta_parameters()
+        fast = {n: meta[n].unsqueeze(0).expand(n_tasks, *shape) for n, shape in self._shapes()}
+        if not self.training:
+            fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
+        for _ in range(steps):
             with torch.enable_grad():
-                losses = batched(fast, support, loss_fn)
+                losses = self.map_tasks(loss_fn, fast, support)
                 grads = torch.autograd.grad(
                     losses.sum(), list(fast.values()), create_graph=create_graph, allow_unused=True
                 )
@@ -296,9 +332,7 @@ class MAML(nn.Module):
             }
             if not self.training:
                 fast = {n: v.detach().requires_grad_(True) for n, v in fast.items()}
-        if not self.training:
-            fast = {n: v.detach() for n, v in fast.items()}
-        return batched(fast, query, query_loss_fn).mean()
+        return fast if self.training else {n: v.detach() for n, v in fast.items()}
 
     def _shapes(self) -> list[tuple[str, torch.Size]]:
         shapes = {n: p.shape for n, p in self.model.named_parameters()}

@@ -91,6 +91,14 @@ class GraphBatch:
         """Positional arguments of :meth:`CrystalGNN.forward`."""
         return self.atomic_numbers, self.edge_index, self.edge_dist, self.batch, self.num_graphs
 
+    def extra(self) -> dict[str, Tensor]:
+        """Keyword arguments of :meth:`CrystalGNN.forward` (none: the model computes its composition features)."""
+        return {}
+
+    def reduce(self, per_graph: Tensor) -> Tensor:
+        """Mean of a per-graph loss (G,) over the batch's graphs."""
+        return per_graph.mean()
+
 
 def collate(graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBatch:
     """Concatenate ``(atomic_numbers, edge_index, edge_dist, y)`` graphs into one :class:`GraphBatch`.
@@ -133,10 +141,23 @@ class GaussianExpansion(nn.Module):
 def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
     """Sum rows of ``src`` into ``size`` buckets (out of place, twice differentiable).
 
+    ``scatter_add`` rather than ``index_add``: under ``torch.func.vmap`` with a per-task index,
+    ``index_add`` falls back to a loop over tasks, ``scatter_add`` stays one kernel.
+
     Shapes:
         src: (E, F), index: (E,) → (size, F).
     """
-    return torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device).index_add(0, index, src)
+    expanded = index[:, None].expand(-1, src.shape[1])
+    return torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device).scatter_add(0, expanded, src)
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` as a ``gather`` (one kernel under ``vmap`` with a per-task index, like :func:`scatter_sum`).
+
+    Shapes:
+        x: (N, F), index: (E,) → (E, F).
+    """
+    return x.gather(0, index[:, None].expand(-1, x.shape[1]))
 
 
 class EdgeGatedConv(nn.Module):
@@ -166,9 +187,9 @@ class EdgeGatedConv(nn.Module):
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         """One message-passing step; returns new node and edge features."""
         src, dst = edge_index[0], edge_index[1]
-        e_hat = self.dst_gate(h)[dst] + self.src_gate(h)[src] + self.edge_gate(e)
+        e_hat = gather_rows(self.dst_gate(h), dst) + gather_rows(self.src_gate(h), src) + self.edge_gate(e)
         sigma = torch.sigmoid(e_hat)
-        numerator = scatter_sum(sigma * self.src_update(h)[src], dst, h.shape[0])
+        numerator = scatter_sum(sigma * gather_rows(self.src_update(h), src), dst, h.shape[0])
         denominator = scatter_sum(sigma, dst, h.shape[0]) + 1e-6
         h_new = h + self.act(self.norm_nodes(self.dst_update(h) + numerator / denominator))
         e_new = e + self.act(self.norm_edges(e_hat))
@@ -198,9 +219,27 @@ class CGConv(nn.Module):
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         """One message-passing step; edge features are returned as they came."""
         src, dst = edge_index[0], edge_index[1]
-        z = torch.cat([h[dst], h[src], e], dim=1)
+        z = torch.cat([gather_rows(h, dst), gather_rows(h, src), e], dim=1)
         message = torch.sigmoid(self.filter(z)) * nn.functional.softplus(self.core(z))
         return h + self.act(self.norm(scatter_sum(message, dst, h.shape[0]))), e
+
+
+def composition_inputs(atomic_numbers: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """Composition features of every graph of a batch (:func:`matmeta.elements.composition_features`).
+
+    Python per graph (cached per composition); :mod:`matmeta.predict.batched` computes them once per
+    structure so the model can run under ``vmap``.
+
+    Shapes:
+        atomic_numbers: (N,), batch: (N,) sorted → atom (N, 4) float32, graph (G, 4) float32.
+    """
+    from matmeta.elements import composition_features
+
+    z = atomic_numbers.tolist()
+    bounds = torch.cumsum(torch.bincount(batch, minlength=num_graphs), 0).tolist()
+    parts = [composition_features(z[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+    atom = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    return atom, torch.from_numpy(np.stack([p[1] for p in parts]))
 
 
 class CrystalGNN(nn.Module):
@@ -254,6 +293,8 @@ class CrystalGNN(nn.Module):
         num_graphs: int,
         mc_samples: int = 0,
         mc_seed: int = 0,
+        atom_features: Tensor | None = None,
+        graph_features: Tensor | None = None,
     ) -> Tensor:
         """Per-graph outputs ``[heat per atom (norm.), metal logit, gap (norm.)]``.
 
@@ -268,18 +309,21 @@ class CrystalGNN(nn.Module):
                 ``mc_samples`` dropout masks (drawn from ``mc_seed``) are used for every graph, so
                 a structure's samples do not depend on the rest of the batch.
             mc_seed: seed of the dropout masks.
+            atom_features: precomputed per-atom composition features
+                (:func:`matmeta.elements.composition_features` of every graph, the numbers the model
+                computes itself when None); needed under ``torch.func.vmap``, where the model cannot
+                read atomic numbers back into Python.
+            graph_features: the per-graph composition features, likewise.
 
         Shapes:
             → (G, 3), or (mc_samples, G, 3) when ``mc_samples > 0``.
         """
-        h, graph_features = self.atom_inputs(atomic_numbers, batch, num_graphs)
+        h, graph_features = self.atom_inputs(atomic_numbers, batch, num_graphs, atom_features, graph_features)
         e = self.edge_embedding(self.rbf(edge_dist))
         for conv in self.convs:
             h, e = conv(h, edge_index, e)
-        counts = torch.zeros(num_graphs, dtype=h.dtype, device=h.device).index_add(
-            0, batch, torch.ones_like(batch, dtype=h.dtype)
-        )
-        pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)[:, None]
+        counts = scatter_sum(torch.ones_like(batch, dtype=h.dtype)[:, None], batch, num_graphs)
+        pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)
         if graph_features is not None:
             pooled = pooled + self.composition_proj(graph_features)
         if mc_samples <= 0:
@@ -290,19 +334,24 @@ class CrystalGNN(nn.Module):
         masks = (keep >= self.config.dropout).to(hidden.dtype) / (1.0 - self.config.dropout)
         return self.head[3](hidden * masks)
 
-    def atom_inputs(self, atomic_numbers: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor | None]:
-        """Initial atom features (N, H) and, with ``composition_features``, graph features (G, F)."""
+    def atom_inputs(
+        self,
+        atomic_numbers: Tensor,
+        batch: Tensor,
+        num_graphs: int,
+        atom: Tensor | None = None,
+        graph_features: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Initial atom features (N, H) and, with ``composition_features``, graph features (G, F).
+
+        ``atom`` (N, 4) and ``graph_features`` (G, 4): the composition features when precomputed.
+        """
         mode = self.config.node_features
         h = self.embedding(atomic_numbers) if mode in ("embedding", "both") else None
-        graph_features = None
         if mode != "embedding" or self.config.composition_features:
-            from matmeta.elements import composition_features
-
-            z = atomic_numbers.tolist()
-            bounds = torch.cumsum(torch.bincount(batch, minlength=num_graphs), 0).tolist()
-            parts = [composition_features(z[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
-            atom = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(self.rbf.centers)
-            graph_features = torch.from_numpy(np.stack([p[1] for p in parts])).to(self.rbf.centers)
+            if atom is None or graph_features is None:
+                atom, graph_features = composition_inputs(atomic_numbers, batch, num_graphs)
+            atom, graph_features = atom.to(self.rbf.centers), graph_features.to(self.rbf.centers)
             if mode != "embedding":
                 desc = self.descriptor_proj(torch.cat([self.element_table[atomic_numbers], atom], dim=1))
                 h = desc if h is None else h + desc

@@ -191,10 +191,39 @@ def leave_one_out(
         for kind in ("recalibrated", "kriged", "support_mean"):
             fitted = fit_choice(kind, take(raw, rest), values[rest], target, threshold)
             out[kind][i] = apply_choice(take(raw, [i]), fitted, target, p_cut)[0]
-        fast = predictor.maml.adapt(collate([items[j] for j in rest]), loss, steps=steps)
+    if getattr(predictor.maml, "stacker", None) is not None:
+        adapted_raw = batched_loo_outputs(predictor, collate(items), loss, steps)
+        out["adapted"] = apply_choice(adapted_raw, {"kind": "adapted"}, target, p_cut)
+        return out
+    for i in range(n):
+        fast = predictor.maml.adapt(collate([items[j] for j in range(n) if j != i]), loss, steps=steps)
         adapted_raw = raw_outputs(predictor, collate([items[i]]), fast)
         out["adapted"][i] = apply_choice(adapted_raw, {"kind": "adapted"}, target, p_cut)[0]
     return out
+
+
+def batched_loo_outputs(predictor: Any, batch: Any, loss: Any, steps: int) -> dict[str, np.ndarray]:
+    """Raw outputs of structure i after adapting without it, for all i in one vmapped program.
+
+    Copy i of the support carries weight 0 on structure i (:class:`matmeta.predict.batched.PaddedGraphs`),
+    so its loss is the mean over the others: exact, since a structure's loss does not depend on
+    the rest of the batch. The n adaptations share one ``autograd.grad`` per inner step.
+    """
+    from matmeta.predict.batched import leave_one_out_copies
+
+    maml, n = predictor.maml, batch.num_graphs
+    copies = leave_one_out_copies(batch, maml.stacker.needed)
+    fast = maml.adapt_stacked(copies, n, loss, steps=steps)
+    with torch.no_grad():
+        out = maml.map_tasks(lambda forward, b: forward(*b.inputs(), **b.extra()), fast, copies)
+    own = out[torch.arange(n), torch.arange(n)]  # (n, 3): structure i at the weights adapted without it
+    n_atoms = batch.n_atoms
+    return {
+        "heat_per_atom": (predictor.stats.decode_heat(own[:, 0], n_atoms) / n_atoms).numpy().astype(float),
+        "metal_logit": own[:, 1].numpy().astype(float),
+        "gap": predictor.stats.decode_gap(own[:, 2]).numpy().astype(float),
+        "n_atoms": n_atoms.numpy().astype(float),
+    }
 
 
 def best_choice(loo: dict[str, np.ndarray], values: np.ndarray) -> tuple[str, dict[str, float]]:

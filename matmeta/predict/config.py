@@ -60,6 +60,9 @@ def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool 
     )
     if inference and settings.adapt_steps is not None:
         maml.inner_steps = int(settings.adapt_steps)
+    from matmeta.predict.batched import GraphStacker
+
+    maml.stacker = GraphStacker(model_config)  # tasks of graphs padded to one shape: vmap over tasks
     return maml
 
 

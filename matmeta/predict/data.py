@@ -197,7 +197,7 @@ def per_example_loss(forward: Any, batch: GraphBatch, weights: tuple[float, floa
     Shapes:
         → (G,).
     """
-    out = forward(*batch.inputs())
+    out = forward(*batch.inputs(), **batch.extra())
     y = batch.y
     known = torch.isfinite(y)
     target = torch.nan_to_num(y)
@@ -209,8 +209,12 @@ def per_example_loss(forward: Any, batch: GraphBatch, weights: tuple[float, floa
 
 
 def loss_fn(forward: Any, batch: GraphBatch) -> Tensor:
-    """Mean of :func:`per_example_loss` (the engine's ``loss_fn``)."""
-    return per_example_loss(forward, batch).mean()
+    """Mean of :func:`per_example_loss` over the batch's graphs (the engine's ``loss_fn``).
+
+    ``batch`` is a :class:`~matmeta.models.gnn.GraphBatch` or one task of padded graphs
+    (:class:`matmeta.predict.batched.PaddedGraphs`, whose padding graphs weigh 0).
+    """
+    return batch.reduce(per_example_loss(forward, batch))
 
 
 class FamilyEpisodes:
