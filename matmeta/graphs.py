@@ -232,7 +232,7 @@ def structure_to_graph(
     """A pymatgen ``Structure`` as a periodic radius graph.
 
     Args:
-        structure: An ordered crystal (see :func:`matmeta.io.check_structure` for validation).
+        structure: An ordered crystal (see :func:`matmeta.structure_checks.check_structure` for validation).
         config: Cutoff and neighbour limit (default ``GraphConfig()``: 6 Å, 12 neighbours).
         on_isolated_atoms: ``"error"`` | ``"warn"`` | ``"ignore"`` for atoms without neighbours.
         y: Optional targets, stored as ``y`` of shape (1, T).

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "matmeta.checkpoint",
         "matmeta.guards",
     ),
-    ("matmeta.geometry", "matmeta.io"),
+    ("matmeta.geometry", "matmeta.cif", "matmeta.structure_checks", "matmeta.io"),
     ("matmeta.graphs", "matmeta.families", "matmeta.tasks", "matmeta.elements", "matmeta.conformal"),
     ("matmeta.store", "matmeta.meta", "matmeta.models"),
     ("matmeta.predict", "matmeta.design", "matmeta.kinetics", "matmeta.explain", "matmeta.federate"),

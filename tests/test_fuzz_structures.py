@@ -13,8 +13,9 @@ from fuzzing import CIF_TEXT, GOOD_CIF, POSCAR_TEXT, SYMBOLS, XYZ_TEXT, check, v
 from hypothesis import given
 from hypothesis import strategies as st
 
+from matmeta.cif import parse_cif_general, parse_p1_cif
 from matmeta.errors import MatmetaError
-from matmeta.io import _fast_p1_cif, _pymatgen_cif, parse_cif_arrays, read_structure_file, read_structures
+from matmeta.io import parse_cif_arrays, read_structure_file, read_structures
 
 
 @given(CIF_TEXT)
@@ -27,14 +28,14 @@ def test_cif_text_is_parsed_or_refused_in_one_line(text: str) -> None:
 @given(CIF_TEXT)
 def test_fast_p1_reader_agrees_with_pymatgen(text: str) -> None:
     """Where the fast reader accepts a CIF (before the shared checks), pymatgen reads the same crystal."""
-    fast = check("cif-fast", text, lambda: _fast_p1_cif(text, "fuzz.cif"), names="fuzz.cif")
+    fast = check("cif-fast", text, lambda: parse_p1_cif(text, "fuzz.cif"), names="fuzz.cif")
     if fast is None or isinstance(fast, MatmetaError):
         return
     try:
         parse_cif_arrays(text, "fuzz.cif")
     except MatmetaError:
         return  # refused by the shared checks (cell items, overlap, volume): both paths refuse alike
-    slow = check("cif-pymatgen", text, lambda: _pymatgen_cif(text, "fuzz.cif"), names="fuzz.cif")
+    slow = check("cif-pymatgen", text, lambda: parse_cif_general(text, "fuzz.cif"), names="fuzz.cif")
     assert not isinstance(slow, MatmetaError), f"fast reader accepts what pymatgen refuses: {slow}"
     cell, symbols, _ = fast
     assert sorted(symbols) == sorted(site.specie.symbol for site in slow)

@@ -3,10 +3,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
+from matmeta.cif import parse_cif_general, parse_p1_cif
 from matmeta.errors import MatmetaInputError
 from matmeta.io import (
-    _fast_p1_cif,
-    _pymatgen_cif,
     expand_sources,
     parse_cif,
     read_csv,
@@ -39,9 +38,9 @@ def test_cif_round_trip_keeps_species_and_positions(tmp_path, srtio3):
 def test_fast_parser_matches_pymatgen(perovskites_csv):
     _, rows = read_csv(perovskites_csv, ["cif"])
     for row in rows[:200]:
-        assert _fast_p1_cif(row["cif"], "row") is not None  # these P1 CIFs take the fast path
+        assert parse_p1_cif(row["cif"], "row") is not None  # these P1 CIFs take the fast path
         fast = parse_cif(row["cif"], "row")
-        slow = _pymatgen_cif(row["cif"], "row")
+        slow = parse_cif_general(row["cif"], "row")
         f_numbers, f_frac = canonical(fast)
         s_numbers, s_frac = canonical(slow)
         assert f_numbers.tolist() == s_numbers.tolist()
@@ -51,14 +50,14 @@ def test_fast_parser_matches_pymatgen(perovskites_csv):
 
 def test_symmetrized_cif_uses_the_general_parser(nacl):
     text = str(CifWriter(nacl, symprec=0.1))  # Fm-3m with 2 symmetry-distinct sites
-    assert "_symmetry_equiv_pos_as_xyz" in text and _fast_p1_cif(text, "x") is None
+    assert "_symmetry_equiv_pos_as_xyz" in text and parse_p1_cif(text, "x") is None
     structure = parse_cif(text, "nacl.cif")
     assert len(structure) == 8 and structure.composition.reduced_formula == "NaCl"
 
 
 def test_trailing_comment_in_a_row(srtio3):
     text = str(CifWriter(srtio3)).replace("  0.50000000  1\n", "  0.50000000  1  # body centre\n", 1)
-    assert "# body centre" in text and _fast_p1_cif(text, "x") is None
+    assert "# body centre" in text and parse_p1_cif(text, "x") is None
     assert canonical(parse_cif(text, "x"))[0].tolist() == canonical(srtio3)[0].tolist()
 
 
