@@ -164,7 +164,9 @@ def run_design(
     gen.reset()
     screened = None
     if request.screen and reference is not None:
-        prototypes = canonical_structures([s for group in reference.by_formula.values() for s in group], gen.elements)
+        prototypes = canonical_structures(
+            [s for group in reference.by_formula.values() for s in group], gen.elements, snap=True
+        )
         screened = screen_request(prototypes, gen, mask, known, scorer, window, criterion, request.seed)
     rows, generated = select(found, screened, request.n, window)
     relaxed: list[Any | None] = [None] * len(rows)

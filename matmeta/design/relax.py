@@ -6,8 +6,13 @@ energy per atom before and after, RMSD between the generated and relaxed positio
 whether the relaxed cell is still a corner-sharing perovskite, and whether it is still structurally
 valid. Every relaxation is bounded (``max_steps`` optimiser steps, ``fmax``), so nothing waits without end.
 
-RMSD here: the displacement of each atom between the generated and the relaxed structure (sites keep
-their order), taken in fractional coordinates wrapped to the nearest image, expressed in Å in the
+Every relaxation starts from the generated cell plus a seeded random rattle (``rattle_ang``, default
+0.02 Å per Cartesian component, normal): a generated cell at a stationary point that is not a minimum
+(e.g. the ideal cubic cell of :mod:`matmeta.design.symmetry` for a compound that distorts) can leave
+it, so a small RMSD means a real local minimum, not a start where the forces vanish by symmetry.
+
+RMSD here: the displacement of each atom between the generated (unrattled) and the relaxed structure
+(sites keep their order), taken in fractional coordinates wrapped to the nearest image, expressed in Å in the
 relaxed cell, with the mean displacement (a rigid translation) removed. Strain of the cell is reported
 separately as the volume change.
 
@@ -43,12 +48,28 @@ class RelaxSettings:
         max_steps: optimiser steps at most (a candidate not converged by then is marked).
         relax_cell: relax the cell too (FrechetCellFilter), not only the positions.
         optimizer: an ASE optimiser name known to CHGNet's StructOptimizer (FIRE, BFGS, LBFGS...).
+        rattle_ang: standard deviation (Å) of the seeded random displacement of every atom before
+            relaxing (0: none); the RMSD is still measured from the generated cell.
+        seed: seeds the rattle (the i-th structure of :meth:`Relaxer.relax_all` uses ``seed + i``).
     """
 
     fmax: float = 0.05
     max_steps: int = 150
     relax_cell: bool = True
     optimizer: str = "BFGS"
+    rattle_ang: float = 0.02
+    seed: int = 0
+
+
+def rattled(structure: Any, amplitude: float, seed: int) -> Any:
+    """A copy of ``structure`` with every atom moved by a seeded normal displacement (``amplitude`` Å)."""
+    out = structure.copy()
+    if amplitude <= 0:
+        return out
+    shift = np.random.default_rng(seed).normal(0.0, amplitude, size=(len(out), 3))
+    for i, d in enumerate(shift):
+        out.translate_sites([i], d, frac_coords=False, to_unit_cell=False)
+    return out
 
 
 def displacement_rmsd(before: Any, after: Any) -> float:
@@ -99,7 +120,7 @@ def describe_relaxation(before: Any, after: Any, energies: np.ndarray, max_steps
     Args:
         before: the generated structure.
         after: the relaxed structure (same site order).
-        energies: energy per atom (eV) at every optimiser step, the first one before any move.
+        energies: energy per atom (eV) at every optimiser step, the first one at the start (the rattled cell).
         max_steps: the step bound (a relaxation that used all of it did not converge).
     """
     steps = len(energies) - 1
@@ -141,8 +162,8 @@ class Relaxer:
                 )
         return self._optimizer
 
-    def relax(self, structure: Any) -> tuple[Any | None, dict[str, Any]]:
-        """Relax one structure.
+    def relax(self, structure: Any, seed: int | None = None) -> tuple[Any | None, dict[str, Any]]:
+        """Relax one structure from its seeded rattle (``seed``: default the settings' seed).
 
         Returns:
             ``(relaxed structure or None when CHGNet could not handle it, row)``: the row holds
@@ -160,13 +181,14 @@ class Relaxer:
         row.update(rmsd_ang=math.nan, volume_change=math.nan, relax_steps=0, relax_converged=False)
         row.update(relaxed_valid=False, keeps_structure=False, relax_error="")
         row["keeps_structure_generated"] = keeps_perovskite_connectivity(structure)
+        start_cell = rattled(structure, s.rattle_ang, s.seed if seed is None else seed)
         try:
             optimizer = self._load()
             start, cpu = time.perf_counter(), time.process_time()  # loading CHGNet (once) is not part of relaxing
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 out = optimizer.relax(
-                    structure.copy(), fmax=s.fmax, steps=s.max_steps, relax_cell=s.relax_cell, verbose=False
+                    start_cell, fmax=s.fmax, steps=s.max_steps, relax_cell=s.relax_cell, verbose=False
                 )
         except Exception as exc:  # noqa: BLE001 - CHGNet raises many kinds on unphysical cells; the row says which
             row["relax_error"] = f"{type(exc).__name__}: {exc}"[:200]
@@ -184,8 +206,8 @@ class Relaxer:
     ) -> tuple[list[Any | None], list[dict[str, Any]]]:
         """Relax every structure in turn; ``on_done`` is called after each (a progress bar)."""
         relaxed, rows = [], []
-        for structure in structures:
-            r, row = self.relax(structure)
+        for i, structure in enumerate(structures):
+            r, row = self.relax(structure, seed=self.settings.seed + i)
             relaxed.append(r)
             rows.append(row)
             if on_done is not None:
