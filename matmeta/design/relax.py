@@ -82,19 +82,21 @@ def displacement_rmsd(before: Any, after: Any) -> float:
 
 
 def keeps_perovskite_connectivity(structure: Any) -> bool:
-    """True when the 5-atom cell is still a corner-sharing BX6 perovskite network.
+    """True when the cell is still a corner-sharing BX6 perovskite network (ABX3 or A2BB'X6 cells).
 
-    The B site is the cation with the shortest mean distance to its six nearest anions (periodic
-    images included). The network holds when those six are the three anion sites twice each (every
-    anion bridges B and its image: corner sharing), the octahedron is not torn apart (the sixth bond
-    at most ``OCTAHEDRON_STRETCH`` x the first, which admits polar off-centring like PbTiO3's) and
-    the next anion is clearly farther (at least ``SHELL_GAP`` x the sixth bond: six-fold, not more).
-    Structures that are not A B X3 (by the anion rule of :mod:`matmeta.families`) fail.
+    A cell with 3k anions and 2k cations (by the anion rule of :mod:`matmeta.families`) has k B sites:
+    the k cations with the shortest mean distance to their six nearest anions (periodic images
+    included). The network holds when, over the k octahedra, every anion site is a corner of exactly
+    two (corner sharing: in ABX3 the anion bridges B and its image, in A2BB'X6 B and B'), no
+    octahedron is torn apart (its sixth bond at most ``OCTAHEDRON_STRETCH`` x its first, which admits
+    polar off-centring like PbTiO3's) and the next anion is clearly farther (at least ``SHELL_GAP`` x
+    the sixth bond: six-fold, not more). Any other composition fails.
     """
     symbols = [site.specie.symbol for site in structure]
     anions = anion_elements(symbols)
     is_anion = np.array([s in anions for s in symbols])
-    if len(symbols) != 5 or int(is_anion.sum()) != 3:
+    n_b = int(is_anion.sum()) // 3
+    if n_b < 1 or int(is_anion.sum()) != 3 * n_b or len(symbols) != 5 * n_b:
         return False
     lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
     if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) < 1e-6:
@@ -108,10 +110,14 @@ def keeps_perovskite_connectivity(structure: Any) -> bool:
         shells[int(c)] = (dist[order], neighbors[order])
     if any(len(d) < 7 for d, _ in shells.values()):
         return False
-    b_site = min(shells, key=lambda c: shells[c][0][:6].mean())
-    bonds, partners = shells[b_site]
-    twice = np.all(np.bincount(partners[:6], minlength=len(symbols))[is_anion] == 2)
-    return bool(twice and bonds[5] <= OCTAHEDRON_STRETCH * bonds[0] and bonds[6] >= SHELL_GAP * bonds[5])
+    b_sites = sorted(shells, key=lambda c: shells[c][0][:6].mean())[:n_b]
+    corners = np.concatenate([shells[b][1][:6] for b in b_sites])
+    twice = np.all(np.bincount(corners, minlength=len(symbols))[is_anion] == 2)
+    octahedra = all(
+        shells[b][0][5] <= OCTAHEDRON_STRETCH * shells[b][0][0] and shells[b][0][6] >= SHELL_GAP * shells[b][0][5]
+        for b in b_sites
+    )
+    return bool(twice and octahedra)
 
 
 def describe_relaxation(before: Any, after: Any, energies: np.ndarray, max_steps: int) -> dict[str, Any]:
