@@ -210,7 +210,7 @@ def _target_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
 
 
 def _double_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[list[Any]]:
-    """Decoder-paired vs random A2BB'X6 at equal predictor calls (no enumeration, no relaxation)."""
+    """Decoder-paired vs random A2BB'X6 at equal predictor calls (no enumeration; relaxed when in relax_methods)."""
     from matmeta.design.double import decoder_double_proposer, random_double_proposer
     from matmeta.design.fill import FillBudget, fill
 
@@ -224,11 +224,16 @@ def _double_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
         "A2BB'X6: random": random_double_proposer(*ctx["cations"], anion_sets, seed),
     }
     out = []
+    ctx["window"] = window
     for method, proposer in proposers.items():
         start = time.perf_counter()
         found = fill(10**9, proposer, ctx["predictor"], window, ctx["criterion"], budget)
         row = _row(method, target, found, len(found.hits), "-", time.perf_counter() - start)
-        out.append(row[:9] + [0, *["-"] * 5] + row[9:])
+        relax = [0, *["-"] * 5]
+        if method in cfg.relax_methods:
+            hits = [found.judgement.rows[i] for i in found.hits]
+            relax = _relax_stats(hits, [found.judgement.structures[i] for i in found.hits], cfg, ctx)
+        out.append(row[:9] + relax + row[9:])
     return out
 
 
