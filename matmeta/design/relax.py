@@ -48,6 +48,10 @@ class RelaxSettings:
         max_steps: optimiser steps at most (a candidate not converged by then is marked).
         relax_cell: relax the cell too (FrechetCellFilter), not only the positions.
         optimizer: an ASE optimiser name known to CHGNet's StructOptimizer (FIRE, BFGS, LBFGS...).
+        bfgs_alpha: the initial Hessian (eV/Å²) of BFGS / LBFGS (ASE's default is 70). 25 is closer to the
+            curvature of these cells (ionic positions, and cell strain through the FrechetCellFilter):
+            chosen on six known cubic perovskites and ten decoder draws (not the benchmark targets), it
+            took the known ones from median 9.5 to 5.5 steps (0.95 to 0.63 CPU s) to the same energies.
         rattle_ang: standard deviation (Å) of the seeded random displacement of every atom before
             relaxing (0: none); the RMSD is still measured from the generated cell.
         seed: seeds the rattle (the i-th structure of :meth:`Relaxer.relax_all` uses ``seed + i``).
@@ -57,6 +61,7 @@ class RelaxSettings:
     max_steps: int = 150
     relax_cell: bool = True
     optimizer: str = "BFGS"
+    bfgs_alpha: float = 25.0
     rattle_ang: float = 0.02
     seed: int = 0
 
@@ -193,8 +198,9 @@ class Relaxer:
             start, cpu = time.perf_counter(), time.process_time()  # loading CHGNet (once) is not part of relaxing
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
+                options = {"alpha": s.bfgs_alpha} if s.optimizer in ("BFGS", "LBFGS") else {}
                 out = optimizer.relax(
-                    start_cell, fmax=s.fmax, steps=s.max_steps, relax_cell=s.relax_cell, verbose=False
+                    start_cell, fmax=s.fmax, steps=s.max_steps, relax_cell=s.relax_cell, verbose=False, **options
                 )
         except Exception as exc:  # noqa: BLE001 - CHGNet raises many kinds on unphysical cells; the row says which
             row["relax_error"] = f"{type(exc).__name__}: {exc}"[:200]
