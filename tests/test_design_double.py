@@ -56,3 +56,20 @@ def test_decoder_proposer_pairs_draws_with_the_same_a_site_and_anions():
     # (Sr, O3) holds Ti, Zr, Ti: one new pair (Ti, Zr); Ba and the oxynitride have no partner
     assert [s.composition.reduced_formula for s in made] == ["Sr2ZrTiO6"] and draws == 5
     assert propose(10, 1, {"Sr2ZrTiO6"}, 5)[0] == []
+
+
+def test_connectivity_check_reads_double_perovskites():
+    from matmeta.design.relax import keeps_perovskite_connectivity
+
+    s = double_perovskite("Ba", "Fe", "Mo", ("O", "O", "O"))
+    assert keeps_perovskite_connectivity(s)
+    # B' pushed 0.35 a_p towards one corner anion: its octahedron is torn apart
+    torn = s.copy()
+    a_p = pseudo_cubic("Fe", "Mo", ("O", "O", "O"))
+    torn.translate_sites([1], [0.0, 0.0, 0.35 * a_p], frac_coords=False)
+    assert not keeps_perovskite_connectivity(torn)
+    # an A site swapped with an anion: no longer A2BB'X6 with six-fold B sites
+    swapped = s.copy()
+    swapped.replace(2, "O")
+    swapped.replace(4, "Ba")
+    assert not keeps_perovskite_connectivity(swapped)

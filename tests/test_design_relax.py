@@ -31,7 +31,8 @@ def test_relaxing_a_distorted_srtio3_returns_to_cubic_and_lowers_the_energy(srti
     assert row["energy_after_ev_per_atom"] < row["energy_before_ev_per_atom"] - 0.01
     assert row["relax_converged"] and 0 < row["relax_steps"] < 60
     assert row["relaxed_valid"] and row["keeps_structure"] and row["keeps_structure_generated"]
-    assert row["rmsd_ang"] < 0.01  # atoms on inversion centres do not move inside the cell
+    # from the seeded 0.02 A rattle back to the inversion centres (the rattle alone is ~0.035 A RMS)
+    assert row["rmsd_ang"] < 0.06  # within the force tolerance of the centres, far from off-centring (~0.15 A)
     assert row["volume_change"] == pytest.approx(relaxed.volume / distorted.volume - 1)
     assert relax_status(row, in_window_after=True) == "ok"
 

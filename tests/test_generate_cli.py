@@ -93,6 +93,9 @@ def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):
     assert cold.stderr.strip().count("\n") == 0 and "--temperature 0: must be a finite number > 0" in cold.stderr
     broke = _run("--band-gap", "2.0", "--max-draws", "0", cwd=tmp_path)
     assert broke.returncode == 1 and "--max-draws 0: must be >= 1" in broke.stderr
+    repeats = _run("--band-gap", "2.0", "--allow-repeats", cwd=tmp_path)
+    assert repeats.returncode == 1 and repeats.stderr.strip().count("\n") == 0
+    assert "--allow-repeats: no longer supported" in repeats.stderr
 
 
 def test_element_constraints_and_family_examples(tmp_path, srtio3, no_store):

@@ -41,7 +41,8 @@ def generate_cmd(
     distinct: bool = typer.Option(
         True,
         "--distinct/--allow-repeats",
-        help="Kept for scripts: the fill loop never returns a composition twice (repeats cannot be new hits).",
+        help="Deprecated: --allow-repeats is refused with a one-line error (the fill loop returns each "
+        "composition once; a repeat is never a new hit).",
     ),
     max_draws: int = typer.Option(50_000, "--max-draws", help="Budget: decoder draws at most."),
     max_predictor_calls: int = typer.Option(

@@ -30,6 +30,7 @@ from matmeta.design.relax import Relaxer, RelaxSettings, relax_status
 from matmeta.design.request import DesignRequest, check_options, check_request, parse_gap_window
 from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
 from matmeta.design.stability import StabilityCriterion
+from matmeta.errors import MatmetaInputError
 
 
 @dataclass
@@ -146,6 +147,11 @@ def run_design(
     from matmeta.predict.predictor import Predictor
 
     check_options(request, out_dir)
+    if not request.distinct:
+        raise MatmetaInputError(
+            "--allow-repeats: no longer supported; the fill loop returns each composition once "
+            "(a repeat is never a new hit), drop the option"
+        )
     window = parse_gap_window(request.band_gap, request.tolerance)
     gen = Generator.load(checkpoint)
     check_request(request.n, window, gen.gap_range)
@@ -164,7 +170,9 @@ def run_design(
     gen.reset()
     screened = None
     if request.screen and reference is not None:
-        prototypes = canonical_structures([s for group in reference.by_formula.values() for s in group], gen.elements)
+        prototypes = canonical_structures(
+            [s for group in reference.by_formula.values() for s in group], gen.elements, snap=True
+        )
         screened = screen_request(prototypes, gen, mask, known, scorer, window, criterion, request.seed)
     rows, generated = select(found, screened, request.n, window)
     relaxed: list[Any | None] = [None] * len(rows)
@@ -183,8 +191,6 @@ def run_design(
 
 def budget_check(budget: FillBudget) -> None:
     """Refuse a budget that allows nothing, with one line."""
-    from matmeta.errors import MatmetaInputError
-
     if budget.max_draws < 1:
         raise MatmetaInputError(f"--max-draws {budget.max_draws}: must be >= 1")
     if budget.max_predictor_calls < 1:

@@ -144,8 +144,16 @@ class Generator:
         temperature: float = 1.0,
         geometry_noise: float = 0.0,
         guidance: float = 0.0,
+        snap: bool = True,
     ) -> list[Any]:
-        """``n`` structures; conditioned on ``gap_ev`` (n,) as a non-metal, or unconditioned when None."""
+        """``n`` structures; conditioned on ``gap_ev`` (n,) as a non-metal, or unconditioned when None.
+
+        ``snap``: put each decoded cell on its prototype (:func:`matmeta.design.symmetry.snap_to_prototype`:
+        the decoded species at the ideal cubic positions, the decoded volume); False keeps the raw decoder
+        geometry.
+        """
+        from matmeta.design.symmetry import snap_to_prototype
+
         gen = torch.Generator().manual_seed(seed)
         scale = self.model.config.gap_scale_ev
         cond = torch.zeros(n, COND_DIM) if gap_ev is None else condition(gap_ev, scale=scale)
@@ -159,12 +167,13 @@ class Generator:
             guidance=guidance if gap_ev is not None else 0.0,
             guide=self.model,
         )
-        return [
+        cells = [
             cell_to_structure(
                 out["species"][i].tolist(), out["frac"][i].numpy(), out["lattice"][i].numpy(), self.elements
             )
             for i in range(n)
         ]
+        return [snap_to_prototype(c) for c in cells] if snap else cells
 
     def sample_distinct(
         self,

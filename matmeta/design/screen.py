@@ -134,14 +134,20 @@ def screen(
     return Judgement.concat(parts)
 
 
-def canonical_structures(structures: Sequence[Any], elements: Sequence[str]) -> list[Any]:
-    """Structures with their sites in the decoder's canonical order (A, B, X1..X3), for prototypes."""
+def canonical_structures(structures: Sequence[Any], elements: Sequence[str], snap: bool = False) -> list[Any]:
+    """Structures with their sites in the decoder's canonical order (A, B, X1..X3), for prototypes.
+
+    ``snap``: on the ideal cubic positions at each structure's volume
+    (:func:`matmeta.design.symmetry.snap_to_prototype`), so substitutions start at a stationary point.
+    """
     from matmeta.design.data import canonical_cell, cell_to_structure
+    from matmeta.design.symmetry import snap_to_prototype
 
     out = []
     for s in structures:
         index, frac, lattice = canonical_cell(s, elements)
-        out.append(cell_to_structure(index, frac, lattice, elements))
+        cell = cell_to_structure(index, frac, lattice, elements)
+        out.append(snap_to_prototype(cell) if snap else cell)
     return out
 
 
