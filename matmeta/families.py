@@ -216,9 +216,12 @@ def family_key(structure: Structure, by: str, name: str | None = None) -> str:
 
 
 def all_family_keys_of(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str
+    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str, symmetry: bool = True
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Every structural family key from arrays (as stored per record at ingest).
+
+    ``symmetry=False`` leaves out ``spacegroup``, the one key that needs a symmetry search (about
+    70 % of the time of all keys); the store computes it on first use instead.
 
     Returns:
         ``(keys, errors)``: kind → key, and kind → reason for kinds that do not apply
@@ -228,7 +231,8 @@ def all_family_keys_of(
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
     keys: dict[str, str] = {"anion_set": anion_set_of(numbers), "chemsys": chemsys_of(numbers)}
-    keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
+    if symmetry:
+        keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
     errors: dict[str, str] = {}
     try:
         keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name)

@@ -207,6 +207,10 @@ def test_structure_files_with_targets_and_two_workers(tmp_path, nacl, cu, srtio3
     assert store.targets[:, 0].tolist() == [0.0, 8.5, 3.25]
     assert store.family_keys("column:note") == ["cu", "nacl", "srtio3"]
     assert store.family_keys("anion_set") == ["none", "Cl", "O3"]
+    # the space group is not searched at ingest, but found from the stored cell on first use
+    assert "spacegroup" not in store.record(0)[1]["families"]
+    assert store.family_keys("spacegroup") == ["Fm-3m", "Fm-3m", "Pm-3m"]
+    assert "spacegroup" in store.family_kinds()
     with pytest.raises(MatmetaInputError, match="b_site is undefined for 2 record"):
         store.family_keys("b_site")
     with pytest.raises(MatmetaInputError, match="no family kind 'colour'"):

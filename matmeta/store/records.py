@@ -188,7 +188,7 @@ def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) 
         arrays["lattice"] = lattice
         arrays["frac_coords"] = frac
         arrays["cif"] = np.frombuffer(cif_text.encode("utf-8"), dtype=np.uint8)
-        families, family_errors = all_family_keys_of(lattice, frac, numbers, where)
+        families, family_errors = all_family_keys_of(lattice, frac, numbers, where, symmetry=False)
         families.update({f"column:{k}": v for k, v in item.columns})
         info = {"id": rid, "source": where, "families": families, "family_errors": family_errors}
         out.append((rid, encode_record(arrays, info), warnings))
