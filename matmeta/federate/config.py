@@ -31,9 +31,11 @@ class FederateConfig:
         rate_lr: server step size of the Meta-SGD log-rates (None: ``server_lr``).
         grad_clip: global-norm clip of the averaged update before the server step (None: no clip).
         max_update_norm: a lab's update with a larger global norm is rejected as oversized.
-        min_labs: labs the server waits for before a round starts.
+        min_labs: labs the server waits for before the first round (later rounds start at once with
+            the labs still connected; a lab that dropped out is not waited for).
         round_timeout_s: a lab that has not answered by then is dropped from the round.
-        wait_s: how long the server waits for ``min_labs`` to connect.
+        wait_s: how long the server waits for ``min_labs`` to connect (and, later, for any lab at all:
+            with none connected it stops with an error instead of skipping rounds).
         dp_clip: clip every lab's update to this norm (differential privacy); None: no DP.
         dp_noise: Gaussian noise multiplier σ (noise std = σ · dp_clip / n_labs on the mean).
         dp_delta: δ of the reported (ε, δ) budget.

@@ -125,7 +125,6 @@ def simulate(
         procs.append((name, subprocess.Popen(base + args, stdout=handle, stderr=subprocess.STDOUT, env=env), log))
 
     start("server", ["serve", "--recipe", str(recipe_path), "--address", address])
-    time.sleep(2.0)
     for i, split in enumerate(splits):
         start(
             f"lab{i}",
