@@ -218,3 +218,21 @@ def test_bench_bytes_to_the_same_mae_counts_rounds_until_the_target_or_bounds_th
     assert _third(_bytes_to(fed, 0.18), _bytes_to(avg, 0.18)).startswith("UNDECIDED")  # 3 * 1600 > 1900
     assert _third({"reached": True, "round": 6, "bytes": 600}, _bytes_to(avg, 0.18)).startswith("MET")
     assert _third(_bytes_to(fed, 0.1), _bytes_to(avg, 0.1)).startswith("NOT MET")
+
+
+def test_a_pretraining_server_step_extrapolates_the_labs_mean_progress():
+    cfg = FederateConfig(rounds=2, pretrain_rounds=1, pretrain_server_lr=2.5, server_lr=0.5)
+    c = _coordinator(cfg)
+    start = {k: v.clone() for k, v in c.state.params.items()}
+    u1, u2 = _update("a", 1), _update("b", 2)
+    c.finish_round([u1, u2], [])
+    after_pretraining = {k: v.clone() for k, v in c.state.params.items()}
+    for i, name in enumerate(c.state.names):
+        mean = (u1.arrays[i] + u2.arrays[i]) / 2
+        np.testing.assert_allclose(after_pretraining[name].numpy(), start[name].numpy() - 2.5 * mean, atol=1e-6)
+    c.finish_round([u1], [])  # a meta round takes server_lr
+    for i, name in enumerate(c.state.names):
+        expected = after_pretraining[name].numpy() - 0.5 * u1.arrays[i]
+        np.testing.assert_allclose(c.state.params[name].numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pretrain_server_lr"):
+        FederateConfig(pretrain_server_lr=0.0)
