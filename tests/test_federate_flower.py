@@ -207,8 +207,8 @@ def test_a_lab_that_fails_mid_round_is_dropped_and_the_federation_finishes():
 
 
 def test_a_server_without_labs_stops_with_a_reason_instead_of_skipping_rounds():
+    from matmeta.federate.errors import FederationError
     from matmeta.federate.flower import serve
-    from matmeta.federate.run import FederationError
 
     cfg = FederateConfig(rounds=2, min_labs=1)
     coordinator = Coordinator(cfg, open_state({"w": torch.zeros(3)}, None), log=lambda m: None)
@@ -218,8 +218,8 @@ def test_a_server_without_labs_stops_with_a_reason_instead_of_skipping_rounds():
 
 
 def test_a_lab_waits_for_the_server_to_listen_and_gives_up_with_a_reason():
+    from matmeta.federate.errors import FederationError
     from matmeta.federate.flower import wait_for_server
-    from matmeta.federate.run import FederationError
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))

@@ -147,7 +147,7 @@ def serve(
     from flwr.compat.server.app import start_server
     from flwr.server import ServerConfig
 
-    from matmeta.federate.run import FederationError
+    from matmeta.federate.errors import FederationError
 
     rounds = coordinator.rounds_left()
     if rounds <= 0:
@@ -172,7 +172,7 @@ def wait_for_server(address: str, max_wait_s: float) -> None:
     import socket
     import time
 
-    from matmeta.federate.run import FederationError
+    from matmeta.federate.errors import FederationError
 
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + max_wait_s
