@@ -227,3 +227,5 @@ def test_a_lab_waits_for_the_server_to_listen_and_gives_up_with_a_reason():
         wait_for_server(f"127.0.0.1:{listening.getsockname()[1]}", max_wait_s=5.0)  # returns: it listens
     with pytest.raises(FederationError, match="no federated server listening within 0.3 s"):
         wait_for_server(f"127.0.0.1:{_port()}", max_wait_s=0.3)
+    with pytest.raises(FederationError, match="cannot reach the federated server"):
+        wait_for_server("no-such-host.invalid:18080", max_wait_s=60.0)  # not waited out

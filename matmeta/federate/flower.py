@@ -166,9 +166,13 @@ def wait_for_server(address: str, max_wait_s: float) -> None:
     Flower's gRPC-bidi client gives up at once when no server listens yet, so a lab started
     before the server waits here instead.
 
+    Only "not there yet" (refused, reset, timed out, host unreachable) is waited out; any other
+    socket error (a bad host name, no file descriptors left) is raised at once.
+
     Raises:
-        FederationError: nothing listens there within ``max_wait_s``.
+        FederationError: nothing listens there within ``max_wait_s``, or the address cannot be reached.
     """
+    import errno
     import socket
     import time
 
@@ -181,7 +185,13 @@ def wait_for_server(address: str, max_wait_s: float) -> None:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
                 return
-        except OSError:
+        except OSError as error:
+            transient = isinstance(error, ConnectionError | TimeoutError) or error.errno in (
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+            )
+            if not transient:
+                raise FederationError(f"{address}: cannot reach the federated server ({error})") from None
             if time.monotonic() + pause > deadline:
                 raise FederationError(f"{address}: no federated server listening within {max_wait_s:g} s") from None
             time.sleep(pause)
