@@ -16,9 +16,10 @@ recipe's (small) model and the same local compute:
 
 Each lab is scored on its own held-out families, and everyone on the shared test families, at
 k = 5 / 10: heat_ref MAE (eV/cell) ± 95% CI over episodes. Also: bytes per lab per round (up + down), rounds
-to converge (first validation check within 2% of the best), bytes until FedAvg + fine-tune
-reaches the federated MAE on validation families, wall time. In-process rounds (same maths as
-the Flower run, :mod:`matmeta.federate.inprocess`).
+to converge (first validation check within 2% of the best), bytes each of federated and FedAvg +
+fine-tune needs to reach (a) the federated best and (b) FedAvg's best validation MAE (FedAvg runs
+``fedavg_rounds_factor`` x the rounds for this, and is scored after the common count), wall time.
+In-process rounds (same maths as the Flower run, :mod:`matmeta.federate.inprocess`).
 """
 
 from __future__ import annotations
