@@ -204,3 +204,35 @@ def test_in_process_rounds_count_the_bytes_each_lab_sends_and_receives():
     per_message = (3 * 2 + 4) * 4  # float32 entries of the two arrays
     assert c.phase == "done" and traffic.up == [per_message] * 6 and traffic.down == [per_message] * 6
     np.testing.assert_allclose(c.state.params["b.bias"].numpy(), _initial()["b.bias"].numpy() - 0.03, atol=1e-6)
+
+
+def test_bench_bytes_to_the_same_mae_counts_rounds_until_the_target_or_bounds_them():
+    from matmeta.bench.federated import _bytes_to, _third
+
+    fed = {"curve": [(13, 0.20), (16, 0.18), (19, 0.17)], "bytes_round": 100}
+    avg = {"curve": [(13, 0.22), (16, 0.21), (19, 0.19)], "bytes_round": 100}
+    assert _bytes_to(fed, 0.18) == {"reached": True, "round": 16, "bytes": 1600}
+    assert _bytes_to(avg, 0.18) == {"reached": False, "round": 19, "bytes": 1900}
+    assert _third(_bytes_to(fed, 0.19), _bytes_to(avg, 0.19)) == "NOT MET"  # 1600 vs 1900
+    assert _third({"reached": True, "round": 2, "bytes": 200}, _bytes_to(avg, 0.19)) == "MET"
+    assert _third(_bytes_to(fed, 0.18), _bytes_to(avg, 0.18)).startswith("UNDECIDED")  # 3 * 1600 > 1900
+    assert _third({"reached": True, "round": 6, "bytes": 600}, _bytes_to(avg, 0.18)).startswith("MET")
+    assert _third(_bytes_to(fed, 0.1), _bytes_to(avg, 0.1)).startswith("NOT MET")
+
+
+def test_a_pretraining_server_step_extrapolates_the_labs_mean_progress():
+    cfg = FederateConfig(rounds=2, pretrain_rounds=1, pretrain_server_lr=2.5, server_lr=0.5)
+    c = _coordinator(cfg)
+    start = {k: v.clone() for k, v in c.state.params.items()}
+    u1, u2 = _update("a", 1), _update("b", 2)
+    c.finish_round([u1, u2], [])
+    after_pretraining = {k: v.clone() for k, v in c.state.params.items()}
+    for i, name in enumerate(c.state.names):
+        mean = (u1.arrays[i] + u2.arrays[i]) / 2
+        np.testing.assert_allclose(after_pretraining[name].numpy(), start[name].numpy() - 2.5 * mean, atol=1e-6)
+    c.finish_round([u1], [])  # a meta round takes server_lr
+    for i, name in enumerate(c.state.names):
+        expected = after_pretraining[name].numpy() - 0.5 * u1.arrays[i]
+        np.testing.assert_allclose(c.state.params[name].numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pretrain_server_lr"):
+        FederateConfig(pretrain_server_lr=0.0)

@@ -6,7 +6,6 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import flwr  # noqa: E402, F401  (make env installs it: a missing flwr fails here instead of skipping)
 import numpy as np
@@ -22,6 +21,9 @@ from matmeta.meta.maml import MAML  # noqa: E402
 from matmeta.meta.trainer import MetaTrainer, TrainerConfig  # noqa: E402
 
 STEPS, BATCH = 6, 4
+# One bound for every wait below (labs connecting, the server waiting for them, a round, the labs ending).
+# All waits are event-driven: they end when the event happens, so only a real hang runs into this bound.
+TIMEOUT_S = 120.0
 
 
 def _port() -> int:
@@ -30,23 +32,22 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(coordinator: Coordinator, handlers: list, audit=None, wait_s: float = 20.0) -> None:
+def _run(coordinator: Coordinator, handlers: list, audit=None) -> None:
     """Server in this thread, one Flower client thread per handler, all on 127.0.0.1."""
     from matmeta.federate.flower import join, serve
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     address = f"127.0.0.1:{_port()}"
-
-    def lab(handler):
-        time.sleep(0.5)
-        join(handler, address, max_wait_s=20)
-
-    threads = [threading.Thread(target=lab, args=(h,), daemon=True) for h in handlers]
+    threads = [
+        threading.Thread(target=join, args=(h, address), kwargs={"max_wait_s": TIMEOUT_S}, daemon=True)
+        for h in handlers
+    ]
     for t in threads:
-        t.start()
-    serve(coordinator, address, len(handlers), wait_s=wait_s, round_timeout_s=20, audit=audit)
+        t.start()  # labs retry until the server listens
+    serve(coordinator, address, len(handlers), wait_s=TIMEOUT_S, round_timeout_s=TIMEOUT_S, audit=audit)
     for t in threads:
-        t.join(timeout=10)
+        t.join(timeout=TIMEOUT_S)
+    assert not any(t.is_alive() for t in threads)  # the server's end reached every lab still there
 
 
 class FixedTasks:
@@ -195,7 +196,7 @@ def test_a_lab_that_fails_mid_round_is_dropped_and_the_federation_finishes():
 
     cfg = FederateConfig(rounds=3, server_optimizer="avg", server_lr=1.0, min_labs=3)
     coordinator = Coordinator(cfg, open_state(shapes, None), log=lambda m: None)
-    _run(coordinator, [good, flaky, poisoned], wait_s=3.0)  # round 3 waits 3 s for the crashed lab
+    _run(coordinator, [good, flaky, poisoned])  # round 1 waits for all 3 labs; round 3 not for the crashed one
     assert coordinator.state.round == 3
     reports = coordinator.reports
     assert all("NaN" in " ".join(r.rejected.values()) for r in reports)
@@ -203,3 +204,28 @@ def test_a_lab_that_fails_mid_round_is_dropped_and_the_federation_finishes():
     assert len(reports[2].accepted) == 1  # the crashed lab is gone; the round runs with who is left
     # round 1 averages 0.1 and 0.3; rounds 2 and 3 take the good lab only: −(0.2 + 0.1 + 0.1)
     np.testing.assert_allclose(coordinator.state.params["w"].numpy(), np.full(3, -0.4), rtol=1e-5)
+
+
+def test_a_server_without_labs_stops_with_a_reason_instead_of_skipping_rounds():
+    from matmeta.federate.errors import FederationError
+    from matmeta.federate.flower import serve
+
+    cfg = FederateConfig(rounds=2, min_labs=1)
+    coordinator = Coordinator(cfg, open_state({"w": torch.zeros(3)}, None), log=lambda m: None)
+    with pytest.raises(FederationError, match="no lab connected within 1 s"):
+        serve(coordinator, f"127.0.0.1:{_port()}", 1, wait_s=1.0, round_timeout_s=5.0)
+    assert coordinator.state.round == 0 and coordinator.reports == []
+
+
+def test_a_lab_waits_for_the_server_to_listen_and_gives_up_with_a_reason():
+    from matmeta.federate.errors import FederationError
+    from matmeta.federate.flower import wait_for_server
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        wait_for_server(f"127.0.0.1:{listening.getsockname()[1]}", max_wait_s=5.0)  # returns: it listens
+    with pytest.raises(FederationError, match="no federated server listening within 0.3 s"):
+        wait_for_server(f"127.0.0.1:{_port()}", max_wait_s=0.3)
+    with pytest.raises(FederationError, match="cannot reach the federated server"):
+        wait_for_server("no-such-host.invalid:18080", max_wait_s=60.0)  # not waited out

@@ -21,6 +21,8 @@ class FederateConfig:
             predictor's pooled pretraining); 0: meta-learn from random weights.
         pretrain_local_steps: local steps per pretraining round.
         pretrain_lr: local Adam learning rate in pretraining rounds.
+        pretrain_server_lr: server step on the labs' mean progress in pretraining rounds (1: FedAvg,
+            the mean of the local models; > 1 extrapolates along it, FedAvg with a server learning rate).
         local_steps: local optimiser steps per round in each lab.
         meta_batch_size: tasks per local step (``fedavg``: ``batch_size`` structures instead).
         batch_size: structures per local step of ``fedavg``.
@@ -31,9 +33,11 @@ class FederateConfig:
         rate_lr: server step size of the Meta-SGD log-rates (None: ``server_lr``).
         grad_clip: global-norm clip of the averaged update before the server step (None: no clip).
         max_update_norm: a lab's update with a larger global norm is rejected as oversized.
-        min_labs: labs the server waits for before a round starts.
+        min_labs: labs the server waits for before the first round (later rounds start at once with
+            the labs still connected; a lab that dropped out is not waited for).
         round_timeout_s: a lab that has not answered by then is dropped from the round.
-        wait_s: how long the server waits for ``min_labs`` to connect.
+        wait_s: how long the server waits for ``min_labs`` to connect (and, later, for any lab at all:
+            with none connected it stops with an error instead of skipping rounds).
         dp_clip: clip every lab's update to this norm (differential privacy); None: no DP.
         dp_noise: Gaussian noise multiplier σ (noise std = σ · dp_clip / n_labs on the mean).
         dp_delta: δ of the reported (ε, δ) budget.
@@ -47,6 +51,7 @@ class FederateConfig:
     pretrain_rounds: int = 0
     pretrain_local_steps: int = 30
     pretrain_lr: float = 0.002
+    pretrain_server_lr: float = 1.0
     local_steps: int = 5
     meta_batch_size: int = 4
     batch_size: int = 32
@@ -74,6 +79,8 @@ class FederateConfig:
             raise ValueError("client_optimizer must be sgd/adam and server_optimizer adam/avg")
         if self.pretrain_rounds < 0 or self.pretrain_local_steps < 1 or not self.pretrain_lr > 0:
             raise ValueError("pretrain_rounds >= 0, pretrain_local_steps >= 1 and pretrain_lr > 0 are required")
+        if not self.pretrain_server_lr > 0:
+            raise ValueError("pretrain_server_lr must be > 0")
         if self.rounds < 0 or self.local_steps < 1 or self.meta_batch_size < 1 or self.min_labs < 1:
             raise ValueError("rounds >= 0, local_steps, meta_batch_size and min_labs >= 1 are required")
         if not (self.client_lr > 0 and self.server_lr > 0 and self.max_update_norm > 0):

@@ -7,6 +7,7 @@ Imported only by :mod:`matmeta.federate.run` and tests (``flwr`` is heavy).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,19 +26,35 @@ Audit = Callable[[dict[str, Any]], None]
 class MetaStrategy(Strategy):
     """Every connected lab trains every round; the coordinator checks, averages and steps.
 
+    Waiting is event-driven: the first round starts as soon as ``min_labs`` labs are connected
+    (at most ``wait_s`` later, then with whoever is there). Later rounds start at once with the
+    labs still connected: a lab that dropped out is not waited for (one that reconnects takes
+    part again from the next round). A round never starts without a lab: with none connected
+    after ``wait_s`` the server stops (``stopped`` says why) instead of skipping rounds.
+
     Args:
         coordinator: the server's round logic and state.
-        min_labs: labs to wait for before each round.
-        wait_s: longest wait for them.
+        min_labs: labs to wait for before the first round.
+        wait_s: longest wait for them (and for any lab at all, later).
         audit: called with every reply the server receives (raw tensors bytes, metrics, count).
+        log: where the server's waiting notes go.
     """
 
-    def __init__(self, coordinator: Coordinator, min_labs: int, wait_s: float, audit: Audit | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        min_labs: int,
+        wait_s: float,
+        audit: Audit | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.coordinator = coordinator
         self.min_labs = min_labs
         self.wait_s = wait_s
         self.audit = audit
+        self.log = log or coordinator.log
+        self.stopped: str | None = None
         self._asked: list[str] = []
 
     def initialize_parameters(self, client_manager: Any) -> Parameters | None:
@@ -46,10 +63,17 @@ class MetaStrategy(Strategy):
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
         """Send the current weights and this round's instructions to every connected lab."""
-        if self.coordinator.phase == "done":
-            return []
-        client_manager.wait_for(self.min_labs, timeout=int(self.wait_s))
+        if self.coordinator.phase == "done" or self.stopped is not None:
+            return []  # Flower ends its remaining rounds at once
+        wanted = 1 if self._asked else self.min_labs
+        timeout = max(1, math.ceil(self.wait_s))
+        if not client_manager.wait_for(wanted, timeout=timeout) and not self._asked:
+            self.log(f"{client_manager.num_available()} of {wanted} lab(s) connected after {timeout} s; starting")
         clients = list(client_manager.all().values())
+        if not clients:
+            self.stopped = f"no lab connected within {timeout} s (before round {self.coordinator.state.round + 1})"
+            self.log(self.stopped)
+            return []
         self._asked = [c.cid for c in clients]
         ins = FitIns(ndarrays_to_parameters(self.coordinator.state.arrays()), self.coordinator.instructions())
         return [(c, ins) for c in clients]
@@ -115,9 +139,15 @@ def serve(
     round_timeout_s: float,
     audit: Audit | None = None,
 ) -> None:
-    """Run the Flower server until the coordinator's rounds are done (blocking)."""
+    """Run the Flower server until the coordinator's rounds are done (blocking).
+
+    Raises:
+        FederationError: no lab was connected when a round was due (after ``wait_s``).
+    """
     from flwr.compat.server.app import start_server
     from flwr.server import ServerConfig
+
+    from matmeta.federate.errors import FederationError
 
     rounds = coordinator.rounds_left()
     if rounds <= 0:
@@ -126,12 +156,57 @@ def serve(
     start_server(
         server_address=address, config=ServerConfig(num_rounds=rounds, round_timeout=round_timeout_s), strategy=strategy
     )
+    if strategy.stopped is not None:
+        raise FederationError(f"{address}: {strategy.stopped}")
+
+
+def wait_for_server(address: str, max_wait_s: float) -> None:
+    """Block until ``address`` (``host:port``) accepts TCP connections, checking with a growing interval.
+
+    Flower's gRPC-bidi client gives up at once when no server listens yet, so a lab started
+    before the server waits here instead.
+
+    Only "not there yet" (refused, reset, timed out, host unreachable) is waited out; any other
+    socket error (a bad host name, no file descriptors left) is raised at once.
+
+    Raises:
+        FederationError: nothing listens there within ``max_wait_s``, or the address cannot be reached.
+    """
+    import errno
+    import socket
+    import time
+
+    from matmeta.federate.errors import FederationError
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + max_wait_s
+    pause = 0.05
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as error:
+            transient = isinstance(error, ConnectionError | TimeoutError) or error.errno in (
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+            )
+            if not transient:
+                raise FederationError(f"{address}: cannot reach the federated server ({error})") from None
+            if time.monotonic() + pause > deadline:
+                raise FederationError(f"{address}: no federated server listening within {max_wait_s:g} s") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def join(handler: Callable, address: str, max_wait_s: float = 300.0) -> None:
-    """Connect a lab to the server at ``address`` and answer rounds until the server ends (blocking)."""
+    """Connect a lab to the server at ``address`` and answer rounds until the server ends (blocking).
+
+    Raises:
+        FederationError: no server listens at ``address`` within ``max_wait_s``.
+    """
     from flwr.compat.client.app import start_client
 
+    wait_for_server(address, max_wait_s)
     start_client(
         server_address=address,
         client=LabClient(handler).to_client(),

@@ -11,13 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matmeta.errors import MatmetaError
 from matmeta.federate.config import FederatedRecipe
+from matmeta.federate.errors import FederationError
 from matmeta.federate.server import STATE_FILE, Coordinator, open_state
 
-
-class FederationError(MatmetaError):
-    """A federation could not run (a lab process failed, no lab connected, ...)."""
+__all__ = ["FederationError", "free_port", "join_lab", "load_federated_recipe", "serve_recipe", "simulate"]
 
 
 def load_federated_recipe(path: str | Path) -> tuple[FederatedRecipe, dict[str, Any]]:
@@ -125,7 +123,6 @@ def simulate(
         procs.append((name, subprocess.Popen(base + args, stdout=handle, stderr=subprocess.STDOUT, env=env), log))
 
     start("server", ["serve", "--recipe", str(recipe_path), "--address", address])
-    time.sleep(2.0)
     for i, split in enumerate(splits):
         start(
             f"lab{i}",
