@@ -11,7 +11,7 @@ Pipeline of :func:`generate`::
                                                                     [steering 1: conditioning]
       → redraw a draw whose composition is a training one or repeats an earlier candidate
         (rejection sampling; a set lookup, no predictor call)       [steering 3: novelty]
-      → structural / compositional validity, uniqueness, novelty     [matmeta.validity]
+      → structural / compositional validity, uniqueness, novelty     [matmeta.design.validity]
       → band gap, metal probability, formation energy by the predictor
       → rank: valid ∧ unique ∧ in the gap window first             [steering 2: predictor rejection]
 
@@ -22,15 +22,13 @@ One job: the inverse-design app — load the decoder (:class:`Generator`), read 
 judge, score and rank candidates, write them (``matmeta generate``, :func:`run_generate`).
 
 The decoder is :class:`matmeta.models.decoder.CrystalCVAE` on a canonical five-site cell
-(see :func:`matmeta.design_data.canonical_cell`; the cells, tensors and episodes live in
-:mod:`matmeta.design_data`). It is meta-trained by the engine (:class:`matmeta.meta.trainer.MetaTrainer`,
-driven by :mod:`matmeta.design_train`)
-with families (B-site cation by default) as tasks: the inner loop adapts to a family from its
-*unlabelled* example structures (null condition), the outer loss is the conditional ELBO on other
-structures of the same family. That is exactly the ``--family-examples`` use at inference.
+(see :func:`matmeta.design.data.canonical_cell`; the cells, tensors and episodes live in
+:mod:`matmeta.design.data`). It is meta-trained by the engine (:class:`matmeta.meta.trainer.MetaTrainer`,
+driven by :mod:`matmeta.design.train`) with families (B-site cation by default) as tasks: the inner
+loop adapts to a family from its *unlabelled* example structures (null condition), the outer loss is
+the conditional ELBO on other structures of the same family. That is exactly the ``--family-examples`` use at inference.
 Half of the training episodes are zero-shot (support weight 0), so the meta-initialisation is also a
-good generator by itself. The judges of a candidate live in :mod:`matmeta.validity`; they, and the
-public names of :mod:`matmeta.design_data` and :mod:`matmeta.design_train`, are re-exported here.
+good generator by itself. The judges of a candidate live in :mod:`matmeta.design.validity`.
 """
 
 from __future__ import annotations
@@ -41,47 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matmeta.design.data import (
-    ELEMENT_DESCRIPTORS,
-    N_SITES,
-    CellArrays,
-    DecoderEpisodes,
-    arrays_from_structures,
-    canonical_cell,
-    cell_to_structure,
-    collate,
-    condition,
-    element_features,
-    encode_cells,
-    load_design_data,
-    loss_fn,
-    make_batch,
-    per_example_loss,
-    site_elements,
-)
 from matmeta.design.generator import Generator
 from matmeta.design.request import DesignRequest, check_request, check_temperature, parse_gap_window, target_gaps
-from matmeta.design.train import (
-    CHECKPOINT_DIR,
-    DEFAULT_CHECKPOINT,
-    GeneratorTrainConfig,
-    family_split,
-    meta_train_from_recipe,
-)
-from matmeta.design.validity import (
-    ReferenceSet,
-    compositional_validity,
-    count_repeats,
-    coverage,
-    judge_candidates,
-    structural_validity,
-    unique_mask,
-)
-
-# ---------------------------------------------------------------------------------------- generator
-
-
-# ---------------------------------------------------------------------------------------- requests
+from matmeta.design.train import CHECKPOINT_DIR
+from matmeta.design.validity import count_repeats, judge_candidates
 
 
 @dataclass
@@ -157,22 +118,40 @@ def generate(
     gaps = target_gaps(n, window, generator.gap_range, seed) if conditional else None
     options = {"element_mask": mask, "temperature": temperature, "guidance": guidance}
     known = set(reference.by_formula) if (novel_only and reference is not None) else set()
-    if known or distinct:
-        structures, draws = generator.sample_distinct(n, gaps, seed=seed, exclude=known, distinct=distinct, **options)
-        formulas = [s.composition.reduced_formula for s in structures]
-        left = count_repeats(formulas, known, distinct)  # each candidate once (it said "28 of 20")
-        if left:
-            from matmeta.console import warn
+    structures, draws = _draw(generator, n, gaps, seed, known, distinct, options)
+    rows = candidate_rows(structures, judge_candidates(structures, reference), predictor, window)
+    rank_candidates(rows, window)
+    counts = filter_counts(rows)
+    if family_examples:
+        generator.reset()
+    return GenerationResult(structures, rows, counts, window, draws=draws, excluded=len(known))
 
-            warn(
-                f"{left} of {n} candidates repeat an earlier candidate or a training composition: the decoder "
-                f"proposed nothing else in {draws} draws (ask for fewer, or widen --elements)"
-            )
-    else:
-        structures, draws = generator.sample(n, gaps, seed=seed, **options), n
-    judged = judge_candidates(structures, reference)
-    preds = predictor.predict_structures(structures)
+
+def _draw(
+    generator: Generator, n: int, gaps: Any, seed: int, known: set[str], distinct: bool, options: dict[str, Any]
+) -> tuple[list[Any], int]:
+    """``n`` decoded structures and the draws they took (without replacement when ``known``/``distinct``)."""
+    if not (known or distinct):
+        return generator.sample(n, gaps, seed=seed, **options), n
+    structures, draws = generator.sample_distinct(n, gaps, seed=seed, exclude=known, distinct=distinct, **options)
+    formulas = [s.composition.reduced_formula for s in structures]
+    left = count_repeats(formulas, known, distinct)  # each candidate once (it said "28 of 20")
+    if left:
+        from matmeta.console import warn
+
+        warn(
+            f"{left} of {n} candidates repeat an earlier candidate or a training composition: the decoder "
+            f"proposed nothing else in {draws} draws (ask for fewer, or widen --elements)"
+        )
+    return structures, draws
+
+
+def candidate_rows(
+    structures: Sequence[Any], judged: Sequence[dict[str, Any]], predictor: Any, window: tuple[float, float]
+) -> list[dict[str, Any]]:
+    """One row per candidate: id, formula, the predictor's numbers, the judge's verdicts, in the window or not."""
     rows = []
+    preds = predictor.predict_structures(list(structures))
     for i, (s, j, p) in enumerate(zip(structures, judged, preds, strict=True)):
         gap = float(p["band_gap"])
         metal = float(p["p_metal"])
@@ -191,9 +170,14 @@ def generate(
                 "warning": p.get("warning") or "",
             }
         )
+    return rows
+
+
+def rank_candidates(rows: list[dict[str, Any]], window: tuple[float, float]) -> None:
+    """Set each row's ``rank``: unique hits first, then valid, unique, novel; then gap distance, then heat."""
     centre = 0.5 * (window[0] + window[1])
     order = sorted(
-        range(n),
+        range(len(rows)),
         key=lambda i: (
             not (rows[i]["in_window"] and rows[i]["unique"]),
             not rows[i]["valid"],
@@ -205,10 +189,6 @@ def generate(
     )
     for rank, i in enumerate(order, start=1):
         rows[i]["rank"] = rank
-    counts = filter_counts(rows)
-    if family_examples:
-        generator.reset()
-    return GenerationResult(structures, rows, counts, window, draws=draws, excluded=len(known))
 
 
 def filter_counts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -348,47 +328,3 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
             row["cif"] = name
     rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
     return write_table(out_dir / "candidates.csv", rounded, CSV_COLUMNS)
-
-
-__all__ = [
-    "ReferenceSet",
-    "compositional_validity",
-    "coverage",
-    "judge_candidates",
-    "structural_validity",
-    "unique_mask",
-    "ELEMENT_DESCRIPTORS",
-    "N_SITES",
-    "CellArrays",
-    "DecoderEpisodes",
-    "arrays_from_structures",
-    "canonical_cell",
-    "cell_to_structure",
-    "collate",
-    "condition",
-    "element_features",
-    "encode_cells",
-    "load_design_data",
-    "loss_fn",
-    "make_batch",
-    "per_example_loss",
-    "site_elements",
-    "CHECKPOINT_DIR",
-    "DEFAULT_CHECKPOINT",
-    "GeneratorTrainConfig",
-    "family_split",
-    "meta_train_from_recipe",
-    "CSV_COLUMNS",
-    "DesignRequest",
-    "GenerationResult",
-    "Generator",
-    "check_request",
-    "check_temperature",
-    "filter_counts",
-    "generate",
-    "parse_gap_window",
-    "run_generate",
-    "target_gaps",
-    "training_reference",
-    "write_candidates",
-]
