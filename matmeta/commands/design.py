@@ -60,7 +60,10 @@ def generate_cmd(
     top: int = typer.Option(10, "--top", help="Rows of the ranked table to print."),
     yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 5000 candidates."),
 ) -> None:
-    """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write."""
+    """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write.
+
+    (Long only by its option declarations: the body is parse -> run_design -> render.)
+    """
     from matmeta.console import progress, report_error
     from matmeta.design.deliver import run_design
     from matmeta.design.request import DesignRequest, read_family_examples

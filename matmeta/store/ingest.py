@@ -12,12 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from matmeta.errors import MatmetaInputError, StoreError
+from matmeta.errors import StoreError
 from matmeta.graphs import GraphConfig
+from matmeta.store.plan import plan_items
 from matmeta.store.reader import (
     FAMILY_KINDS,
     FORMAT_NAME,
@@ -29,14 +28,10 @@ from matmeta.store.reader import (
 )
 from matmeta.store.records import (
     IngestSettings,
-    WorkItem,
     record_info,
     star_work,
     work_chunk,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # ----------------------------------------------------------------------------- ingest
 
@@ -56,119 +51,6 @@ class IngestReport:
     def ok(self) -> bool:
         """True when no input was refused."""
         return not self.errors
-
-
-def _parse_target(text: str, where: str, name: str, allow_missing: bool) -> float:
-    value = text.strip()
-    if value == "" or value.lower() in ("nan", "na", "null", "none"):
-        if allow_missing:
-            return float("nan")
-        raise MatmetaInputError(f"{where}: target {name} is missing/NaN")
-    try:
-        number = float(value)
-    except ValueError:
-        raise MatmetaInputError(f"{where}: target {name}={value!r} is not a number") from None
-    if np.isnan(number):
-        if allow_missing:
-            return number
-        raise MatmetaInputError(f"{where}: target {name} is NaN")
-    if not np.isfinite(number):
-        raise MatmetaInputError(f"{where}: target {name}={value} is not finite")
-    return number
-
-
-def _column_families(row: dict[str, str], used: set[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v.strip()[:200]) for k, v in row.items() if k and k not in used)
-
-
-def plan_items(
-    sources: str | Path | Sequence[str | Path],
-    targets: Sequence[str] = (),
-    *,
-    cif_column: str = "cif",
-    id_column: str | None = None,
-    targets_csv: str | Path | None = None,
-    allow_missing_targets: bool = False,
-) -> tuple[list[WorkItem], list[str]]:
-    """Turn the sources into work items; rows with bad targets or duplicate ids become error lines.
-
-    ``.csv`` sources are tables with a CIF column (ids must be unique across them); anything else
-    names structure files (files, directories, globs), with targets from ``targets_csv`` keyed by
-    file stem.
-
-    Raises:
-        MatmetaInputError: a problem with a whole input (missing file or column).
-    """
-    from matmeta.io import expand_sources, read_csv
-
-    targets = tuple(targets)
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    sources = list(sources)
-    items: list[WorkItem] = []
-    errors: list[str] = []
-    if sources and all(str(source).lower().endswith(".csv") for source in sources):
-        required = [cif_column, *([id_column] if id_column else []), *targets]
-        used = {cif_column, *targets, *([id_column] if id_column else [])}
-        first_row: dict[str, str] = {}
-        for source in sources:
-            csv_path = Path(source)
-            _, rows = read_csv(csv_path, required)
-            for number, row in enumerate(rows, start=1):
-                where = f"{csv_path} row {number}"
-                rid = row[id_column].strip() if id_column else (str(number) if len(sources) == 1 else where)
-                if id_column and not rid:
-                    errors.append(f"{where}: empty id in column {id_column}")
-                    continue
-                if rid in first_row:
-                    errors.append(f"{where}: duplicate id {rid!r} (first at {first_row[rid]})")
-                    continue
-                first_row[rid] = f"row {number}" if len(sources) == 1 else where
-                try:
-                    y = tuple(_parse_target(row[t], where, t, allow_missing_targets) for t in targets)
-                except MatmetaInputError as exc:
-                    errors.append(str(exc))
-                    continue
-                items.append(WorkItem(rid, where, "cif_text", row[cif_column], y, _column_families(row, used)))
-        return items, errors
-
-    table: dict[str, tuple[tuple[float, ...] | None, tuple[tuple[str, str], ...], str]] = {}
-    if targets_csv is not None:
-        key = id_column or "id"
-        _, rows = read_csv(targets_csv, [key, *targets])
-        for number, row in enumerate(rows, start=1):
-            where = f"{targets_csv} row {number}"
-            rid = row[key].strip()
-            if rid in table:
-                errors.append(f"{where}: duplicate id {rid!r} (first at row {table[rid][2].rsplit(' ', 1)[-1]})")
-                continue
-            try:
-                y: tuple[float, ...] | None = tuple(
-                    _parse_target(row[t], where, t, allow_missing_targets) for t in targets
-                )
-            except MatmetaInputError as exc:
-                errors.append(str(exc))
-                y = None
-            table[rid] = (y, _column_families(row, {key, *targets}), where)
-    elif targets:
-        raise MatmetaInputError("targets for structure files need a targets CSV keyed by file stem (--targets-csv)")
-    for path in expand_sources(sources):
-        rid = path.stem
-        y_row: tuple[float, ...] = ()
-        columns: tuple[tuple[str, str], ...] = ()
-        if targets_csv is not None:
-            if rid not in table:
-                if not allow_missing_targets or not targets:
-                    errors.append(f"{path}: no row with id {rid!r} in {targets_csv}")
-                    continue
-                y_row = tuple(float("nan") for _ in targets)
-            else:
-                y_found, columns, _ = table[rid]
-                if y_found is None:
-                    continue  # its bad target was reported with the CSV row
-                y_row = y_found
-        items.append(WorkItem(rid, str(path), "file", str(path), y_row, columns))
-    return items, errors
 
 
 def _worker_pool(processes: int, start_method: str | None) -> Any:
@@ -288,7 +170,7 @@ def ingest(
         MatmetaInputError: an unusable whole input (missing file, missing column).
         StoreError: the existing store has other graph settings, other targets, or a newer format.
     """
-    from matmeta.console import progress, report_error, warn
+    from matmeta.console import progress, report_error
 
     started = time.perf_counter()
     config = config or GraphConfig()
@@ -308,79 +190,20 @@ def ingest(
     for message in errors:
         on_error(message)
 
-    if out_path.exists() and not out_path.is_dir():
-        raise StoreError(f"{out_path}: exists and is not a folder (a graph store is a folder)")
-    if out_path.exists() and not (out_path / "data.mdb").exists() and any(out_path.iterdir()):
-        raise StoreError(f"{out_path}: exists and is not a graph store")
-    env = _open_env(out_path, readonly=False)
+    env = _open_store(out_path)
     try:
-        with env.begin() as txn:
-            raw_meta = txn.get(META_KEY)
-        if raw_meta is None:
-            meta = _new_metadata(config, targets, settings)
-            present: set[str] = set()
-        else:
-            meta = _check_metadata(out_path, raw_meta)
-            mismatch = _config_mismatch(GraphConfig.from_dict(meta["graph_config"]), config)
-            if mismatch:
-                raise StoreError(f"{out_path}: {mismatch}; ingest into a new store")
-            if tuple(meta["target_names"]) != targets:
-                raise StoreError(
-                    f"{out_path}: store targets are {', '.join(meta['target_names']) or 'none'}; "
-                    f"this ingest gives {', '.join(targets) or 'none'}"
-                )
-            present = _existing_ids(env, int(meta["count"]))
+        meta, present, is_new = _store_state(env, out_path, config, targets, settings)
         todo = [item for item in items if item.id not in present]
         report = IngestReport(out_path, already_present=len(items) - len(todo), errors=list(errors))
         if limit is not None:
             todo = todo[: max(0, limit)]
-        if raw_meta is None:
+        if is_new:
             with env.begin(write=True) as txn:
                 txn.put(META_KEY, json.dumps(meta).encode())
-
+        writer = _BatchWriter(env, meta, report, present, batch_size, on_error, on_batch)
         chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
         config_dict = config.to_dict()
         settings_dict = {k: getattr(settings, k) for k in IngestSettings.__dataclass_fields__}
-        pending: list[tuple[str, bytes]] = []
-        seen = set(present)
-
-        def flush() -> None:
-            if not pending:
-                return
-            with env.begin(write=True) as txn:  # LMDB serialises writers; another ingest may have added records
-                count = _claim(txn, int(meta["count"]), pending, report)
-                meta["count"] = count + len(pending)
-                meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                for offset, (_, blob) in enumerate(pending):
-                    txn.put(str(count + offset).encode("ascii"), blob)
-                txn.put(META_KEY, json.dumps(meta).encode())
-            report.added += len(pending)
-            pending.clear()
-            if on_batch is not None:
-                on_batch(int(meta["count"]))
-
-        def consume(results: list[tuple[list[tuple[str, bytes, list[str]]], str | None]]) -> None:
-            for records, error in results:
-                if error is not None:
-                    report.errors.append(error)
-                    on_error(error)
-                    continue
-                for rid, blob, warnings in records:
-                    for message in warnings:
-                        warn(message)
-                    if rid in present:  # e.g. a frame of a multi-frame file stored by an interrupted run
-                        report.already_present += 1
-                        continue
-                    if rid in seen:
-                        message = f"{rid}: duplicate id (already stored)"
-                        report.errors.append(message)
-                        on_error(message)
-                        continue
-                    seen.add(rid)
-                    pending.append((rid, blob))
-                if len(pending) >= batch_size:
-                    flush()
-
         pool = None
         if workers > 1 and len(chunks) > 1:
             pool = _worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
@@ -389,14 +212,14 @@ def ingest(
                 task = bar.add_task("ingest", total=len(todo))
                 if pool is None:
                     for chunk in chunks:
-                        consume(work_chunk(chunk, config_dict, settings_dict))
+                        writer.consume(work_chunk(chunk, config_dict, settings_dict))
                         bar.advance(task, len(chunk))
                 else:
                     jobs = ((chunk, config_dict, settings_dict) for chunk in chunks)
                     for chunk, results in zip(chunks, pool.imap(star_work, jobs), strict=True):
-                        consume(results)
+                        writer.consume(results)
                         bar.advance(task, len(chunk))
-                flush()
+                writer.flush()
         finally:
             if pool is not None:
                 pool.terminate()
@@ -406,3 +229,87 @@ def ingest(
         env.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _open_store(out_path: Path) -> Any:
+    """The store's LMDB environment for writing (created when missing); refuses a folder that is not a store."""
+    if out_path.exists() and not out_path.is_dir():
+        raise StoreError(f"{out_path}: exists and is not a folder (a graph store is a folder)")
+    if out_path.exists() and not (out_path / "data.mdb").exists() and any(out_path.iterdir()):
+        raise StoreError(f"{out_path}: exists and is not a graph store")
+    return _open_env(out_path, readonly=False)
+
+
+def _store_state(
+    env: Any, out_path: Path, config: GraphConfig, targets: tuple[str, ...], settings: IngestSettings
+) -> tuple[dict[str, Any], set[str], bool]:
+    """(metadata, ids already stored, whether the store is new); an existing store must match the settings."""
+    with env.begin() as txn:
+        raw_meta = txn.get(META_KEY)
+    if raw_meta is None:
+        return _new_metadata(config, targets, settings), set(), True
+    meta = _check_metadata(out_path, raw_meta)
+    mismatch = _config_mismatch(GraphConfig.from_dict(meta["graph_config"]), config)
+    if mismatch:
+        raise StoreError(f"{out_path}: {mismatch}; ingest into a new store")
+    if tuple(meta["target_names"]) != targets:
+        raise StoreError(
+            f"{out_path}: store targets are {', '.join(meta['target_names']) or 'none'}; "
+            f"this ingest gives {', '.join(targets) or 'none'}"
+        )
+    return meta, _existing_ids(env, int(meta["count"])), False
+
+
+class _BatchWriter:
+    """Collects the workers' records and commits them in batches, each with the new ``count``, in one transaction."""
+
+    def __init__(
+        self, env: Any, meta: dict[str, Any], report: IngestReport, present: set[str], batch_size: int,
+        on_error: Any, on_batch: Any,
+    ) -> None:  # fmt: skip
+        self.env, self.meta, self.report, self.present = env, meta, report, present
+        self.batch_size, self.on_error, self.on_batch = batch_size, on_error, on_batch
+        self.pending: list[tuple[str, bytes]] = []
+        self.seen = set(present)
+
+    def flush(self) -> None:
+        """Write the pending records (LMDB serialises writers; another ingest may have added records)."""
+        if not self.pending:
+            return
+        meta = self.meta
+        with self.env.begin(write=True) as txn:
+            count = _claim(txn, int(meta["count"]), self.pending, self.report)
+            meta["count"] = count + len(self.pending)
+            meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for offset, (_, blob) in enumerate(self.pending):
+                txn.put(str(count + offset).encode("ascii"), blob)
+            txn.put(META_KEY, json.dumps(meta).encode())
+        self.report.added += len(self.pending)
+        self.pending.clear()
+        if self.on_batch is not None:
+            self.on_batch(int(meta["count"]))
+
+    def consume(self, results: list[tuple[list[tuple[str, bytes, list[str]]], str | None]]) -> None:
+        """Take one chunk's results: report errors, skip stored or duplicate ids, flush full batches."""
+        from matmeta.console import warn
+
+        for records, error in results:
+            if error is not None:
+                self.report.errors.append(error)
+                self.on_error(error)
+                continue
+            for rid, blob, warnings in records:
+                for message in warnings:
+                    warn(message)
+                if rid in self.present:  # e.g. a frame of a multi-frame file stored by an interrupted run
+                    self.report.already_present += 1
+                    continue
+                if rid in self.seen:
+                    message = f"{rid}: duplicate id (already stored)"
+                    self.report.errors.append(message)
+                    self.on_error(message)
+                    continue
+                self.seen.add(rid)
+                self.pending.append((rid, blob))
+            if len(self.pending) >= self.batch_size:
+                self.flush()
