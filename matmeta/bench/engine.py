@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from matmeta.bench.timing import time_steps
 from matmeta.recipes import config_from_dict
 
 
@@ -65,10 +65,6 @@ class EngineBenchConfig:
 QUICK = {"tasks": 4, "inner_steps": 2, "width": 16, "repeats": 3, "warmup": 1}
 MODES = ("second-order", "first-order", "ANIL")
 GOAL = 3.0  # the target: at least 3x faster than higher for the second-order step
-
-
-def _grads(model: nn.Module) -> list[Tensor]:
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
 def _matmeta_step(model: nn.Module, tasks: list, mode: str, cfg: EngineBenchConfig, vectorize: bool) -> Callable:
@@ -182,23 +178,7 @@ def measure(cfg: EngineBenchConfig, progress: Any = None) -> list[dict[str, Any]
             "matmeta loop": _matmeta_step(model, tasks, mode, cfg, vectorize=False),
             "torch.func vmap(grad)": _torch_func_step(model, tasks, mode, cfg),
         }
-        grads = {}
-        for name, step in steps.items():
-            step()
-            grads[name] = _grads(model)
-        for _ in range(cfg.warmup):
-            for step in steps.values():
-                step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        cpu: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(cfg.repeats):
-            for name, step in steps.items():
-                start, cpu_start = time.perf_counter(), time.process_time()
-                step()
-                times[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - cpu_start)
-            if progress is not None:
-                progress()
+        grads, times, cpu = time_steps(steps, model, cfg.warmup, cfg.repeats, progress)
         ref, cpu_ref = statistics.median(times["higher"]), statistics.median(cpu["higher"])
         for name, values in times.items():
             q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import resource
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from matmeta.bench.timing import time_steps
 
 IMPLS = ("higher", "matmeta loop", "matmeta padded vmap")
 QUICK = {"families": 3, "k_support": 3, "k_query": 4, "inner_steps": 2, "repeats": 3, "warmup": 1, "memory_steps": 4}
@@ -91,10 +92,6 @@ def _matmeta_step(maml: Any, tasks: list, vectorize: bool | None, loss_fn: Calla
     return step
 
 
-def _grads(model: nn.Module) -> list[Tensor]:
-    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-
-
 def measure_graph(
     model: nn.Module, tasks: list, cfg: GraphBenchConfig, progress: Callable[[], None] | None = None
 ) -> tuple[list[dict[str, Any]], list[tuple[int, float]]]:
@@ -123,23 +120,7 @@ def measure_graph(
         "matmeta loop": _matmeta_step(maml, tasks, False, loss_fn),
         "matmeta padded vmap": _matmeta_step(maml, tasks, None, loss_fn),
     }
-    grads = {}
-    for name, step in steps.items():
-        step()
-        grads[name] = _grads(model)
-    for _ in range(cfg.warmup):
-        for step in steps.values():
-            step()
-    wall: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(cfg.repeats):
-        for name, step in steps.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
-        if progress is not None:
-            progress()
+    grads, wall, cpu = time_steps(steps, model, cfg.warmup, cfg.repeats, progress)
     rows = []
     ref, cpu_ref = statistics.median(wall["higher"]), statistics.median(cpu["higher"])
     for name in steps:
