@@ -110,17 +110,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     maml = build_maml(cfg.model, cfg.maml)
     seed = trainer_cfg.seed
     if cfg.pretrain.epochs > 0:
-        key = pooled_key(family_split.train, cfg.model, cfg.pretrain, seed, stats, len(table))
-        state = _cached_pooled(work / "pooled.ckpt", key)
-        if state is None:
-            pooled = train_pooled(
-                table, train_idx, cfg.model, cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr, seed
-            )
-            state = pooled.state_dict()
-            save_checkpoint(work / "pooled.ckpt", state, {"kind": "pooled-cache", "pooled_key": key})
-        else:
-            console.print(f"pooled pretraining: reusing {work / 'pooled.ckpt'} (same data, split, config and seed)")
-        maml.model.load_state_dict(state)
+        maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, family_split.train, stats, work, seed))
     train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
     val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
     metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)
@@ -152,6 +142,26 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         f"{metadata['uncertainty']['adapted']} (adapted)"
     )
     return out
+
+
+def _pooled_state(
+    cfg: PredictorRecipe, table: Any, train_idx: Any, train_families: Any, stats: TargetStats, work: Path, seed: int
+) -> dict[str, torch.Tensor]:
+    """Weights of the network pretrained on the pooled training families (cached in ``work/pooled.ckpt``)."""
+    from matmeta.checkpoint import save_checkpoint
+    from matmeta.console import console
+
+    key = pooled_key(train_families, cfg.model, cfg.pretrain, seed, stats, len(table))
+    state = _cached_pooled(work / "pooled.ckpt", key)
+    if state is not None:
+        console.print(f"pooled pretraining: reusing {work / 'pooled.ckpt'} (same data, split, config and seed)")
+        return state
+    pooled = train_pooled(
+        table, train_idx, cfg.model, cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.lr, seed
+    )
+    state = pooled.state_dict()
+    save_checkpoint(work / "pooled.ckpt", state, {"kind": "pooled-cache", "pooled_key": key})
+    return state
 
 
 def untrained_predictor(
