@@ -62,7 +62,7 @@ def generate_cmd(
 ) -> None:
     """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write.
 
-    (Long only by its option declarations: the body is parse -> run_design -> render.)
+    Reason for its length: the option declarations; the body is parse -> run_design -> render.
     """
     from matmeta.console import progress, report_error
     from matmeta.design.deliver import run_design

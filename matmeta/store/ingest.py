@@ -28,6 +28,7 @@ from matmeta.store.reader import (
 )
 from matmeta.store.records import (
     IngestSettings,
+    WorkItem,
     record_info,
     star_work,
     work_chunk,
@@ -136,6 +137,8 @@ def ingest(
 ) -> IngestReport:
     """Build or complete a graph store from structure sources.
 
+    Reason for its length: the argument list below; the body is plan -> open the store -> build and write.
+
     Ingest is resumable and idempotent: records whose id is already in the store are skipped, so
     rerunning after an interruption completes the store without duplicates, and rerunning a
     finished ingest adds nothing. Each batch of records is written in one LMDB transaction
@@ -170,7 +173,7 @@ def ingest(
         MatmetaInputError: an unusable whole input (missing file, missing column).
         StoreError: the existing store has other graph settings, other targets, or a newer format.
     """
-    from matmeta.console import progress, report_error
+    from matmeta.console import report_error
 
     started = time.perf_counter()
     config = config or GraphConfig()
@@ -202,33 +205,48 @@ def ingest(
                 txn.put(META_KEY, json.dumps(meta).encode())
         writer = _BatchWriter(env, meta, report, present, batch_size, on_error, on_batch)
         chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
-        config_dict = config.to_dict()
-        settings_dict = {k: getattr(settings, k) for k in IngestSettings.__dataclass_fields__}
-        pool = None
-        if workers > 1 and len(chunks) > 1:
-            pool = _worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
-        try:
-            with progress(disable=None if show_progress is None else not show_progress) as bar:
-                task = bar.add_task("ingest", total=len(todo))
-                if pool is None:
-                    for chunk in chunks:
-                        writer.consume(work_chunk(chunk, config_dict, settings_dict))
-                        bar.advance(task, len(chunk))
-                else:
-                    jobs = ((chunk, config_dict, settings_dict) for chunk in chunks)
-                    for chunk, results in zip(chunks, pool.imap(star_work, jobs), strict=True):
-                        writer.consume(results)
-                        bar.advance(task, len(chunk))
-                writer.flush()
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        _build_and_write(chunks, config, settings, writer, workers, start_method, show_progress)
         report.total = int(meta["count"])
     finally:
         env.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _build_and_write(
+    chunks: list[list[WorkItem]],
+    config: GraphConfig,
+    settings: IngestSettings,
+    writer: _BatchWriter,
+    workers: int,
+    start_method: str | None,
+    show_progress: bool | None,
+) -> None:
+    """Build the records of every chunk (in this process or a worker pool) and hand them to ``writer``."""
+    from matmeta.console import progress
+
+    config_dict = config.to_dict()
+    settings_dict = {k: getattr(settings, k) for k in IngestSettings.__dataclass_fields__}
+    pool = None
+    if workers > 1 and len(chunks) > 1:
+        pool = _worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
+    try:
+        with progress(disable=None if show_progress is None else not show_progress) as bar:
+            task = bar.add_task("ingest", total=sum(len(c) for c in chunks))
+            if pool is None:
+                for chunk in chunks:
+                    writer.consume(work_chunk(chunk, config_dict, settings_dict))
+                    bar.advance(task, len(chunk))
+            else:
+                jobs = ((chunk, config_dict, settings_dict) for chunk in chunks)
+                for chunk, results in zip(chunks, pool.imap(star_work, jobs), strict=True):
+                    writer.consume(results)
+                    bar.advance(task, len(chunk))
+            writer.flush()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
 
 def _open_store(out_path: Path) -> Any:
