@@ -54,8 +54,13 @@ def test_half_widths_by_predicted_class_and_finetune_override():
     assert half_widths(new, own) == (0.05, 1.7, 1.7)
 
 
-def test_shipped_predictor_states_the_wider_gap_interval_for_a_structure_called_metal():
+def test_shipped_predictor_states_the_adaptive_gap_interval_of_the_predicted_class():
+    import torch
+
     from matmeta.io import read_structure_file
+    from matmeta.models.gnn import collate
+    from matmeta.predict.difficulty import sigma
+    from matmeta.predict.kriging import head_features
     from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load()
@@ -64,6 +69,14 @@ def test_shipped_predictor_states_the_wider_gap_interval_for_a_structure_called_
     structures = [read_structure_file(folder / f"{name}.cif")[0][1] for name in ("SrTiO3", "LaFeO3")]
     insulator, metal = predictor.predict_structures(structures, mc_samples=0)
     assert insulator["band_gap"] > 0 and metal["band_gap"] == 0.0  # the shipped model's calls
-    assert insulator["gap_hi"] - insulator["gap_if_nonmetal"] == pytest.approx(widths["band_gap_nonmetal_called"])
-    assert metal["gap_hi"] - metal["gap_if_nonmetal"] == pytest.approx(widths["band_gap_nonmetal_uncalled"])
-    assert widths["band_gap_nonmetal_uncalled"] > widths["band_gap_nonmetal_called"]
+    graphs, _ = predictor.graphs(structures)
+    with torch.inference_mode(), head_features(predictor.model) as captured:
+        predictor.forward(*collate([(*g, torch.full((3,), float("nan"))) for g in graphs]).inputs())
+    s = sigma(predictor.uncertainty["difficulty"], captured["features"].numpy().astype(float))
+    assert insulator["gap_hi"] - insulator["gap_if_nonmetal"] == pytest.approx(
+        widths["band_gap_scaled_called"] * s[0], rel=1e-5
+    )
+    assert metal["gap_hi"] - metal["gap_if_nonmetal"] == pytest.approx(
+        widths["band_gap_scaled_uncalled"] * s[1], rel=1e-5
+    )
+    assert widths["band_gap_scaled_uncalled"] > widths["band_gap_scaled_called"]

@@ -202,6 +202,8 @@ def prepare(config: FewshotConfig, quick: bool) -> Setup:
 
 def score_maml(setup: Setup, results: Results, k: int, support: np.ndarray, query: np.ndarray) -> None:
     """MAML adapted on the support set and unadapted, with its calibrated MC-dropout coverage."""
+    from matmeta.predict.kriging import head_features
+
     table, predictor = setup.table, setup.predictor
     stats, maml = predictor.stats, predictor.maml
     scale_adapted = predictor.uncertainty.get("adapted", {})
@@ -212,16 +214,18 @@ def score_maml(setup: Setup, results: Results, k: int, support: np.ndarray, quer
     truth, gap_truth = table.heat_ref[query], table.band_gap[query]
     fast = maml.adapt(s_batch, loss_fn)
     with torch.no_grad():
-        out = maml(*q_batch.inputs(), params=fast)
+        with head_features(maml.model) as adapted_features:
+            out = maml(*q_batch.inputs(), params=fast)
         samples = maml(*q_batch.inputs(), params=fast, mc_samples=mc)
-        zero_maml = maml(*q_batch.inputs())
+        with head_features(maml.model) as zero_features:
+            zero_maml = maml(*q_batch.inputs())
         zero_samples = maml(*q_batch.inputs(), mc_samples=mc)
     results.score("MAML", k).add(out, table, stats, query)
     results.score("MAML (no adaptation)", k).add(zero_maml, table, stats, query)
     results.gaps.add_outputs("MAML", k, out, gap_truth)
     results.gaps.add_outputs("MAML (no adaptation)", k, zero_maml, gap_truth)
-    results.gaps.add_intervals("adapted", k, out, table, query)
-    results.gaps.add_intervals("zero_shot", k, zero_maml, table, query)
+    results.gaps.add_intervals("adapted", k, out, table, query, adapted_features["features"].numpy())
+    results.gaps.add_intervals("zero_shot", k, zero_maml, table, query, zero_features["features"].numpy())
     heat = stats.decode_heat(out[:, 0], n_atoms_q).numpy()
     std = stats.decode_heat(samples[..., 0], n_atoms_q).std(0).numpy() * scale_adapted.get("heat_ref", 1.0)
     results.coverage["heat_adapted"].append(np.abs(heat - truth) <= Z90 * std)

@@ -54,6 +54,7 @@ class GapBench:
         self.conformal = predictor.uncertainty.get("conformal")
         self.records: dict[tuple[str, int], GapRecord] = {}
         self.hits: dict[str, list[np.ndarray]] = {}
+        self.widths: dict[str, list[np.ndarray]] = {}
 
     def add_outputs(self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray) -> None:
         """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV)."""
@@ -85,8 +86,17 @@ class GapBench:
         self.add_arrays("mean", k, np.full(len(query), float(np.mean(gap_s > threshold))), mean, truth)
         return transform(raw_q, heat_fit, "heat_ref")["heat_per_atom"] * raw_q["n_atoms"]
 
-    def add_intervals(self, mode: str, k: int, outputs: torch.Tensor, table: Any, query: np.ndarray) -> None:
-        """Interval hits of the split-conformal 90% intervals (``mode``: ``zero_shot`` or ``adapted``)."""
+    def add_intervals(
+        self, mode: str, k: int, outputs: torch.Tensor, table: Any, query: np.ndarray, features: np.ndarray
+    ) -> None:
+        """Interval hits of the split-conformal 90% intervals (``mode``: ``zero_shot`` or ``adapted``).
+
+        The gap intervals are the ones ``predict`` states (:func:`matmeta.predict.intervals.gap_half_widths`,
+        locally adaptive when the checkpoint has a ``difficulty`` entry); ``features`` are the gap-head
+        features (G, H) of the network that made ``outputs``. Their mean half-width is recorded too.
+        """
+        from matmeta.predict.intervals import gap_half_widths
+
         if not self.conformal:
             return
         half = self.conformal["zero_shot"] if mode == "zero_shot" else self.conformal["adapted"][str(k)]
@@ -97,12 +107,11 @@ class GapBench:
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
         gap = self.stats.decode_gap(outputs[:, 2]).numpy()
         called = 1.0 - torch.sigmoid(outputs[:, 1]).numpy() >= self.cut
-        pooled = half["band_gap_nonmetal"]
-        width = np.where(
-            called, half.get("band_gap_nonmetal_called", pooled), half.get("band_gap_nonmetal_uncalled", pooled)
-        )
+        adapted = {"kept": "adapted", "n_support": k} if mode == "adapted" else {}
+        width = gap_half_widths(self.predictor.uncertainty, adapted, ~called, features)
         hit = np.abs(gap - table.band_gap[query]) <= width
         self.hits.setdefault(f"band gap of non-metals, {mode}", []).append(hit[nonmetal])
+        self.widths.setdefault(f"band gap of non-metals, {mode}", []).append(width[nonmetal])
 
     def gap_rows(self, methods: list[str], ks: list[int]) -> list[tuple]:
         """One row per (method, k) with the band-gap metrics."""
@@ -117,8 +126,12 @@ class GapBench:
         return rows
 
     def coverage_rows(self) -> list[tuple]:
-        """One row per interval kind: coverage and number of points."""
-        return [(name, float(np.mean(np.concatenate(v))), int(sum(len(x) for x in v))) for name, v in self.hits.items()]
+        """One row per interval kind: coverage, number of points and mean half-width of the gap intervals (eV)."""
+        rows = []
+        for name, v in self.hits.items():
+            width = float(np.mean(np.concatenate(self.widths[name]))) if name in self.widths else math.nan
+            rows.append((name, float(np.mean(np.concatenate(v))), int(sum(len(x) for x in v)), width))
+        return rows
 
 
 def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_measurements.csv")) -> list[tuple[str, float, str]]:

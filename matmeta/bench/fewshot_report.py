@@ -116,7 +116,7 @@ def interval_tables(gaps: Any, coverage: dict, predictor: Any, quick: bool) -> t
 
     print_table(
         "split-conformal 90% intervals (calibrated on validation families): coverage on test families",
-        ["interval", "coverage", "points"],
+        ["interval", "coverage", "points", "mean half-width (eV, gap)"],
         gaps.coverage_rows(),
     )
     lab = [] if quick else lab_rows(predictor)

@@ -11,7 +11,12 @@
   half-widths by predicted class as well (``band_gap_nonmetal_called`` for structures called
   non-metal at the threshold, ``band_gap_nonmetal_uncalled`` for those called metal: a non-metal
   the classifier missed has a much less reliable gap, so one pooled width over-covers the first
-  group and under-covers the second);
+  group and under-covers the second). Calibrated with the training families, the gap also gets
+  locally adaptive half-widths ``band_gap_scaled_called`` / ``_uncalled``: quantiles of
+  ``|error| / σ(x)``, the interval being ``± q · σ(x)`` with σ from the ``difficulty`` entry
+  (:mod:`matmeta.predict.difficulty`: distance to the nearest training structure in the gap head's
+  features), and ``held_out_family_coverage`` (``_scaled``): leave-one-validation-family-out coverage
+  of the constant and the normalised widths;
 * ``zero_shot`` / ``adapted``: scales of the MC-dropout spread (``±σ`` columns), as before.
 
 :func:`recalibrate_checkpoint` reruns it on an existing checkpoint (same split, same store).
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from matmeta.conformal import balanced_threshold, conformal_quantile, mondrian_quantiles
+from matmeta.conformal import balanced_threshold, conformal_quantile, family_held_out_coverage, mondrian_quantiles
 from matmeta.meta.maml import MAML
 from matmeta.predict.data import GraphTable, TargetStats, family_indices, loss_fn
 
@@ -39,11 +44,14 @@ ADAPT_KS = (5, 10, 20)
 def _residuals(
     maml: MAML, table: GraphTable, stats: TargetStats, idx: np.ndarray, fast: dict | None, samples: int
 ) -> dict[str, np.ndarray]:
-    """Per structure: heat residual per atom, MC σ per atom, non-metal gap residual (NaN for metals), σ, P(nm)."""
+    """Per structure: heat residual per atom, MC σ, gap residual (NaN: metal), σ, P(nm), features, family."""
+    from matmeta.predict.kriging import head_features
+
     batch = table.batch(idx)
     with torch.inference_mode():
-        point = maml(*batch.inputs(), params=fast)
-        mc = maml(*batch.inputs(), params=fast, mc_samples=samples)
+        with head_features(maml.model) as captured:
+            point = maml(*batch.inputs(), params=fast)
+        mc = maml(*batch.inputs(), params=fast, mc_samples=samples) if samples > 1 else point[None]
     n_atoms = batch.n_atoms
     nonmetal = table.band_gap[idx] > stats.metal_threshold_ev
     heat = stats.decode_heat(point[:, 0], n_atoms).numpy()
@@ -55,6 +63,8 @@ def _residuals(
         "gap_std": stats.decode_gap(mc[..., 2]).std(0).numpy(),
         "p_nonmetal": 1.0 - torch.sigmoid(point[:, 1]).numpy(),
         "nonmetal": nonmetal,
+        "features": captured["features"].numpy().astype(float),
+        "family": np.asarray([table.families[i] for i in idx]),
     }
 
 
@@ -67,9 +77,10 @@ def _mc_scale(errors: np.ndarray, stds: np.ndarray) -> float:
 
 
 def _summary(parts: list[dict[str, np.ndarray]], cut: float) -> dict[str, float]:
-    joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    by_call = mondrian_quantiles(np.abs(joined["gap"]), joined["p_nonmetal"] >= cut, LEVEL)
-    return {
+    joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "features"}
+    called = joined["p_nonmetal"] >= cut
+    by_call = mondrian_quantiles(np.abs(joined["gap"]), called, LEVEL)
+    out = {
         "heat_ref_per_atom": conformal_quantile(np.abs(joined["heat"]), LEVEL),
         "band_gap_nonmetal": by_call["pooled"],
         "band_gap_nonmetal_called": by_call["true"],
@@ -79,6 +90,31 @@ def _summary(parts: list[dict[str, np.ndarray]], cut: float) -> dict[str, float]
         "mc_heat_ref": _mc_scale(joined["heat"], joined["heat_std"]),
         "mc_band_gap": _mc_scale(joined["gap"], joined["gap_std"]),
     }
+    if "sigma" in joined:  # normalised scores |error| / σ(x): the half-width is q · σ(x)
+        plain, scaled, family = np.abs(joined["gap"]), np.abs(joined["gap"]) / joined["sigma"], joined["family"]
+        by_scaled = mondrian_quantiles(scaled, called, LEVEL)
+        out.update({
+            "band_gap_scaled": by_scaled["pooled"], "band_gap_scaled_called": by_scaled["true"],
+            "band_gap_scaled_uncalled": by_scaled["false"],
+            "held_out_family_coverage": family_held_out_coverage(plain, called, family)["all"],
+            "held_out_family_coverage_scaled": family_held_out_coverage(scaled, called, family)["all"],
+        })  # fmt: skip
+    return out
+
+
+def _training_features(maml: MAML, table: GraphTable, families: Sequence[str], chunk: int = 512) -> np.ndarray:
+    """Gap-head features (base network) of every structure of the training ``families``; shape (n, H)."""
+    from matmeta.predict.kriging import head_features
+
+    idx = family_indices(table, families)
+    blocks = []
+    with torch.inference_mode():
+        for begin in range(0, len(idx), chunk):
+            batch = table.batch(idx[begin : begin + chunk])
+            with head_features(maml.model) as captured:
+                maml(*batch.inputs())
+            blocks.append(captured["features"].numpy().astype(float))
+    return np.concatenate(blocks)
 
 
 def calibrate(
@@ -89,33 +125,43 @@ def calibrate(
     mc_samples: int = 32,
     episodes_per_k: int = 30,
     seed: int = 0,
+    train_families: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``uncertainty`` metadata of a predictor, from the validation ``families`` (see the module doc)."""
+    """The ``uncertainty`` metadata of a predictor, from the validation ``families`` (see the module doc).
+
+    With ``train_families`` the gap also gets normalised half-widths (``band_gap_scaled*``) and the
+    ``difficulty`` entry that defines σ(x) (:mod:`matmeta.predict.difficulty`).
+    """
+    from matmeta.predict.difficulty import difficulty_entry, sigma
     from matmeta.tasks import EpisodeSampler
 
     maml.eval()
     torch.manual_seed(seed)
     zero = _residuals(maml, table, stats, family_indices(table, families), None, mc_samples)
     cut = balanced_threshold(zero["p_nonmetal"], zero["nonmetal"], MIN_PRECISION)
-    zero_summary = _summary([zero], cut)
-    adapted: dict[str, dict[str, float]] = {}
     generator = torch.Generator().manual_seed(seed)
-    every: list[dict[str, np.ndarray]] = []
+    by_k: dict[str, list[dict[str, np.ndarray]]] = {}
     for k in ADAPT_KS:
         sampler = EpisodeSampler(table.families, list(families), k, 30, seed + k)
-        parts = []
+        by_k[str(k)] = []
         for _ in range(episodes_per_k):
             episode = sampler.sample(generator)
             fast = maml.adapt(table.batch(episode.support), loss_fn)
-            parts.append(_residuals(maml, table, stats, np.asarray(episode.query), fast, mc_samples))
-        adapted[str(k)] = _summary(parts, cut)
-        every.extend(parts)
-    pooled = _summary(every, cut)  # non-metals are rare (~4%): one gap quantile over all k is far less noisy
-    gap_keys = ("band_gap_nonmetal", "band_gap_nonmetal_called", "band_gap_nonmetal_uncalled", "n_gap")
-    for entry in adapted.values():
+            by_k[str(k)].append(_residuals(maml, table, stats, np.asarray(episode.query), fast, mc_samples))
+    difficulty = None
+    if train_families:
+        train_features = _training_features(maml, table, train_families)
+        difficulty = difficulty_entry(train_features, zero["features"][zero["nonmetal"]])
+        for part in [zero, *(part for parts in by_k.values() for part in parts)]:
+            part["sigma"] = sigma(difficulty, part["features"])
+    zero_summary = _summary([zero], cut)
+    adapted = {k: _summary(parts, cut) for k, parts in by_k.items()}
+    pooled = _summary([part for parts in by_k.values() for part in parts], cut)  # non-metals are rare (~4%)
+    gap_keys = [key for key in pooled if key.startswith(("band_gap_", "held_out_")) or key == "n_gap"]
+    for entry in adapted.values():  # one gap quantile over all k is far less noisy
         entry.update({key: pooled[key] for key in gap_keys})
     ref = adapted["10"]
-    return {
+    out = {
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,
         "interval": LEVEL,
@@ -126,6 +172,9 @@ def calibrate(
         "calibration_k": 10,
         "calibrated_on": sorted(families),
     }
+    if difficulty is not None:
+        out["difficulty"] = difficulty
+    return out
 
 
 def recalibrate_checkpoint(checkpoint: Path, store: Path, out: Path | None = None, seed: int = 0) -> dict[str, Any]:
@@ -145,7 +194,8 @@ def recalibrate_checkpoint(checkpoint: Path, store: Path, out: Path | None = Non
     samples = int(predictor.uncertainty.get("mc_samples", 32))
     val = predictor.metadata["families"]["val"]
     episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
-    result = calibrate(predictor.maml, table, predictor.stats, val, samples, episodes, seed=seed)
+    train = predictor.metadata["families"]["train"]
+    result = calibrate(predictor.maml, table, predictor.stats, val, samples, episodes, seed=seed, train_families=train)
     metadata = {**predictor.metadata, "uncertainty": result}
     save_checkpoint(out or checkpoint, predictor.maml.state_dict(), metadata)
     return result

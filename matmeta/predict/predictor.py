@@ -231,7 +231,7 @@ class Predictor:
     def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, float]]:
         """Decode model outputs (point (G, 3), MC samples (S, G, 3), head features (G, H)) into rows in target units."""
         from matmeta.predict.adaptation import transform
-        from matmeta.predict.intervals import half_widths
+        from matmeta.predict.intervals import gap_half_widths, half_widths
 
         adapted = self.metadata.get("adapted") or {}
         scale = self.uncertainty.get("adapted" if adapted.get("kept") == "adapted" else "zero_shot", {})
@@ -256,8 +256,8 @@ class Predictor:
         metal = (1.0 - p_metal) < self.nonmetal_cut
         band_gap = np.where(metal, 0.0, gap)
         band_gap_std = np.where(metal, np.sqrt((1 - p_metal) * (gap_std**2 + gap**2)), gap_std)
-        heat_half, called_half, uncalled_half = half_widths(self.uncertainty, adapted)
-        gap_half = np.where(metal, uncalled_half, called_half)
+        heat_half = half_widths(self.uncertainty, adapted)[0]
+        gap_half = gap_half_widths(self.uncertainty, adapted, metal, features.numpy().astype(float))
         return [
             {
                 "heat_ref": float(heat[i]),

@@ -123,7 +123,14 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
     metadata["uncertainty"] = calibrate(
-        maml, table, stats, family_split.val, cfg.uncertainty.mc_samples, cfg.uncertainty.calibration_episodes, seed
+        maml,
+        table,
+        stats,
+        family_split.val,
+        cfg.uncertainty.mc_samples,
+        cfg.uncertainty.calibration_episodes,
+        seed,
+        train_families=family_split.train,
     )
     metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
     metadata["training"] = {
