@@ -109,3 +109,66 @@ def test_shipped_checkpoint_round_trips_its_difficulty_and_old_metadata_keeps_co
     assert old[0]["gap_hi"] - old[0]["gap_if_nonmetal"] == pytest.approx(widths["band_gap_nonmetal_called"], abs=1e-6)
     assert old[1]["gap_hi"] - old[1]["gap_if_nonmetal"] == pytest.approx(widths["band_gap_nonmetal_uncalled"], abs=1e-6)
     assert [r["gap_if_nonmetal"] for r in old] == [r["gap_if_nonmetal"] for r in before]
+
+
+def _random_table(rng: np.random.Generator, families: list[str]):
+    """Small random graphs (2–4 atoms of a few elements), one third non-metals, with their normalised targets."""
+    import torch
+
+    from matmeta.predict.data import GraphTable, TargetStats
+
+    graphs = []
+    for _ in families:
+        n = int(rng.integers(2, 5))
+        z = torch.as_tensor(rng.choice([8, 22, 38, 40, 56, 26], size=n))
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        graphs.append(
+            (z, torch.as_tensor(pairs).T, torch.as_tensor(rng.uniform(1.8, 3.5, len(pairs)), dtype=torch.float32))
+        )
+    n_atoms = np.array([g[0].shape[0] for g in graphs], float)
+    heat = rng.normal(0.0, 1.0, len(graphs)) * n_atoms
+    gap = np.where(rng.random(len(graphs)) < 1 / 3, rng.uniform(0.5, 5.0, len(graphs)), 0.0)
+    stats = TargetStats.fit(heat, gap, n_atoms)
+    return GraphTable(
+        graphs, stats.encode(heat, gap, n_atoms), heat, gap, families, [str(i) for i in range(len(graphs))]
+    ), stats
+
+
+def test_calibrate_with_training_families_adds_sigma_and_keeps_the_constant_widths():
+    import torch
+
+    from matmeta.conformal import conformal_quantile
+    from matmeta.models.gnn import GNNConfig
+    from matmeta.predict.calibrate import calibrate
+    from matmeta.predict.data import family_indices
+    from matmeta.predict.difficulty import decode_features, knn_distance, sigma
+    from matmeta.predict.kriging import head_features
+    from matmeta.predict.train import untrained_predictor
+
+    rng = np.random.default_rng(3)
+    families = [f for f in "ABCDE" for _ in range(52)]  # k = 20 support + 30 query
+    table, stats = _random_table(rng, families)
+    predictor = untrained_predictor(GNNConfig(hidden=16, layers=1, n_rbf=8), stats=stats)
+    val = ["C", "D", "E"]
+    plain = calibrate(predictor.maml, table, stats, val, mc_samples=2, episodes_per_k=2, seed=0)
+    full = calibrate(
+        predictor.maml, table, stats, val, mc_samples=2, episodes_per_k=2, seed=0, train_families=["A", "B"]
+    )
+    assert "difficulty" not in plain and "band_gap_scaled_called" not in plain["conformal"]["zero_shot"]
+    for key, value in plain["conformal"]["zero_shot"].items():  # the constant widths do not change
+        assert full["conformal"]["zero_shot"][key] == value
+    entry = full["difficulty"]
+    assert entry["reference"]["shape"] == [104, 16]
+    idx = family_indices(table, val)
+    with torch.inference_mode(), head_features(predictor.model) as captured:
+        out = predictor.maml(*table.batch(idx).inputs())
+    features = captured["features"].numpy().astype(float)
+    nonmetal = table.band_gap[idx] > 0
+    reference = decode_features(entry["reference"])
+    assert entry["scale"] == pytest.approx(np.median(knn_distance(features[nonmetal], reference)), rel=1e-6)
+    errors = np.abs(stats.decode_gap(out[:, 2]).numpy() - table.band_gap[idx])[nonmetal]
+    assert full["conformal"]["zero_shot"]["band_gap_scaled"] == pytest.approx(
+        conformal_quantile(errors / sigma(entry, features[nonmetal]), 0.9), rel=1e-5
+    )
+    coverage = full["conformal"]["adapted"]["10"]["held_out_family_coverage_scaled"]
+    assert 0.0 <= coverage <= 1.0
