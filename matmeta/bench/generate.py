@@ -81,6 +81,9 @@ class GenerateBenchConfig:
         relax_unsnapped: also relax the same picks in their geometry before snapping to the prototype
             (the raw decoder output / the training prototype's positions), one extra row each.
         double_calls: predictor calls each double-perovskite method gets per target (0: no such rows).
+        label_per_family: training compositions per family relaxed to check the structural criterion
+            (:mod:`matmeta.design.cubic_labels`; cached in out/; 0: no check), and
+        label_t_n: this many more drawn among the training compositions with t in ``label_t_range``.
         abx3: run the ABX3 rows (false: only the double-perovskite rows).
         seed: the one seed.
         out_dir: where results.csv goes.
@@ -103,6 +106,9 @@ class GenerateBenchConfig:
     relax_rattle: float = 0.02
     relax_unsnapped: bool = True
     double_calls: int = 1000
+    label_per_family: int = 6
+    label_t_n: int = 150
+    label_t_range: tuple[float, float] = (0.8, 1.15)
     abx3: bool = True
     seed: int = 0
     out_dir: Path = Path("out/bench/generate")
@@ -290,6 +296,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     root = Path(recipe_path).resolve().parent.parent
     start = time.perf_counter()
     ctx = _setup(cfg, root, quick)
+    _criterion_check(cfg, root, ctx)
     rows: list[list[Any]] = []
     with progress() as bar:
         task = bar.add_task("generate bench", total=len(cfg.targets))
@@ -313,6 +320,33 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     _goals(rows, cfg)
     out_dir = cfg.out_dir if cfg.out_dir.is_absolute() else root / cfg.out_dir
     write_table(out_dir / "results.csv", [dict(zip(COLUMNS, r, strict=True)) for r in rows], COLUMNS)
+
+
+def _criterion_check(cfg: GenerateBenchConfig, root: Path, ctx: dict) -> None:
+    """Relax (or read the cached) training samples and print how well the structural criterion predicts them."""
+    from matmeta.console import print_table, progress
+    from matmeta.design.cubic_labels import KEPT_RMSD_ANG, LabelSample, cubic_labels, label_report
+
+    shape = ctx["criterion"].shape
+    if cfg.label_per_family <= 0 or shape is None:
+        return
+    store = cfg.store if cfg.store.is_absolute() else root / cfg.store
+    samples = [LabelSample(cfg.label_per_family, seed=cfg.seed)]
+    if cfg.label_t_n > 0:
+        samples.append(LabelSample(t_range=tuple(cfg.label_t_range), n=cfg.label_t_n, seed=cfg.seed + 1))
+    labels = []
+    with progress() as bar:
+        task = bar.add_task("relaxing training samples (CHGNet)", total=None)
+        for sample in samples:
+            labels += cubic_labels(ctx["generator"], store, sample, root / "out", on_done=lambda: bar.advance(task))
+    kept = sum(bool(r["kept"]) for r in labels)
+    print_table(
+        f"structural criterion on TRAINING compositions: {len(labels)} relaxed ({'; '.join(s.key for s in samples)};"
+        f" out/{', '.join(s.file_name for s in samples)}), {kept} kept (connectivity and RMSD <= {KEPT_RMSD_ANG:g} A)",
+        ["criterion", "inside", "kept inside", "precision", "recall (with t)", "recall (all)", "bal. acc."],
+        label_report(labels, shape),
+        digits=3,
+    )
 
 
 def _goals(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:
