@@ -32,8 +32,8 @@ with a t), kept per t bin of 0.05 from 0.80 to 1.15: 1/49, 2/21, 3/25, 8/37, 8/1
 rises with t, as Goldschmidt's picture says for a cage that must fit A. The rule gives **1.03 ≤ t ≤ 1.14**,
 no μ bound (μ did not add 0.05 precision): precision 0.58 (18 of 31), recall 0.51 over kept with a t
 (0.38 over all kept), against a base rate of 0.13 (47/355). No sampled composition has t above 1.15, so
-the upper bound is where the sample ends rather than a measured edge. Even inside the window, 42 % of training compositions do
-not stay cubic under CHGNet: the criterion raises the odds, it does not guarantee.
+the upper bound is where the sample ends rather than a measured edge. Even inside the window, 42 % of
+training compositions do not stay cubic under CHGNet: the criterion raises the odds, it does not guarantee.
 ``matmeta bench recipes/generate.toml`` recomputes the labels (cached), the window and its precision / recall.
 """
 
