@@ -10,7 +10,7 @@ predicted gap in the window, stable: :mod:`matmeta.design.stability`):
    scored by the predictor (:mod:`matmeta.design.screen`); it says how many qualifying compounds exist;
 3. ``generate (decoder+screen)``: what ``matmeta generate`` returns, the best ``n`` of both;
 4. ``substitution fill``: random substitution (the same space, sampled without repeats) in the same
-   fill loop, given as many predictor calls as the decoder used.
+   fill loop, given as many predictor calls as the decoder used (and at most its draw budget).
 
 Columns: candidates returned (of ``n``), qualifying compounds in the enumerable space, draws and
 predictor calls spent, hits per draw and per call, the S.U.N. share of the method's proposals
@@ -80,7 +80,9 @@ class GenerateBenchConfig:
         relax_rattle: the seeded random displacement (Å) every relaxation starts from.
         relax_unsnapped: also relax the same picks in their geometry before snapping to the prototype
             (the raw decoder output / the training prototype's positions), one extra row each.
-        double_calls: predictor calls each double-perovskite method gets per target (0: no such rows).
+        double_calls: predictor calls each double-perovskite method gets per target (0: no such rows), and
+        double_max_draws: proposer draws at most (only ~2 % of random A2BB'X6 pass the tolerance window, which
+            needs no predictor call; the cap bounds the run).
         label_per_family: training compositions per family relaxed to check the structural criterion
             (:mod:`matmeta.design.cubic_labels`; cached in out/; 0: no check), and
         label_t_n: this many more drawn among the training compositions with t in ``label_t_range``.
@@ -106,6 +108,7 @@ class GenerateBenchConfig:
     relax_rattle: float = 0.02
     relax_unsnapped: bool = True
     double_calls: int = 1000
+    double_max_draws: int = 10_000
     label_per_family: int = 6
     label_t_n: int = 150
     label_t_range: tuple[float, float] = (0.8, 1.15)
@@ -189,7 +192,7 @@ def _target_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
     scr_s = time.perf_counter() - start + ctx["space_seconds"]
     qualifying = len(summary.qualifying)
     start = time.perf_counter()
-    equal = FillBudget(max_draws=10**9, max_predictor_calls=max(dec.calls, 1))
+    equal = FillBudget(max_draws=cfg.max_draws, max_predictor_calls=max(dec.calls, 1))
     sub_proposer = substitution_proposer(ctx["prototypes"], ctx["cations"], ctx["known"], seed)
     sub = fill(cfg.n, sub_proposer, pred, window, crit, equal)
     sub_s = time.perf_counter() - start
@@ -222,7 +225,7 @@ def _double_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
 
     window = (max(target - cfg.tolerance, 0.0), target + cfg.tolerance)
     seed = cfg.seed + int(round(100 * target))
-    budget = FillBudget(max_draws=10**9, max_predictor_calls=cfg.double_calls, patience=10)
+    budget = FillBudget(max_draws=cfg.double_max_draws, max_predictor_calls=cfg.double_calls, patience=10)
     options = {"element_mask": ctx["mask"], "temperature": cfg.temperature, "guidance": cfg.guidance}
     anion_sets = sorted({tuple(site.specie.symbol for site in p[2:]) for p in ctx["prototypes"]})
     proposers = {
