@@ -383,7 +383,8 @@ def _goals(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:
         )
     if double:
         print_table(
-            f"goal: A2BB'X6 hits per predictor call, decoder pairs >= 5x random ({cfg.double_calls} calls or {cfg.double_max_draws} draws each)",
+            f"goal: A2BB'X6 hits per predictor call, decoder pairs >= 5x random "
+            f"({cfg.double_calls} calls or {cfg.double_max_draws} draws each)",
             ["target eV", "decoder pairs", "random", "ratio", "goal met"],
             double,
             digits=3,
