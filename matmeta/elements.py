@@ -172,6 +172,17 @@ def _features(composition: tuple[tuple[int, int], ...]) -> tuple[dict[int, tuple
     return atom, (*flags, float(electrons % 2))
 
 
+def formal_oxidation_states(atomic_numbers: Sequence[int]) -> dict[int, int]:
+    """The formal oxidation state of every element of a composition, as :func:`composition_features` assigns them.
+
+    Anions take their fixed state; cations the charge-neutral combination of their pymatgen states that
+    is closed-shell where possible (0 for all cations when none is charge-neutral, and in intermetallics).
+    """
+    counts = Counter(int(z) for z in atomic_numbers)
+    atom, _ = _features(tuple(sorted(counts.items())))
+    return {z: int(round(values[0])) for z, values in atom.items()}
+
+
 def composition_features(atomic_numbers: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Formal-oxidation-state features of one structure.
 

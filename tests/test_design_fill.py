@@ -56,13 +56,16 @@ def _valid_pairs():
 
 
 PAIRS = _valid_pairs()
+#: the fill / screen mechanics on these hand-made pairs are judged by heat alone; the structural part of the
+#: criterion (tolerance factor) has its own tests in test_design_tolerance.py
+HEAT_ONLY = StabilityCriterion(shape=None)
 
 
 def test_fill_stops_when_it_has_n_hits():
     scorer = GapByElement({"Ba"})
     first_ba = next(i for i, (a, _) in enumerate(PAIRS) if a == "Ba")
     fifth_ba = [i for i, (a, _) in enumerate(PAIRS) if a == "Ba"][4]
-    result = fill(5, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), StabilityCriterion(), FillBudget(round_size=10))
+    result = fill(5, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), HEAT_ONLY, FillBudget(round_size=10))
     assert result.stop == "filled"
     assert len(result.hits) >= 5 and all(result.judgement.rows[i]["formula"].startswith("Ba") for i in result.hits)
     rounds = fifth_ba // 10 + 1  # rounds of 10 until the fifth Ba pair has been judged
@@ -76,7 +79,7 @@ def test_fill_stops_when_it_has_n_hits():
 def test_fill_stops_at_its_draw_budget_with_the_stated_message():
     scorer = GapByElement({"Xe"})  # nothing ever qualifies
     budget = FillBudget(max_draws=50, round_size=8)
-    result = fill(3, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), StabilityCriterion(), budget)
+    result = fill(3, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), HEAT_ONLY, budget)
     assert result.stop == "draw budget spent" and not result.hits
     assert result.draws == 64 and result.rounds == 4  # the round that passed 50 finished; no new round began
     assert result.message(3, budget) == (
@@ -87,16 +90,16 @@ def test_fill_stops_at_its_draw_budget_with_the_stated_message():
 def test_fill_never_passes_its_predictor_budget_and_notices_an_exhausted_proposer():
     scorer = GapByElement({"Xe"})
     budget = FillBudget(max_predictor_calls=30, round_size=8)
-    result = fill(3, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), StabilityCriterion(), budget)
+    result = fill(3, _cycling_proposer(PAIRS), scorer, (1.5, 2.5), HEAT_ONLY, budget)
     assert result.stop == "predictor-call budget spent" and result.calls == scorer.calls == 30
-    small = fill(50, _cycling_proposer(PAIRS[:12]), GapByElement({"Li"}), (1.5, 2.5), StabilityCriterion())
+    small = fill(50, _cycling_proposer(PAIRS[:12]), GapByElement({"Li"}), (1.5, 2.5), HEAT_ONLY)
     lithium = sum(a == "Li" for a, _ in PAIRS[:12])
     assert 0 < lithium < 12 and small.stop == "proposer exhausted" and len(small.hits) == lithium and small.calls == 12
     assert "stopped: no new composition came in 3 rounds" in small.message(50, FillBudget())
 
 
 def test_unstable_and_invalid_candidates_are_not_hits():
-    criterion = StabilityCriterion(threshold_ev_per_atom=0.2)
+    criterion = StabilityCriterion(threshold_ev_per_atom=0.2, shape=None)
     hot = fill(2, _cycling_proposer(PAIRS[:20]), GapByElement({"Li"}, heat=1.5), (1.5, 2.5), criterion)
     assert not hot.hits and all(r["heat_ev_per_atom"] == pytest.approx(0.3) for r in hot.judgement.rows)
     squeezed = [_abx3("Li", b, lattice=0.9) for b in B_SITES]  # atoms 0.45 A apart: structurally invalid
@@ -119,7 +122,7 @@ def test_exhaustive_screen_counts_a_hand_enumerated_space_exactly():
     space = allowed_space(prototypes, sites, allowed, known={"SrTiO3"})
     # 2 anion sets x 10 ordered cation pairs (A != B) = 20, less SrTiO3 (known), TiSrO3 (= SrTiO3), TiSrO2N (= SrTiO2N)
     assert len(space) == 17
-    judged = screen(space, GapByElement({"Ba"}), (1.5, 2.5), StabilityCriterion())
+    judged = screen(space, GapByElement({"Ba"}), (1.5, 2.5), HEAT_ONLY)
     # Ba with Ti, Zr or Sr, on either anion set: 6
     assert len(judged.hits) == 6 and judged.calls == 17
     expected = {

@@ -31,11 +31,15 @@ def no_store(tmp_path_factory) -> Path:
 def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatable(tmp_path, no_store):
     from pymatgen.core import Structure
 
+    from matmeta.design.stability import StabilityCriterion
+
     common = ("-n", "4", "--seed", "4", "--max-draws", "4000", "--no-relax", "--store", str(no_store))
     first = _run("--band-gap", "2.5", "--tolerance", "1.5", *common, "--out", "c1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "requested candidates found in" in first.stdout and "gap in window" in first.stdout
     assert "exhaustive screen: not run (no training store" in first.stdout
+    shape = StabilityCriterion().shape
+    assert f"cubic by tolerance ({shape.describe()})" in first.stdout and shape.describe() in first.stdout
     rows = _rows(tmp_path / "c1" / "candidates.csv")
     assert 1 <= len(rows) <= 4 and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert len({r["formula"] for r in rows}) == len(rows)
@@ -43,6 +47,8 @@ def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatabl
         assert row["source"] == "decoder" and row["cif"] == "" and row["relax_status"] == ""
         assert 1.0 <= float(row["band_gap_ev"]) <= 4.0 and float(row["p_metal"]) < 0.5
         assert float(row["heat_ev_per_atom"]) <= 0.2 and row["stable"] == "True" and row["valid"] == "True"
+        assert row["heat_stable"] == "True" and row["cubic_by_tolerance"] == "True"
+        assert shape.t_min <= float(row["tolerance_factor"]) <= shape.t_max
         s = Structure.from_file(tmp_path / "c1" / row["cif_generated"])
         assert len(s) == 5 and s.composition.reduced_formula == row["formula"]
     second = _run("--band-gap", "1:4", *common, "--out", "c2", cwd=tmp_path)

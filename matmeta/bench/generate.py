@@ -10,7 +10,7 @@ predicted gap in the window, stable: :mod:`matmeta.design.stability`):
    scored by the predictor (:mod:`matmeta.design.screen`); it says how many qualifying compounds exist;
 3. ``generate (decoder+screen)``: what ``matmeta generate`` returns, the best ``n`` of both;
 4. ``substitution fill``: random substitution (the same space, sampled without repeats) in the same
-   fill loop, given as many predictor calls as the decoder used.
+   fill loop, given as many predictor calls as the decoder used (and at most its draw budget).
 
 Columns: candidates returned (of ``n``), qualifying compounds in the enumerable space, draws and
 predictor calls spent, hits per draw and per call, the S.U.N. share of the method's proposals
@@ -80,7 +80,12 @@ class GenerateBenchConfig:
         relax_rattle: the seeded random displacement (Å) every relaxation starts from.
         relax_unsnapped: also relax the same picks in their geometry before snapping to the prototype
             (the raw decoder output / the training prototype's positions), one extra row each.
-        double_calls: predictor calls each double-perovskite method gets per target (0: no such rows).
+        double_calls: predictor calls each double-perovskite method gets per target (0: no such rows), and
+        double_max_draws: proposer draws at most (only ~2 % of random A2BB'X6 pass the tolerance window, which
+            needs no predictor call; the cap bounds the run).
+        label_per_family: training compositions per family relaxed to check the structural criterion
+            (:mod:`matmeta.design.cubic_labels`; cached in out/; 0: no check), and
+        label_t_n: this many more drawn among the training compositions with t in ``label_t_range``.
         abx3: run the ABX3 rows (false: only the double-perovskite rows).
         seed: the one seed.
         out_dir: where results.csv goes.
@@ -103,6 +108,10 @@ class GenerateBenchConfig:
     relax_rattle: float = 0.02
     relax_unsnapped: bool = True
     double_calls: int = 1000
+    double_max_draws: int = 10_000
+    label_per_family: int = 6
+    label_t_n: int = 150
+    label_t_range: tuple[float, float] = (0.8, 1.15)
     abx3: bool = True
     seed: int = 0
     out_dir: Path = Path("out/bench/generate")
@@ -183,7 +192,7 @@ def _target_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
     scr_s = time.perf_counter() - start + ctx["space_seconds"]
     qualifying = len(summary.qualifying)
     start = time.perf_counter()
-    equal = FillBudget(max_draws=10**9, max_predictor_calls=max(dec.calls, 1))
+    equal = FillBudget(max_draws=cfg.max_draws, max_predictor_calls=max(dec.calls, 1))
     sub_proposer = substitution_proposer(ctx["prototypes"], ctx["cations"], ctx["known"], seed)
     sub = fill(cfg.n, sub_proposer, pred, window, crit, equal)
     sub_s = time.perf_counter() - start
@@ -216,7 +225,7 @@ def _double_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
 
     window = (max(target - cfg.tolerance, 0.0), target + cfg.tolerance)
     seed = cfg.seed + int(round(100 * target))
-    budget = FillBudget(max_draws=10**9, max_predictor_calls=cfg.double_calls, patience=10)
+    budget = FillBudget(max_draws=cfg.double_max_draws, max_predictor_calls=cfg.double_calls, patience=10)
     options = {"element_mask": ctx["mask"], "temperature": cfg.temperature, "guidance": cfg.guidance}
     anion_sets = sorted({tuple(site.specie.symbol for site in p[2:]) for p in ctx["prototypes"]})
     proposers = {
@@ -290,6 +299,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     root = Path(recipe_path).resolve().parent.parent
     start = time.perf_counter()
     ctx = _setup(cfg, root, quick)
+    _criterion_check(cfg, root, ctx)
     rows: list[list[Any]] = []
     with progress() as bar:
         task = bar.add_task("generate bench", total=len(cfg.targets))
@@ -313,6 +323,33 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     _goals(rows, cfg)
     out_dir = cfg.out_dir if cfg.out_dir.is_absolute() else root / cfg.out_dir
     write_table(out_dir / "results.csv", [dict(zip(COLUMNS, r, strict=True)) for r in rows], COLUMNS)
+
+
+def _criterion_check(cfg: GenerateBenchConfig, root: Path, ctx: dict) -> None:
+    """Relax (or read the cached) training samples and print how well the structural criterion predicts them."""
+    from matmeta.console import print_table, progress
+    from matmeta.design.cubic_labels import KEPT_RMSD_ANG, LabelSample, cubic_labels, label_report
+
+    shape = ctx["criterion"].shape
+    if cfg.label_per_family <= 0 or shape is None:
+        return
+    store = cfg.store if cfg.store.is_absolute() else root / cfg.store
+    samples = [LabelSample(cfg.label_per_family, seed=cfg.seed)]
+    if cfg.label_t_n > 0:
+        samples.append(LabelSample(t_range=tuple(cfg.label_t_range), n=cfg.label_t_n, seed=cfg.seed + 1))
+    labels = []
+    with progress() as bar:
+        task = bar.add_task("relaxing training samples (CHGNet)", total=None)
+        for sample in samples:
+            labels += cubic_labels(ctx["generator"], store, sample, root / "out", on_done=lambda: bar.advance(task))
+    kept = sum(bool(r["kept"]) for r in labels)
+    print_table(
+        f"structural criterion on TRAINING compositions: {len(labels)} relaxed ({'; '.join(s.key for s in samples)};"
+        f" out/{', '.join(s.file_name for s in samples)}), {kept} kept (connectivity and RMSD <= {KEPT_RMSD_ANG:g} A)",
+        ["criterion", "inside", "kept inside", "precision", "recall (with t)", "recall (all)", "bal. acc."],
+        label_report(labels, shape),
+        digits=3,
+    )
 
 
 def _goals(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:
@@ -346,7 +383,8 @@ def _goals(rows: list[list[Any]], cfg: GenerateBenchConfig) -> None:
         )
     if double:
         print_table(
-            f"goal: A2BB'X6 hits per predictor call, decoder pairs >= 5x random ({cfg.double_calls} calls each)",
+            f"goal: A2BB'X6 hits per predictor call, decoder pairs >= 5x random "
+            f"({cfg.double_calls} calls or {cfg.double_max_draws} draws each)",
             ["target eV", "decoder pairs", "random", "ratio", "goal met"],
             double,
             digits=3,

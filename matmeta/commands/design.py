@@ -118,12 +118,13 @@ def _render(result, seed: int, top: int) -> None:  # noqa: ANN001 - a DesignResu
         digits=3,
     )
     relaxed = any("relax_status" in r for r in result.rows)
-    columns = ["rank", "formula", "source", "gap (eV)", "p_metal", "heat (eV/atom)"]
+    columns = ["rank", "formula", "source", "gap (eV)", "p_metal", "heat (eV/atom)", "t"]
     if relaxed:
         columns += ["gap relaxed", "RMSD (A)", "dV/V", "status"]
     rows = []
     for r in result.rows[: max(top, 0)]:
         row = [r["rank"], r["formula"], r["source"], r["band_gap_ev"], r["p_metal"], r["heat_ev_per_atom"]]
+        row.append(r.get("tolerance_factor", "-"))
         if relaxed:
             row += [r.get("band_gap_ev_relaxed", "-"), r["rmsd_ang"], r["volume_change"], r["relax_status"]]
         rows.append(row)

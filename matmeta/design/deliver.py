@@ -113,7 +113,8 @@ def relax_and_recheck(
         row.update(outcome)
         after = None
         if i in by_index:
-            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion)
+            cubic = bool(row.get("cubic_by_tolerance", True))
+            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion, cubic)
             row.update({f"{k}_relaxed": verdict[k] for k in ("band_gap_ev", "p_metal", "heat_ev_per_atom", "stable")})
             after = verdict["in_window"]
             row["in_window_relaxed"] = after

@@ -5,6 +5,9 @@ screen (:mod:`matmeta.design.screen`) and the benchmark. Only valid candidates (
 SMACT) reach the predictor, so ``calls`` is the number of structures the predictor scored.
 Uniqueness and novelty are settled before, by composition (the fill loop never proposes a training
 composition or one it has proposed before), so a hit here is valid ∧ non-metal ∧ in window ∧ stable.
+Stable is the heat criterion AND the structural one (tolerance factor in its window,
+:mod:`matmeta.design.tolerance`); the structural one needs no predictor, so only valid candidates inside
+the tolerance window are scored.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ class Judgement:
     Attributes:
         structures: the judged structures.
         rows: one dict each: formula, struct_valid, comp_valid, valid, band_gap_ev, band_gap_std_ev,
-            p_metal, heat_ref_ev_per_cell, heat_ref_std_ev, heat_ev_per_atom, stable, in_window, hit,
-            min_distance_ang, volume_per_atom_ang3, warning (predictions NaN for invalid ones).
+            p_metal, heat_ref_ev_per_cell, heat_ref_std_ev, heat_ev_per_atom, heat_stable, tolerance_factor,
+            octahedral_factor, bartel_tau, cubic_by_tolerance, stable (heat and tolerance), in_window, hit,
+            min_distance_ang, volume_per_atom_ang3, warning (predictions NaN for unscored ones).
         calls: predictor calls made (structures scored).
     """
 
@@ -50,9 +54,17 @@ class Judgement:
 
 
 def prediction_verdict(
-    prediction: dict[str, Any], n_atoms: int, window: tuple[float, float], criterion: StabilityCriterion
+    prediction: dict[str, Any],
+    n_atoms: int,
+    window: tuple[float, float],
+    criterion: StabilityCriterion,
+    cubic: bool = True,
 ) -> dict[str, Any]:
-    """Row fields from one predictor output: gap, metal probability, heat, stable, in window."""
+    """Row fields from one predictor output: gap, metal probability, heat, stable, in window.
+
+    ``cubic``: the candidate's structural verdict (stable needs it and the heat criterion).
+    """
+    heat_ok = criterion.stable(float(prediction["heat_ref"]), n_atoms)
     gap, metal, heat = float(prediction["band_gap"]), float(prediction["p_metal"]), float(prediction["heat_ref"])
     return {
         "band_gap_ev": gap,
@@ -61,7 +73,8 @@ def prediction_verdict(
         "heat_ref_ev_per_cell": heat,
         "heat_ref_std_ev": float(prediction.get("heat_ref_std", float("nan"))),
         "heat_ev_per_atom": criterion.heat_per_atom(heat, n_atoms),
-        "stable": criterion.stable(heat, n_atoms),
+        "heat_stable": heat_ok,
+        "stable": bool(heat_ok and cubic),
         "in_window": bool(metal < 0.5 and window[0] <= gap <= window[1]),
         "warning": prediction.get("warning") or "",
     }
@@ -70,7 +83,7 @@ def prediction_verdict(
 def judge_for_request(
     structures: Sequence[Any], predictor: Any, window: tuple[float, float], criterion: StabilityCriterion
 ) -> Judgement:
-    """Validity of every structure, then the predictor on the valid ones; a hit meets everything."""
+    """Validity and tolerance factor of every structure, then the predictor on the valid ones inside the window."""
     structures = list(structures)
     rows: list[dict[str, Any]] = []
     for s in structures:
@@ -90,15 +103,17 @@ def judge_for_request(
                 "heat_ref_ev_per_cell": float("nan"),
                 "heat_ref_std_ev": float("nan"),
                 "heat_ev_per_atom": float("nan"),
+                "heat_stable": False,
                 "stable": False,
                 "in_window": False,
                 "warning": "",
+                **criterion.shape_verdict(s),
             }
         )
-    valid = [i for i, r in enumerate(rows) if r["valid"]]
+    valid = [i for i, r in enumerate(rows) if r["valid"] and r["cubic_by_tolerance"]]
     predictions = predictor.predict_structures([structures[i] for i in valid]) if valid else []
     for i, p in zip(valid, predictions, strict=True):
-        rows[i].update(prediction_verdict(p, len(structures[i]), window, criterion))
+        rows[i].update(prediction_verdict(p, len(structures[i]), window, criterion, rows[i]["cubic_by_tolerance"]))
     for r in rows:
         r["hit"] = bool(r["valid"] and r["in_window"] and r["stable"])
     return Judgement(structures, rows, len(valid))

@@ -15,6 +15,11 @@ CSV_COLUMNS = (
     "band_gap_ev",
     "p_metal",
     "heat_ev_per_atom",
+    "heat_stable",
+    "tolerance_factor",
+    "octahedral_factor",
+    "bartel_tau",
+    "cubic_by_tolerance",
     "stable",
     "band_gap_ev_relaxed",
     "p_metal_relaxed",
@@ -78,15 +83,21 @@ def funnel(result: DesignResult) -> list[tuple[str, int]]:
         (f"proposed ({result.fill.draws} draws; {novel}, unique)", lambda r: True),
         ("structurally valid", lambda r: r["struct_valid"]),
         ("compositionally valid (SMACT)", lambda r: r["comp_valid"]),
+        (f"cubic by tolerance ({_shape(result)})", lambda r: r["cubic_by_tolerance"]),
         ("predicted non-metal", lambda r: r["p_metal"] < 0.5),
         ("gap in window", lambda r: r["in_window"]),
-        (f"stable (heat <= {result.criterion.threshold_ev_per_atom:g} eV/atom)", lambda r: r["stable"]),
+        (f"heat of formation <= {result.criterion.threshold_ev_per_atom:g} eV/atom", lambda r: r["heat_stable"]),
     ]
     alive, out = list(rows), []
     for name, keep in stages:
         alive = [r for r in alive if keep(r)]
         out.append((name, len(alive)))
     return out
+
+
+def _shape(result: DesignResult) -> str:
+    shape = result.criterion.shape
+    return shape.describe() if shape is not None else "not required"
 
 
 def summary_lines(result: DesignResult) -> list[str]:
@@ -101,14 +112,16 @@ def summary_lines(result: DesignResult) -> list[str]:
         lines.append(
             f"S.U.N. share of the decoder's proposals: {sun / proposed:.1%} "
             f"({sun} of {proposed} valid, stable, unique, {novel}; {result.criterion.describe()}, "
-            "the cut chosen on training data after Castelli et al.); "
+            "the heat cut chosen on training data after Castelli et al., the t window on CHGNet relaxations of "
+            "training compositions); "
             f"{len(fill.hits)} also in the window"
         )
     if result.screen is not None:
         by = {s: sum(r["source"] == s for r in result.rows) for s in ("decoder", "decoder+screen", "screen")}
         lines.append(
             f"exhaustive screen: {len(result.screen.qualifying)} of the {result.screen.size} novel charge-neutral "
-            f"ABX3 substitutions qualify for {lo:g}-{hi:g} eV; returned: {by['decoder'] + by['decoder+screen']} found "
+            f"ABX3 substitutions qualify for {lo:g}-{hi:g} eV ({_cubic(result.screen.judgement.rows)} of them "
+            f"inside the tolerance window); returned: {by['decoder'] + by['decoder+screen']} found "
             f"by the decoder ({by['decoder+screen']} also by the screen), {by['screen']} by the screen alone"
         )
     elif result.novelty_judged:
@@ -126,6 +139,10 @@ def summary_lines(result: DesignResult) -> list[str]:
             + (", ".join(f"{_count(relaxed, s)} {s}" for s in marks) or "none")
         )
     return lines
+
+
+def _cubic(rows: list[dict[str, Any]]) -> int:
+    return sum(bool(r.get("cubic_by_tolerance", True)) for r in rows)
 
 
 def _count(rows: list[dict[str, Any]], status: str) -> int:
