@@ -56,6 +56,22 @@ def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatabl
     assert (tmp_path / "c2" / "candidates.csv").read_text() == (tmp_path / "c1" / "candidates.csv").read_text()
 
 
+def test_no_cubic_window_falls_back_to_the_heat_criterion(tmp_path, no_store):
+    from matmeta.design.stability import StabilityCriterion
+
+    shape = StabilityCriterion().shape
+    common = ("-n", "12", "--seed", "4", "--max-draws", "1500", "--no-relax", "--store", str(no_store))
+    found = {}
+    for flag in ("--cubic-window", "--no-cubic-window"):
+        result = _run("--band-gap", "2.5", "--tolerance", "1.5", *common, flag, "--out", flag, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        found[flag] = _rows(tmp_path / flag / "candidates.csv")
+    assert "cubic by tolerance (not required)" in result.stdout and shape.describe() not in result.stdout
+    assert all(r["stable"] == "True" and r["heat_stable"] == "True" for r in found["--no-cubic-window"])
+    # the decoder's proposals mostly fall outside the window: without it the same budget fills the request
+    assert len(found["--no-cubic-window"]) == 12 > len(found["--cubic-window"])
+
+
 def test_generate_stops_at_its_budget_and_says_so(tmp_path, no_store):
     result = _run(
         "--band-gap", "4.0", "-n", "50", "--max-draws", "300", "--no-relax", "--store", str(no_store), cwd=tmp_path

@@ -52,6 +52,12 @@ def generate_cmd(
         True, "--screen/--no-screen", help="Also screen the enumerable ABX3 substitution space (needs the store)."
     ),
     relax: bool = typer.Option(True, "--relax/--no-relax", help="Relax every returned candidate with CHGNet."),
+    cubic_window: bool = typer.Option(
+        True,
+        "--cubic-window/--no-cubic-window",
+        help="Stable also needs the tolerance factor in the window chosen for cubic stability; "
+        "--no-cubic-window: predicted heat of formation alone.",
+    ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
     predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
     store: Path = typer.Option(
@@ -88,6 +94,7 @@ def generate_cmd(
         max_predictor_calls=max_predictor_calls,
         screen=screen,
         relax=relax,
+        cubic_window=cubic_window,
         yes=yes,
     )
     with progress() as bar:

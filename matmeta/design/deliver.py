@@ -160,7 +160,7 @@ def run_design(
     budget_check(budget)
     mask = gen.element_mask(request.elements, request.exclude)
     scorer = Predictor.load(predictor)
-    criterion = StabilityCriterion()
+    criterion = StabilityCriterion() if request.cubic_window else StabilityCriterion(shape=None)
     reference = training_reference(gen, store)
     known = set(reference.by_formula) if (reference is not None and request.novel_only) else set()
     if family_examples:

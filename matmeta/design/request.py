@@ -132,6 +132,8 @@ class DesignRequest:
         max_predictor_calls: the fill loop's predictor-call budget.
         screen: also screen the enumerable substitution space exhaustively (needs the store).
         relax: relax every returned candidate with CHGNet.
+        cubic_window: stability also needs the tolerance factor in the window chosen for cubic
+            stability (:mod:`matmeta.design.tolerance`); False: the heat criterion alone.
         yes: accept ``n`` above :data:`MAX_CANDIDATES`.
     """
 
@@ -148,6 +150,7 @@ class DesignRequest:
     max_draws: int = 50_000
     max_predictor_calls: int = 10_000
     screen: bool = True
+    cubic_window: bool = True
     relax: bool = True
     yes: bool = False
 
