@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +60,37 @@ def write_design(result: DesignResult, out_dir: str | Path) -> Path:
     Returns:
         The path of ``candidates.csv``.
     """
+    files = []
+    for row, generated, relaxed in zip(result.rows, result.generated, result.relaxed, strict=True):
+        stem = f"{row['rank']:04d}_{row['formula']}"
+        row["cif_generated"] = f"{stem}_generated.cif"
+        files.append((row["cif_generated"], generated))
+        row["cif"] = ""
+        if relaxed is not None:
+            row["cif"] = f"{stem}.cif"
+            files.append((row["cif"], relaxed))
+    return write_candidate_files(out_dir, result.rows, CSV_COLUMNS, files)
+
+
+def write_candidate_files(
+    out_dir: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str], cifs: Sequence[tuple[str, Any]]
+) -> Path:
+    """The one writer of a candidates folder: each ``(file name, Structure)`` as CIF, then ``candidates.csv``.
+
+    Every file is written atomically; floats in the table keep 6 significant digits.
+
+    Returns:
+        The path of ``candidates.csv``.
+    """
     from pymatgen.io.cif import CifWriter
 
     from matmeta.atomic import writable_dir, write_table, write_text_atomic
 
     out_dir = writable_dir(out_dir)
-    for row, generated, relaxed in zip(result.rows, result.generated, result.relaxed, strict=True):
-        stem = f"{row['rank']:04d}_{row['formula']}"
-        row["cif_generated"] = f"{stem}_generated.cif"
-        write_text_atomic(out_dir / row["cif_generated"], str(CifWriter(generated)))
-        row["cif"] = ""
-        if relaxed is not None:
-            row["cif"] = f"{stem}.cif"
-            write_text_atomic(out_dir / row["cif"], str(CifWriter(relaxed)))
-    return write_table(out_dir / "candidates.csv", result.rows, CSV_COLUMNS)
+    for name, structure in cifs:
+        write_text_atomic(out_dir / name, str(CifWriter(structure)))
+    rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    return write_table(out_dir / "candidates.csv", rounded, columns)
 
 
 def funnel(result: DesignResult) -> list[tuple[str, int]]:

@@ -313,18 +313,13 @@ def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
     Returns:
         The path of ``candidates.csv``.
     """
-    from pymatgen.io.cif import CifWriter
+    from matmeta.design.output import write_candidate_files
 
-    from matmeta.atomic import writable_dir, write_table, write_text_atomic
-
-    out_dir = writable_dir(out_dir)
     rows = sorted(result.rows, key=lambda r: r["rank"])
+    files = []
     for row in rows:
         row["cif"] = ""
         if row["struct_valid"]:
-            index = int(row["id"].split("-")[1])
-            name = f"{row['rank']:04d}_{row['formula']}.cif"
-            write_text_atomic(out_dir / name, str(CifWriter(result.structures[index])))
-            row["cif"] = name
-    rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
-    return write_table(out_dir / "candidates.csv", rounded, CSV_COLUMNS)
+            row["cif"] = f"{row['rank']:04d}_{row['formula']}.cif"
+            files.append((row["cif"], result.structures[int(row["id"].split("-")[1])]))
+    return write_candidate_files(out_dir, rows, CSV_COLUMNS, files)
