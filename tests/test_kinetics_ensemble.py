@@ -92,7 +92,7 @@ def test_shipped_ensemble_beats_its_single_start_on_validation_curves():
     assert ckpt.stat().st_size < 20e6
     ens, metadata = load_prior(ckpt)
     single, _ = load_prior(REPO / recipe["meta_train"]["init_from"])
-    assert len(ens.members) == metadata["model_config"]["ensemble"] == 3
+    assert len(ens.members) == metadata["model_config"]["ensemble"] == 5
     corpus = make_corpus(150, 4, BENCH, seed=4242, points=2)  # validation seed, not the benchmark's
     grid = truth_grid(corpus.ln_k, corpus.n)
     truth = true_fraction(corpus.ln_k, corpus.n, grid)
