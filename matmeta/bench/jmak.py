@@ -11,7 +11,8 @@
    process — on a shared machine the wall rate also measures the other users' load; the CPU
    rate does not. At ``limit_points`` the exact grid posterior under the generating distribution
    (the information limit) gets a row, and so does a prior meta-trained on that distribution
-   (``limit_prior``, recipes/jmak_2pt.toml), the MAML row the limit is compared with.
+   (``limit_prior``, recipes/jmak_2pt_ensemble.toml: five such priors trained jointly, their adapted
+   curves averaged, :mod:`matmeta.kinetics.ensemble`), the MAML row the limit is compared with.
 2. TTT table, leave-one-phase-out: each clean row gives (t_start, 1 %) and (t_10, 10 %); t_90
    is predicted. MAML: the synthetic prior, and that prior meta-fine-tuned (same engine and
    trainer) on the rows of the other phases; classical: the two-point Avrami line and curve_fit.
@@ -61,7 +62,7 @@ class BenchConfig:
         ttt_loto_stride: hold out every k-th temperature of a phase (1: all).
         limit_points: point counts that get an information-limit row (exact grid posterior).
         limit_prior: a prior meta-trained on this benchmark's distribution at those point counts
-            (recipes/jmak_2pt.toml; empty: none): its own MAML row, the one compared with the limit.
+            (recipes/jmak_2pt_ensemble.toml; empty: none): its own MAML row, the one compared with the limit.
         repeats: timings per batched rate (the best is reported).
         threads: torch threads (1: a one-core comparison, like scipy's single-threaded curve_fit).
         out_dir: where CSV tables go.

@@ -163,6 +163,10 @@ def fit_curves(
 
             maml, metadata = load_prior(prior)
             noise = float(metadata["model_config"]["noise"]) if noise is None else noise
+        if hasattr(maml, "members"):
+            from matmeta.errors import CheckpointError
+
+            raise CheckpointError(f"{prior}: an ensemble prior (benchmark estimator); `jmak fit` takes a single prior")
         noise = DEFAULT_NOISE if noise is None else noise
         fits = fit_maml(maml, time_s, fraction, mask, noise, steps=steps)
         prior_prec = maml.model.prior_precision().detach().double()

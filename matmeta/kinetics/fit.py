@@ -159,7 +159,7 @@ def fit_maml(
     mask: Tensor,
     noise: float = DEFAULT_NOISE,
     steps: int | None = None,
-) -> Fits:
+) -> Any:
     """Adapt the meta-learned JMAK prior to every curve at once (no per-curve loop).
 
     Args:
@@ -172,7 +172,15 @@ def fit_maml(
 
     Shapes:
         time_s, fraction, mask: ``(B, P)``.
+
+    Returns:
+        :class:`Fits`; for an :class:`~matmeta.kinetics.ensemble.EnsembleMAML`, the members' fits as an
+        :class:`~matmeta.kinetics.ensemble.EnsembleFits` (the curve is the mean of theirs).
     """
+    if hasattr(maml, "members"):
+        from matmeta.kinetics.ensemble import EnsembleFits
+
+        return EnsembleFits([fit_maml(m, time_s, fraction, mask, noise, steps) for m in maml.members])
     batch, ln_t_ref = make_batch(time_s, fraction, mask, noise)
     b = batch["x"].shape[0]
     was_training = maml.training

@@ -42,6 +42,9 @@ class PriorConfig:
         curves_per_family: curves drawn per family in a meta-batch.
         window_prior: also meta-learn the window the times are taken in around t50
             (:meth:`matmeta.models.jmak.JMAK.window_penalty`); off in priors saved before it existed.
+        ensemble: members of a jointly trained ensemble whose adapted curves are averaged
+            (:mod:`matmeta.kinetics.ensemble`; 1: a single prior).
+        ensemble_spread: the members start at n = init_n + spread·(−1 … 1), evenly (prior means too).
     """
 
     init_ln_k: float = -0.4
@@ -54,10 +57,22 @@ class PriorConfig:
     query_points: int = 32
     curves_per_family: int = 4
     window_prior: bool = False
+    ensemble: int = 1
+    ensemble_spread: float = 0.6
 
 
 def build_maml(config: PriorConfig) -> Any:
-    """A fresh :class:`MAML` around :class:`JMAK` that adapts only (ln k, n), with Meta-SGD rates."""
+    """A fresh :class:`MAML` around :class:`JMAK` that adapts only (ln k, n), with Meta-SGD rates.
+
+    With ``config.ensemble > 1``: an :class:`~matmeta.kinetics.ensemble.EnsembleMAML` of such members,
+    each started at its own n (:func:`~matmeta.kinetics.ensemble.member_offsets`).
+    """
+    if config.ensemble > 1:
+        from matmeta.kinetics.ensemble import EnsembleMAML, member_offsets
+
+        offsets = member_offsets(config.ensemble, config.ensemble_spread)
+        single = dataclasses.replace(config, ensemble=1)
+        return EnsembleMAML([build_maml(dataclasses.replace(single, init_n=config.init_n + d)) for d in offsets])
     from matmeta.meta.maml import MAML
     from matmeta.models.jmak import JMAK
 
@@ -119,7 +134,9 @@ def load_prior(path: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
 
 
 def prior_summary(maml: Any) -> dict[str, float]:
-    """Readable values of a prior: start, prior mean/std and inner rates of (ln k, n)."""
+    """Readable values of a prior: start, prior mean/std and inner rates of (ln k, n) (per member of an ensemble)."""
+    if hasattr(maml, "members"):
+        return {f"member {i} {k}": v for i, m in enumerate(maml.members) for k, v in prior_summary(m).items()}
     model = maml.model
     cov = torch.linalg.inv(model.prior_precision().detach())
     std = cov.diagonal().sqrt()
@@ -149,7 +166,8 @@ def meta_train_from_recipe(
     A ``[meta_train] observation = "log_time"`` recipe (recipes/jmak_ttt.toml) is refused: it is
     trained by ``matmeta jmak meta-train`` (:func:`matmeta.kinetics.ttt_prior.meta_train_ttt_from_recipe`).
 
-    Recipe sections: ``[meta_train]`` (``app = "jmak"``, ``checkpoint``), ``[prior]``
+    Recipe sections: ``[meta_train]`` (``app = "jmak"``, ``checkpoint``, optional ``init_from``: a trained
+    single prior every member starts from, see :func:`matmeta.kinetics.ensemble.warm_start`), ``[prior]``
     (:class:`PriorConfig`), ``[synthetic]`` (:class:`SyntheticConfig` of the training corpus),
     ``[trainer]`` (:class:`matmeta.meta.trainer.TrainerConfig`).
 
@@ -184,6 +202,11 @@ def meta_train_from_recipe(
     trainer_cfg = config_from_dict(TrainerConfig, trainer_values, where=f"{recipe_path}[trainer]")
     torch.manual_seed(trainer_cfg.seed)
     maml = build_maml(prior_cfg)
+    init_from = section.pop("init_from", None)
+    if init_from:  # warm start: every member from a trained single prior, moved to its own start
+        from matmeta.kinetics.ensemble import warm_start
+
+        warm_start(maml, load_prior(init_from)[0], prior_cfg.ensemble_spread)
     metadata = {
         "kind": KIND,
         "model_class": "matmeta.models.jmak.JMAK",
@@ -194,6 +217,7 @@ def meta_train_from_recipe(
         "normalisation": "times divided by the geometric mean of each curve's measured times",
         "recipe": recipe,
         "recipe_path": str(recipe_path),
+        "init_from": str(init_from or ""),
         "created": datetime.date.today().isoformat(),
         "matmeta_version": __version__,
     }
