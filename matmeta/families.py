@@ -35,6 +35,8 @@ from matmeta.errors import MatmetaInputError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+    from matmeta.geometry import Pairs
+
 STRUCTURE_KINDS = ("anion_set", "b_site", "a_site", "chemsys", "spacegroup")
 ANIONS = ("N", "O", "F", "S", "Cl", "Se", "Br", "Te", "I")
 ANION_MIN_ELECTRONEGATIVITY = 2.5
@@ -134,14 +136,21 @@ def spacegroup(structure: Structure, symprec: float = SYMPREC) -> str:
 
 
 def perovskite_sites_of(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    numbers: np.ndarray,
+    name: str,
+    found: tuple[Pairs, float] | None = None,
 ) -> tuple[str, str]:
     """:func:`perovskite_sites` from arrays.
+
+    ``found`` is ``(neighbor_list(lattice, frac_coords @ lattice, radius), radius)`` when the caller
+    has it (ingest: the graph's search): searches within ``radius`` are then taken from it.
 
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
-    from matmeta.geometry import neighbor_list
+    from matmeta.geometry import neighbor_list, neighbors_within
 
     symbols = [_symbol_of(int(z)) for z in numbers]
     anions = anion_elements(symbols)
@@ -156,7 +165,10 @@ def perovskite_sites_of(
     cations = np.flatnonzero(~is_anion)
     cutoff = 2.0 * (abs(np.linalg.det(lattice)) / len(symbols)) ** (1 / 3)
     for _ in range(8):
-        centers, neighbors, _, dist = neighbor_list(lattice, cart, cutoff)
+        if found is None:
+            centers, neighbors, _, dist = neighbor_list(lattice, cart, cutoff)
+        else:
+            centers, neighbors, _, dist = neighbors_within(found[0], found[1], lattice, cart, cutoff)
         mask = (~is_anion[centers]) & is_anion[neighbors]
         counts = np.bincount(centers[mask], minlength=len(symbols))[cations]
         if counts.min() >= 6:
@@ -216,12 +228,18 @@ def family_key(structure: Structure, by: str, name: str | None = None) -> str:
 
 
 def all_family_keys_of(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str, symmetry: bool = True
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    numbers: np.ndarray,
+    name: str,
+    symmetry: bool = True,
+    found: tuple[Pairs, float] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Every structural family key from arrays (as stored per record at ingest).
 
     ``symmetry=False`` leaves out ``spacegroup``, the one key that needs a symmetry search (about
-    70 % of the time of all keys); the store computes it on first use instead.
+    70 % of the time of all keys); the store computes it on first use instead. ``found``: see
+    :func:`perovskite_sites_of`.
 
     Returns:
         ``(keys, errors)``: kind → key, and kind → reason for kinds that do not apply
@@ -235,7 +253,7 @@ def all_family_keys_of(
         keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
     errors: dict[str, str] = {}
     try:
-        keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name)
+        keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name, found)
     except MatmetaInputError as exc:
         errors["a_site"] = errors["b_site"] = str(exc)
     return keys, errors

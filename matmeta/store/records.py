@@ -160,7 +160,7 @@ class WorkItem:
 def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) -> list[tuple[str, bytes, list[str]]]:
     """Parse, validate, graph and label one item; ``[(id, record_bytes, warnings)]`` (several for multi-frame files)."""
     from matmeta.families import all_family_keys_of
-    from matmeta.geometry import wrap_fractional
+    from matmeta.geometry import neighbor_list, wrap_fractional
     from matmeta.graphs import graph_arrays, targets_array
     from matmeta.io import parse_cif_arrays, read_structure_file, structure_to_cif
 
@@ -181,14 +181,17 @@ def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) 
     for rid, (lattice, raw_frac, numbers), cif_text in crystals:
         where = item.where if rid == item.id else f"{item.where} ({rid})"
         frac = wrap_fractional(raw_frac)
+        pairs = neighbor_list(lattice, frac @ lattice, config.cutoff_angstrom)  # shared by the graph and the families
         arrays, warnings = graph_arrays(
-            lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where
+            lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where, pairs=pairs
         )  # type: ignore[arg-type]
         arrays["y"] = targets_array(item.y)
         arrays["lattice"] = lattice
         arrays["frac_coords"] = frac
         arrays["cif"] = np.frombuffer(cif_text.encode("utf-8"), dtype=np.uint8)
-        families, family_errors = all_family_keys_of(lattice, frac, numbers, where, symmetry=False)
+        families, family_errors = all_family_keys_of(
+            lattice, frac, numbers, where, symmetry=False, found=(pairs, config.cutoff_angstrom)
+        )
         families.update({f"column:{k}": v for k, v in item.columns})
         info = {"id": rid, "source": where, "families": families, "family_errors": family_errors}
         out.append((rid, encode_record(arrays, info), warnings))
