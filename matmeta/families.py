@@ -75,9 +75,14 @@ def _format_amount(amount: float) -> str:
 
 def anion_elements(elements: Iterable[str]) -> set[str]:
     """Which of ``elements`` act as anions (see the module docstring)."""
-    chi = {s: electronegativity(s) for s in set(elements)}
+    return set(_anions_among(frozenset(elements)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _anions_among(elements: frozenset[str]) -> frozenset[str]:
+    chi = {s: electronegativity(s) for s in elements}
     most = max(chi.values(), default=0.0)
-    return {s for s, x in chi.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most)}
+    return frozenset(s for s, x in chi.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most))
 
 
 def _counts(numbers: np.ndarray) -> dict[str, int]:
@@ -90,7 +95,10 @@ def anion_set_of(numbers: np.ndarray) -> str:
     Shapes:
         numbers: (N,)
     """
-    counts = _counts(numbers)
+    return _anion_set_of_counts(_counts(numbers))
+
+
+def _anion_set_of_counts(counts: dict[str, int]) -> str:
     divisor = math.gcd(*counts.values())
     anions = sorted(anion_elements(counts), key=lambda s: (s != "O", s))
     if not anions:
@@ -152,10 +160,11 @@ def perovskite_sites_of(
     """
     from matmeta.geometry import neighbor_list, neighbors_within
 
-    symbols = [_symbol_of(int(z)) for z in numbers]
+    symbols = [_symbol_of(z) for z in np.asarray(numbers).tolist()]
     anions = anion_elements(symbols)
     is_anion = np.array([s in anions for s in symbols])
-    n_anion, n_cation = int(is_anion.sum()), int((~is_anion).sum())
+    n_anion = int(is_anion.sum())
+    n_cation = len(symbols) - n_anion
     if n_cation == 0 or n_cation % 2 or 2 * n_anion != 3 * n_cation:
         raise MatmetaInputError(
             f"{name}: not an ABX3 perovskite ({n_cation} cations, {n_anion} anions; b_site/a_site need A B X3)"
@@ -179,8 +188,8 @@ def perovskite_sites_of(
     centers, dist = centers[mask], dist[mask]
     order = np.lexsort((dist, centers))
     centers, dist = centers[order], dist[order]
-    starts = np.searchsorted(centers, cations)
-    score = np.array([dist[s : s + 6].mean() for s in starts])
+    nearest_six = np.searchsorted(centers, cations)[:, None] + np.arange(6)
+    score = dist[nearest_six].sum(axis=1) / 6  # the mean of each row, summed in the same order
     rank = np.argsort(score, kind="stable")
     half = n_cation // 2
     b_sites = {symbols[cations[i]] for i in rank[:half]}
@@ -248,7 +257,8 @@ def all_family_keys_of(
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
-    keys: dict[str, str] = {"anion_set": anion_set_of(numbers), "chemsys": chemsys_of(numbers)}
+    counts = _counts(numbers)
+    keys: dict[str, str] = {"anion_set": _anion_set_of_counts(counts), "chemsys": "-".join(sorted(counts))}
     if symmetry:
         keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
     errors: dict[str, str] = {}

@@ -68,9 +68,10 @@ def neighbors_within(found: Pairs, radius: float, lattice: np.ndarray, cart_coor
         found: as returned by :func:`neighbor_list`; lattice: (3, 3); cart_coords: (N, 3)
     """
     centers, neighbors, offsets, distances = found
-    if cutoff + 2 * _BOUNDARY > radius or bool((np.abs(distances - cutoff) <= _BOUNDARY).any()):
+    below = distances - cutoff
+    if cutoff + 2 * _BOUNDARY > radius or bool((np.abs(below) <= _BOUNDARY).any()):
         return neighbor_list(lattice, cart_coords, cutoff)
-    keep = distances < cutoff
+    keep = np.flatnonzero(below < 0)
     return centers[keep], neighbors[keep], offsets[keep], distances[keep]
 
 

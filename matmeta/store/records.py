@@ -37,7 +37,9 @@ def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
     Written directly (the format is an 8-byte header length, a JSON header padded with spaces to
     a multiple of 8 bytes, then the little-endian array bytes); ``safetensors.numpy.load`` reads it.
     """
-    header: dict[str, Any] = {"__metadata__": {"info": json.dumps(info)}}
+    # the header is written as json.dumps(header, separators=(",", ":")) would write it (keys are
+    # plain field names, values numbers and dtype codes), without building the dict
+    entries = [json.dumps({"__metadata__": {"info": json.dumps(info)}}, separators=(",", ":"))[1:-1]]
     chunks = []
     offset = 0
     for key in sorted(arrays):
@@ -46,10 +48,12 @@ def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
         if code is None:
             raise TypeError(f"record field {key}: unsupported dtype {array.dtype}")
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[key] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        shape = ",".join(str(int(n)) for n in array.shape)
+        span = f"{offset},{offset + len(data)}"
+        entries.append(f'{json.dumps(key)}:{{"dtype":"{code}","shape":[{shape}],"data_offsets":[{span}]}}')
         chunks.append(data)
         offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = ("{" + ",".join(entries) + "}").encode()
     text += b" " * (-len(text) % 8)
     return b"".join([struct.pack("<Q", len(text)), text, *chunks])
 
