@@ -7,6 +7,7 @@ transaction, so a reader or a resumed ingest never sees half a batch.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing.pool
 import time
@@ -72,7 +73,15 @@ def _worker_pool(processes: int, start_method: str | None) -> Any:
         import matmeta.families  # noqa: F401
         import matmeta.io  # noqa: F401
     context = multiprocessing.get_context(method)
-    return _QuietPool(processes=processes, context=context)
+    if method != "fork":
+        return _QuietPool(processes=processes, context=context)
+    # forked workers inherit every object of this process (torch, pymatgen, a caller's data); frozen,
+    # their garbage collector leaves those alone instead of walking them (and copying their pages)
+    gc.freeze()
+    try:
+        return _QuietPool(processes=processes, context=context)
+    finally:
+        gc.unfreeze()
 
 
 class _QuietPool(multiprocessing.pool.Pool):
