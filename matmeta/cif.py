@@ -99,19 +99,22 @@ def _scan(text: str) -> tuple[dict[str, str], list[Loop]] | None:
         first = line[0]
         if first == ";":
             return None  # multi-line text field
-        head = line[:5].lower()  # the text is ASCII: lower-casing a prefix is lower-casing the line's prefix
-        if head == "data_":
-            blocks += 1
-            header = None
-            continue
-        if not blocks:
+        if first != "_":  # (a tag cannot start data_ or loop_)
+            head = line[:5].lower()  # the text is ASCII: lower-casing a prefix is lower-casing the line's prefix
+            if head == "data_":
+                blocks += 1
+                header = None
+                continue
+            if not blocks:
+                return None  # content before the first data_ block
+            if head == "loop_":
+                if line.lower() != "loop_":
+                    return None  # something glued to loop_: the general parser decides
+                header, values, in_values = [], [], False
+                loops.append((header, values))
+                continue
+        elif not blocks:
             return None  # content before the first data_ block
-        if head == "loop_":
-            if line.lower() != "loop_":
-                return None  # something glued to loop_: the general parser decides
-            header, values, in_values = [], [], False
-            loops.append((header, values))
-            continue
         if first == "_":
             parts = line.split(None, 1)
             if header is not None and not in_values:

@@ -116,12 +116,12 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     """
     matrix = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64)
-    if not np.all(np.isfinite(frac)):
+    if not np.isfinite(frac).all():
         raise MatmetaInputError(f"{name}: non-finite atom coordinates")
     if frac.size and float(np.abs(frac).max()) > MAX_FRACTIONAL:
         raise MatmetaInputError(f"{name}: fractional coordinate {float(np.abs(frac).max()):.3g} is absurd")
     with np.errstate(all="ignore"):  # an overflowing determinant is refused below, not warned about
-        volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
+        volume = float(abs(np.linalg.det(matrix))) if np.isfinite(matrix).all() else 0.0
     if not math.isfinite(volume) or volume <= 0:
         raise MatmetaInputError(f"{name}: degenerate or non-finite cell")
     per_atom = volume / len(frac)
