@@ -174,8 +174,8 @@ def _atom_sites(header_: list[str], values_: list[str], name: str) -> tuple[list
     i_xyz = [header_.index(f"_atom_site_fract_{axis}") for axis in "xyz"]
     i_occ = header_.index("_atom_site_occupancy") if "_atom_site_occupancy" in header_ else None
     symbols: list[str] = []
-    frac = np.empty((len(rows), 3), dtype=np.float64)
-    for k, row in enumerate(rows):
+    coordinates: list[float] = []
+    for row in rows:
         symbol = row[i_sym]
         if not _SYMBOL.match(symbol):
             return None  # oxidation state, label-like symbol, ...: general parser
@@ -185,13 +185,12 @@ def _atom_sites(header_: list[str], values_: list[str], name: str) -> tuple[list
             occupancy = parse_number(row[i_occ])
             if occupancy is None or abs(occupancy - 1.0) > 1e-6:
                 return None  # partial occupancy: the general parser builds the disordered sites
-        for axis, column in enumerate(i_xyz):
-            coordinate = parse_number(row[column])
-            if coordinate is None:
-                return None
-            frac[k, axis] = coordinate
+        xyz = [parse_number(row[column]) for column in i_xyz]
+        if None in xyz:
+            return None
+        coordinates.extend(xyz)  # type: ignore[arg-type]
         symbols.append(symbol)
-    return symbols, frac
+    return symbols, np.array(coordinates, dtype=np.float64).reshape(-1, 3)
 
 
 _CELL_ITEM = re.compile(
