@@ -73,7 +73,7 @@ def _worker_pool(processes: int, start_method: str | None) -> Any:
         import matmeta.families  # noqa: F401
         import matmeta.io  # noqa: F401
     context = multiprocessing.get_context(method)
-    if method != "fork":
+    if method != "fork" or gc.get_freeze_count():  # (a caller's own freeze is left as it is)
         return _QuietPool(processes=processes, context=context)
     # forked workers inherit every object of this process (torch, pymatgen, a caller's data); frozen,
     # their garbage collector leaves those alone instead of walking them (and copying their pages)
