@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,14 @@ _ITEMSIZE = {code: np.dtype(dtype).itemsize for code, dtype in _DTYPES.items()}
 _CODES = {np.dtype(np.int64): "I64", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.uint8): "U8"}
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@functools.lru_cache(maxsize=256)
+def _json_string(text: str) -> str:
+    return json.dumps(text)
+
+
 def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
     """Safetensors bytes of one record (arrays + JSON ``info`` in the header metadata).
 
@@ -39,18 +48,18 @@ def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
     """
     # the header is written as json.dumps(header, separators=(",", ":")) would write it (keys are
     # plain field names, values numbers and dtype codes), without building the dict
-    entries = [json.dumps({"__metadata__": {"info": json.dumps(info)}}, separators=(",", ":"))[1:-1]]
+    entries = ['"__metadata__":{"info":' + json.dumps(json.dumps(info)) + "}"]
     chunks = []
     offset = 0
     for key in sorted(arrays):
         array = np.ascontiguousarray(arrays[key])
-        code = _CODES.get(array.dtype)
+        code = _CODES.get(array.dtype)  # native byte order only
         if code is None:
             raise TypeError(f"record field {key}: unsupported dtype {array.dtype}")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        shape = ",".join(str(int(n)) for n in array.shape)
+        data = array.tobytes() if _LITTLE_ENDIAN else array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shape = ",".join(map(str, array.shape))
         span = f"{offset},{offset + len(data)}"
-        entries.append(f'{json.dumps(key)}:{{"dtype":"{code}","shape":[{shape}],"data_offsets":[{span}]}}')
+        entries.append(f'{_json_string(key)}:{{"dtype":"{code}","shape":[{shape}],"data_offsets":[{span}]}}')
         chunks.append(data)
         offset += len(data)
     text = ("{" + ",".join(entries) + "}").encode()
