@@ -51,6 +51,7 @@ def element_numbers() -> dict[str, int]:
     return {el.symbol: el.Z for el in Element}
 
 
+@functools.lru_cache(maxsize=8192)  # the same tokens (0.50000000, 1, 90.00000000) recur from file to file
 def parse_number(token: str) -> float | None:
     """A CIF number (``4.05``, ``4.05(2)``) as float; ``None`` for anything else (``?``, ``.``)."""
     match = _NUMBER.match(token)
@@ -95,29 +96,33 @@ def _scan(text: str) -> tuple[dict[str, str], list[Loop]] | None:
         line = raw.strip()
         if not line or line[0] == "#":
             continue
-        if line[0] == ";":
+        first = line[0]
+        if first == ";":
             return None  # multi-line text field
-        lower = line.lower()
-        if lower.startswith("data_"):
-            blocks += 1
-            header = None
-            continue
-        if not blocks:
+        if first != "_":  # (a tag cannot start data_ or loop_)
+            head = line[:5].lower()  # the text is ASCII: lower-casing a prefix is lower-casing the line's prefix
+            if head == "data_":
+                blocks += 1
+                header = None
+                continue
+            if not blocks:
+                return None  # content before the first data_ block
+            if head == "loop_":
+                if line.lower() != "loop_":
+                    return None  # something glued to loop_: the general parser decides
+                header, values, in_values = [], [], False
+                loops.append((header, values))
+                continue
+        elif not blocks:
             return None  # content before the first data_ block
-        if lower.startswith("loop_"):
-            if lower != "loop_":
-                return None  # something glued to loop_: the general parser decides
-            header, values, in_values = [], [], False
-            loops.append((header, values))
-            continue
-        if line[0] == "_":
+        if first == "_":
+            parts = line.split(None, 1)
             if header is not None and not in_values:
-                header.append(lower.split()[0])
-                if len(line.split()) > 1:
+                header.append(parts[0].lower())
+                if len(parts) > 1:
                     return None  # unusual layout
                 continue
             header = None
-            parts = line.split(None, 1)
             if len(parts) < 2:
                 return None  # value on the next line
             items[parts[0].lower()] = parts[1].strip().strip("'\"")
@@ -126,7 +131,9 @@ def _scan(text: str) -> tuple[dict[str, str], list[Loop]] | None:
             return None  # stray value
         in_values = True
         tokens = _TOKEN.findall(line)
-        if any(token[0] in "#_" or token.lower().startswith(_RESERVED) for token in tokens):
+        if ("_" in line or "#" in line) and any(
+            token[0] in "#_" or token.lower().startswith(_RESERVED) for token in tokens
+        ):  # every reserved word holds "_"
             return None  # a comment, tag or reserved word inside a row: the general parser knows where it ends
         values.extend(tokens)
     if blocks != 1 or any(
@@ -167,8 +174,8 @@ def _atom_sites(header_: list[str], values_: list[str], name: str) -> tuple[list
     i_xyz = [header_.index(f"_atom_site_fract_{axis}") for axis in "xyz"]
     i_occ = header_.index("_atom_site_occupancy") if "_atom_site_occupancy" in header_ else None
     symbols: list[str] = []
-    frac = np.empty((len(rows), 3), dtype=np.float64)
-    for k, row in enumerate(rows):
+    coordinates: list[float] = []
+    for row in rows:
         symbol = row[i_sym]
         if not _SYMBOL.match(symbol):
             return None  # oxidation state, label-like symbol, ...: general parser
@@ -178,13 +185,12 @@ def _atom_sites(header_: list[str], values_: list[str], name: str) -> tuple[list
             occupancy = parse_number(row[i_occ])
             if occupancy is None or abs(occupancy - 1.0) > 1e-6:
                 return None  # partial occupancy: the general parser builds the disordered sites
-        for axis, column in enumerate(i_xyz):
-            coordinate = parse_number(row[column])
-            if coordinate is None:
-                return None
-            frac[k, axis] = coordinate
+        xyz = [parse_number(row[column]) for column in i_xyz]
+        if None in xyz:
+            return None
+        coordinates.extend(xyz)  # type: ignore[arg-type]
         symbols.append(symbol)
-    return symbols, frac
+    return symbols, np.array(coordinates, dtype=np.float64).reshape(-1, 3)
 
 
 _CELL_ITEM = re.compile(

@@ -35,6 +35,8 @@ from matmeta.errors import MatmetaInputError
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+    from matmeta.geometry import Pairs
+
 STRUCTURE_KINDS = ("anion_set", "b_site", "a_site", "chemsys", "spacegroup")
 ANIONS = ("N", "O", "F", "S", "Cl", "Se", "Br", "Te", "I")
 ANION_MIN_ELECTRONEGATIVITY = 2.5
@@ -73,9 +75,14 @@ def _format_amount(amount: float) -> str:
 
 def anion_elements(elements: Iterable[str]) -> set[str]:
     """Which of ``elements`` act as anions (see the module docstring)."""
-    chi = {s: electronegativity(s) for s in set(elements)}
+    return set(_anions_among(frozenset(elements)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _anions_among(elements: frozenset[str]) -> frozenset[str]:
+    chi = {s: electronegativity(s) for s in elements}
     most = max(chi.values(), default=0.0)
-    return {s for s, x in chi.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most)}
+    return frozenset(s for s, x in chi.items() if s in ANIONS and (x >= ANION_MIN_ELECTRONEGATIVITY or x == most))
 
 
 def _counts(numbers: np.ndarray) -> dict[str, int]:
@@ -88,7 +95,10 @@ def anion_set_of(numbers: np.ndarray) -> str:
     Shapes:
         numbers: (N,)
     """
-    counts = _counts(numbers)
+    return _anion_set_of_counts(_counts(numbers))
+
+
+def _anion_set_of_counts(counts: dict[str, int]) -> str:
     divisor = math.gcd(*counts.values())
     anions = sorted(anion_elements(counts), key=lambda s: (s != "O", s))
     if not anions:
@@ -134,19 +144,27 @@ def spacegroup(structure: Structure, symprec: float = SYMPREC) -> str:
 
 
 def perovskite_sites_of(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    numbers: np.ndarray,
+    name: str,
+    found: tuple[Pairs, float] | None = None,
 ) -> tuple[str, str]:
     """:func:`perovskite_sites` from arrays.
+
+    ``found`` is ``(neighbor_list(lattice, frac_coords @ lattice, radius), radius)`` when the caller
+    has it (ingest: the graph's search): searches within ``radius`` are then taken from it.
 
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
-    from matmeta.geometry import neighbor_list
+    from matmeta.geometry import neighbor_list, neighbors_within
 
-    symbols = [_symbol_of(int(z)) for z in numbers]
+    symbols = [_symbol_of(z) for z in np.asarray(numbers).tolist()]
     anions = anion_elements(symbols)
     is_anion = np.array([s in anions for s in symbols])
-    n_anion, n_cation = int(is_anion.sum()), int((~is_anion).sum())
+    n_anion = int(is_anion.sum())
+    n_cation = len(symbols) - n_anion
     if n_cation == 0 or n_cation % 2 or 2 * n_anion != 3 * n_cation:
         raise MatmetaInputError(
             f"{name}: not an ABX3 perovskite ({n_cation} cations, {n_anion} anions; b_site/a_site need A B X3)"
@@ -156,7 +174,10 @@ def perovskite_sites_of(
     cations = np.flatnonzero(~is_anion)
     cutoff = 2.0 * (abs(np.linalg.det(lattice)) / len(symbols)) ** (1 / 3)
     for _ in range(8):
-        centers, neighbors, _, dist = neighbor_list(lattice, cart, cutoff)
+        if found is None:
+            centers, neighbors, _, dist = neighbor_list(lattice, cart, cutoff)
+        else:
+            centers, neighbors, _, dist = neighbors_within(found[0], found[1], lattice, cart, cutoff)
         mask = (~is_anion[centers]) & is_anion[neighbors]
         counts = np.bincount(centers[mask], minlength=len(symbols))[cations]
         if counts.min() >= 6:
@@ -167,8 +188,8 @@ def perovskite_sites_of(
     centers, dist = centers[mask], dist[mask]
     order = np.lexsort((dist, centers))
     centers, dist = centers[order], dist[order]
-    starts = np.searchsorted(centers, cations)
-    score = np.array([dist[s : s + 6].mean() for s in starts])
+    nearest_six = np.searchsorted(centers, cations)[:, None] + np.arange(6)
+    score = dist[nearest_six].sum(axis=1) / 6  # the mean of each row, summed in the same order
     rank = np.argsort(score, kind="stable")
     half = n_cation // 2
     b_sites = {symbols[cations[i]] for i in rank[:half]}
@@ -216,12 +237,18 @@ def family_key(structure: Structure, by: str, name: str | None = None) -> str:
 
 
 def all_family_keys_of(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, name: str, symmetry: bool = True
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    numbers: np.ndarray,
+    name: str,
+    symmetry: bool = True,
+    found: tuple[Pairs, float] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Every structural family key from arrays (as stored per record at ingest).
 
     ``symmetry=False`` leaves out ``spacegroup``, the one key that needs a symmetry search (about
-    70 % of the time of all keys); the store computes it on first use instead.
+    70 % of the time of all keys); the store computes it on first use instead. ``found``: see
+    :func:`perovskite_sites_of`.
 
     Returns:
         ``(keys, errors)``: kind → key, and kind → reason for kinds that do not apply
@@ -230,12 +257,13 @@ def all_family_keys_of(
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
-    keys: dict[str, str] = {"anion_set": anion_set_of(numbers), "chemsys": chemsys_of(numbers)}
+    counts = _counts(numbers)
+    keys: dict[str, str] = {"anion_set": _anion_set_of_counts(counts), "chemsys": "-".join(sorted(counts))}
     if symmetry:
         keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
     errors: dict[str, str] = {}
     try:
-        keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name)
+        keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name, found)
     except MatmetaInputError as exc:
         errors["a_site"] = errors["b_site"] = str(exc)
     return keys, errors

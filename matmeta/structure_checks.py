@@ -23,6 +23,8 @@ DEFAULT_MAX_ATOMS = 500
 MIN_VOLUME_PER_ATOM = 1.0  # Å^3
 MAX_VOLUME_PER_ATOM = 1000.0  # Å^3
 MIN_DISTANCE = 0.5  # Å
+_MARGIN = 1e-6  # Å: distances this close to MIN_DISTANCE are left to the exact search
+_MAX_QUICK_LENGTH = 1e5  # Å: larger cells go to the exact search (rounding there grows with the length)
 MAX_FRACTIONAL = 1e6  # |fractional coordinate|; beyond it the position within the cell is lost to rounding
 
 
@@ -112,16 +114,14 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
     Raises:
         MatmetaInputError: ``"<name>: <reason>"``.
     """
-    from matmeta.geometry import closest_pair, wrap_fractional
-
     matrix = np.asarray(lattice, dtype=np.float64)
     frac = np.asarray(frac_coords, dtype=np.float64)
-    if not np.all(np.isfinite(frac)):
+    if not np.isfinite(frac).all():
         raise MatmetaInputError(f"{name}: non-finite atom coordinates")
     if frac.size and float(np.abs(frac).max()) > MAX_FRACTIONAL:
         raise MatmetaInputError(f"{name}: fractional coordinate {float(np.abs(frac).max()):.3g} is absurd")
     with np.errstate(all="ignore"):  # an overflowing determinant is refused below, not warned about
-        volume = float(abs(np.linalg.det(matrix))) if np.all(np.isfinite(matrix)) else 0.0
+        volume = float(abs(np.linalg.det(matrix))) if np.isfinite(matrix).all() else 0.0
     if not math.isfinite(volume) or volume <= 0:
         raise MatmetaInputError(f"{name}: degenerate or non-finite cell")
     per_atom = volume / len(frac)
@@ -130,10 +130,40 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
             f"{name}: implausible volume per atom {per_atom:.3g} Å^3 "
             f"(allowed {MIN_VOLUME_PER_ATOM:g}–{MAX_VOLUME_PER_ATOM:g})"
         )
-    # The search runs in the LLL-reduced cell with wrapped atoms: a coordinate such as -87588 or a
-    # skewed/needle cell would otherwise make the cell-list search span millions of cells.
+    if _clearly_apart(matrix, frac):
+        return
+    _check_overlaps_exact(matrix, frac, name)
+
+
+def _clearly_apart(matrix: np.ndarray, frac: np.ndarray) -> bool:
+    """True when no two atoms (or an atom and its image) come within ``MIN_DISTANCE`` + a margin: the quick path.
+
+    :func:`~matmeta.geometry.dense_min_distance` decides small, not too thin cells without a lattice
+    reduction. Anything it cannot decide by more than ``_MARGIN`` goes to :func:`_check_overlaps_exact`,
+    so the decision and the message are those of the exact search (floating-point differences
+    between the two searches, ~1e-10 Å for cells up to ``_MAX_QUICK_LENGTH``, are far below the margin).
+    """
+    from matmeta.geometry import dense_min_distance, wrap_fractional
+
+    if float(np.abs(matrix).max()) > _MAX_QUICK_LENGTH:
+        return False
+    limit = MIN_DISTANCE + _MARGIN
+    distance = dense_min_distance(matrix, wrap_fractional(frac), limit)
+    return distance is not None and distance >= limit
+
+
+def _check_overlaps_exact(matrix: np.ndarray, frac: np.ndarray, name: str) -> None:
+    """The exact overlap search: shortest lattice vector, then the closest pair, in the LLL-reduced cell.
+
+    Raises:
+        MatmetaInputError: ``"<name>: atoms i and j overlap (...)"``.
+    """
     from pymatgen.core import Lattice
 
+    from matmeta.geometry import closest_pair, wrap_fractional
+
+    # The search runs in the LLL-reduced cell with wrapped atoms: a coordinate such as -87588 or a
+    # skewed/needle cell would otherwise make the cell-list search span millions of cells.
     reduced = np.asarray(Lattice(matrix).get_lll_reduced_lattice().matrix, dtype=np.float64)
     shortest = float(np.linalg.norm(reduced, axis=1).min())
     if shortest < MIN_DISTANCE:

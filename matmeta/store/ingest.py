@@ -7,7 +7,9 @@ transaction, so a reader or a resumed ingest never sees half a batch.
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing.pool
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +72,28 @@ def _worker_pool(processes: int, start_method: str | None) -> Any:
 
         import matmeta.families  # noqa: F401
         import matmeta.io  # noqa: F401
-    return multiprocessing.get_context(method).Pool(processes=processes)
+    context = multiprocessing.get_context(method)
+    if method != "fork" or gc.get_freeze_count():  # (a caller's own freeze is left as it is)
+        return _QuietPool(processes=processes, context=context)
+    # forked workers inherit every object of this process (torch, pymatgen, a caller's data); frozen,
+    # their garbage collector leaves those alone instead of walking them (and copying their pages)
+    gc.freeze()
+    try:
+        return _QuietPool(processes=processes, context=context)
+    finally:
+        gc.unfreeze()
+
+
+class _QuietPool(multiprocessing.pool.Pool):
+    """``multiprocessing.Pool`` whose worker-handler thread does not wake on every result.
+
+    CPython's handler also waits on the result pipe, which the result-handler thread reads: while
+    a result sits there it spins (about 0.8 s of CPU in a 6,433-structure ingest on 2 cores, taken
+    from the workers). It needs to wake only when a worker exits or the pool changes state.
+    """
+
+    def _get_sentinels(self) -> list[Any]:
+        return [self._change_notifier._reader]  # type: ignore[attr-defined]
 
 
 def _new_metadata(config: GraphConfig, targets: Sequence[str], settings: IngestSettings) -> dict[str, Any]:

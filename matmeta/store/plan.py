@@ -7,10 +7,9 @@ the rows it refused. Nothing is parsed as a crystal here; the workers do that (:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from matmeta.errors import MatmetaInputError
 from matmeta.store.records import WorkItem
@@ -26,11 +25,11 @@ def _parse_target(text: str, where: str, name: str, allow_missing: bool) -> floa
         number = float(value)
     except ValueError:
         raise MatmetaInputError(f"{where}: target {name}={value!r} is not a number") from None
-    if np.isnan(number):
+    if math.isnan(number):
         if allow_missing:
             return number
         raise MatmetaInputError(f"{where}: target {name} is NaN")
-    if not np.isfinite(number):
+    if not math.isfinite(number):
         raise MatmetaInputError(f"{where}: target {name}={value} is not finite")
     return number
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,25 +32,37 @@ _ITEMSIZE = {code: np.dtype(dtype).itemsize for code, dtype in _DTYPES.items()}
 _CODES = {np.dtype(np.int64): "I64", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.uint8): "U8"}
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@functools.lru_cache(maxsize=256)
+def _json_string(text: str) -> str:
+    return json.dumps(text)
+
+
 def encode_record(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> bytes:
     """Safetensors bytes of one record (arrays + JSON ``info`` in the header metadata).
 
     Written directly (the format is an 8-byte header length, a JSON header padded with spaces to
     a multiple of 8 bytes, then the little-endian array bytes); ``safetensors.numpy.load`` reads it.
     """
-    header: dict[str, Any] = {"__metadata__": {"info": json.dumps(info)}}
+    # the header is written as json.dumps(header, separators=(",", ":")) would write it (keys are
+    # plain field names, values numbers and dtype codes), without building the dict
+    entries = ['"__metadata__":{"info":' + json.dumps(json.dumps(info)) + "}"]
     chunks = []
     offset = 0
     for key in sorted(arrays):
         array = np.ascontiguousarray(arrays[key])
-        code = _CODES.get(array.dtype)
+        code = _CODES.get(array.dtype)  # native byte order only
         if code is None:
             raise TypeError(f"record field {key}: unsupported dtype {array.dtype}")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[key] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        data = array.tobytes() if _LITTLE_ENDIAN else array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shape = ",".join(map(str, array.shape))
+        span = f"{offset},{offset + len(data)}"
+        entries.append(f'{_json_string(key)}:{{"dtype":"{code}","shape":[{shape}],"data_offsets":[{span}]}}')
         chunks.append(data)
         offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = ("{" + ",".join(entries) + "}").encode()
     text += b" " * (-len(text) % 8)
     return b"".join([struct.pack("<Q", len(text)), text, *chunks])
 
@@ -160,7 +173,7 @@ class WorkItem:
 def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) -> list[tuple[str, bytes, list[str]]]:
     """Parse, validate, graph and label one item; ``[(id, record_bytes, warnings)]`` (several for multi-frame files)."""
     from matmeta.families import all_family_keys_of
-    from matmeta.geometry import wrap_fractional
+    from matmeta.geometry import neighbor_list, wrap_fractional
     from matmeta.graphs import graph_arrays, targets_array
     from matmeta.io import parse_cif_arrays, read_structure_file, structure_to_cif
 
@@ -181,14 +194,17 @@ def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) 
     for rid, (lattice, raw_frac, numbers), cif_text in crystals:
         where = item.where if rid == item.id else f"{item.where} ({rid})"
         frac = wrap_fractional(raw_frac)
+        pairs = neighbor_list(lattice, frac @ lattice, config.cutoff_angstrom)  # shared by the graph and the families
         arrays, warnings = graph_arrays(
-            lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where
+            lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where, pairs=pairs
         )  # type: ignore[arg-type]
         arrays["y"] = targets_array(item.y)
         arrays["lattice"] = lattice
         arrays["frac_coords"] = frac
         arrays["cif"] = np.frombuffer(cif_text.encode("utf-8"), dtype=np.uint8)
-        families, family_errors = all_family_keys_of(lattice, frac, numbers, where, symmetry=False)
+        families, family_errors = all_family_keys_of(
+            lattice, frac, numbers, where, symmetry=False, found=(pairs, config.cutoff_angstrom)
+        )
         families.update({f"column:{k}": v for k, v in item.columns})
         info = {"id": rid, "source": where, "families": families, "family_errors": family_errors}
         out.append((rid, encode_record(arrays, info), warnings))
