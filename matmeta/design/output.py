@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matmeta.design.deliver import DesignResult
+from matmeta.design.pipeline import write_candidate_files
 
 CSV_COLUMNS = (
     "rank",
@@ -70,27 +70,6 @@ def write_design(result: DesignResult, out_dir: str | Path) -> Path:
             row["cif"] = f"{stem}.cif"
             files.append((row["cif"], relaxed))
     return write_candidate_files(out_dir, result.rows, CSV_COLUMNS, files)
-
-
-def write_candidate_files(
-    out_dir: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str], cifs: Sequence[tuple[str, Any]]
-) -> Path:
-    """The one writer of a candidates folder: each ``(file name, Structure)`` as CIF, then ``candidates.csv``.
-
-    Every file is written atomically; floats in the table keep 6 significant digits.
-
-    Returns:
-        The path of ``candidates.csv``.
-    """
-    from pymatgen.io.cif import CifWriter
-
-    from matmeta.atomic import writable_dir, write_table, write_text_atomic
-
-    out_dir = writable_dir(out_dir)
-    for name, structure in cifs:
-        write_text_atomic(out_dir / name, str(CifWriter(structure)))
-    rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
-    return write_table(out_dir / "candidates.csv", rounded, columns)
 
 
 def funnel(result: DesignResult) -> list[tuple[str, int]]:

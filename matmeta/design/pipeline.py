@@ -307,14 +307,33 @@ CSV_COLUMNS = (
 )
 
 
+def write_candidate_files(
+    out_dir: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str], cifs: Sequence[tuple[str, Any]]
+) -> Path:
+    """The one writer of a candidates folder: each ``(file name, Structure)`` as CIF, then ``candidates.csv``.
+
+    Every file is written atomically; floats in the table keep 6 significant digits.
+
+    Returns:
+        The path of ``candidates.csv``.
+    """
+    from pymatgen.io.cif import CifWriter
+
+    from matmeta.atomic import writable_dir, write_table, write_text_atomic
+
+    out_dir = writable_dir(out_dir)
+    for name, structure in cifs:
+        write_text_atomic(out_dir / name, str(CifWriter(structure)))
+    rounded = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    return write_table(out_dir / "candidates.csv", rounded, columns)
+
+
 def write_candidates(result: GenerationResult, out_dir: str | Path) -> Path:
     """Write one CIF per structurally valid candidate and ``candidates.csv`` (rank order), atomically.
 
     Returns:
         The path of ``candidates.csv``.
     """
-    from matmeta.design.output import write_candidate_files
-
     rows = sorted(result.rows, key=lambda r: r["rank"])
     files = []
     for row in rows:
