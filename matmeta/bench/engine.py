@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from matmeta.bench.timing import time_steps
+from matmeta.bench.timing import time_steps, timing_cells
 from matmeta.recipes import config_from_dict
 
 
@@ -230,19 +230,7 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool = False) -> None:
         "CPU speed-up",
         "max |Δgrad| vs higher",
     ]
-    table = [
-        (
-            r["mode"],
-            r["impl"],
-            f"{r['median_ms']:.2f}",
-            f"{r['q1_ms']:.2f}–{r['q3_ms']:.2f}",
-            f"{r['speedup_vs_higher']:.2f}x",
-            f"{r['cpu_median_ms']:.2f}",
-            f"{r['cpu_speedup_vs_higher']:.2f}x",
-            f"{r['max_grad_diff']:.1e}",
-        )
-        for r in rows
-    ]
+    table = [(r["mode"], r["impl"], *timing_cells(r, 2)) for r in rows]
     print_table(title, columns, table)
     second = next(r for r in rows if r["mode"] == "second-order" and r["impl"] == "matmeta vmap")
     goal_rows = []

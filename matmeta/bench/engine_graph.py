@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from matmeta.bench.timing import time_steps
+from matmeta.bench.timing import time_steps, timing_cells
 
 IMPLS = ("higher", "matmeta loop", "matmeta padded vmap")
 QUICK = {"families": 3, "k_support": 3, "k_query": 4, "inner_steps": 2, "repeats": 3, "warmup": 1, "memory_steps": 4}
@@ -187,18 +187,7 @@ def render(rows: list, memory: list, cfg: GraphBenchConfig, n_tasks: int, quick:
         f"{cfg.threads} thread(s), median of {cfg.repeats}"
     )
     columns = ["implementation", "median ms", "IQR ms", "speed-up vs higher", "CPU ms", "CPU speed-up", "max |Δgrad|"]
-    table = [
-        (
-            r["impl"],
-            f"{r['median_ms']:.1f}",
-            f"{r['q1_ms']:.1f}–{r['q3_ms']:.1f}",
-            f"{r['speedup_vs_higher']:.2f}x",
-            f"{r['cpu_median_ms']:.1f}",
-            f"{r['cpu_speedup_vs_higher']:.2f}x",
-            f"{r['max_grad_diff']:.1e}",
-        )
-        for r in rows
-    ]
+    table = [(r["impl"], *timing_cells(r, 1)) for r in rows]
     print_table(title, columns, table)
     print_table(
         "peak resident memory of the process during padded-vmap meta-steps",

@@ -47,3 +47,15 @@ def time_steps(
         if progress is not None:
             progress()
     return grads, wall, cpu
+
+
+def timing_cells(row: dict, digits: int) -> tuple[str, ...]:
+    """A timed row's table cells: median, IQR, speed-up, CPU median, CPU speed-up (ms to ``digits``), max |Δgrad|."""
+    return (
+        f"{row['median_ms']:.{digits}f}",
+        f"{row['q1_ms']:.{digits}f}–{row['q3_ms']:.{digits}f}",
+        f"{row['speedup_vs_higher']:.2f}x",
+        f"{row['cpu_median_ms']:.{digits}f}",
+        f"{row['cpu_speedup_vs_higher']:.2f}x",
+        f"{row['max_grad_diff']:.1e}",
+    )

@@ -88,10 +88,11 @@ def training_sample(generator: Any, store: str | Path, sample: LabelSample) -> l
     graphs = GraphStore(store)
     families = graphs.family_keys(meta["family_by"])
     train = sorted(set(meta["families"]["train"]))
+    in_train = set(train)
     rng = np.random.default_rng(sample.seed)
     out: list[tuple[str, Any]] = []
     if sample.t_range is not None:
-        members = [i for i, f in enumerate(families) if f in set(train)]
+        members = [i for i, f in enumerate(families) if f in in_train]
         cells = canonical_structures([graphs.structure(i) for i in members], generator.elements, snap=True)
         lo, hi = sample.t_range
         inside = [k for k, c in enumerate(cells) if lo <= _tolerance(c) <= hi]

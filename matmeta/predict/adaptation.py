@@ -147,18 +147,24 @@ def fit_choice(kind: str, raw: dict[str, np.ndarray], values: np.ndarray, target
     return {"kind": kind}
 
 
+def _decoded(predictor: Any, out: torch.Tensor, n_atoms: torch.Tensor) -> dict[str, np.ndarray]:
+    """The network's (G, 3) outputs in physical units: heat per atom, metal logit, non-metal gap, atom counts."""
+    return {
+        "heat_per_atom": (predictor.stats.decode_heat(out[:, 0], n_atoms) / n_atoms).numpy().astype(float),
+        "metal_logit": out[:, 1].numpy().astype(float),
+        "gap": predictor.stats.decode_gap(out[:, 2]).numpy().astype(float),
+        "n_atoms": n_atoms.numpy().astype(float),
+    }
+
+
 def raw_outputs(predictor: Any, batch: Any, fast: dict | None = None) -> dict[str, np.ndarray]:
     """Model outputs in physical units before any choice: heat per atom, metal logit, non-metal gap, head features."""
     from matmeta.predict.kriging import head_features
 
     with torch.inference_mode(), head_features(predictor.model) as captured:
         out = predictor.maml(*batch.inputs(), params=fast)
-    n_atoms = batch.n_atoms
     return {
-        "heat_per_atom": (predictor.stats.decode_heat(out[:, 0], n_atoms) / n_atoms).numpy().astype(float),
-        "metal_logit": out[:, 1].numpy().astype(float),
-        "gap": predictor.stats.decode_gap(out[:, 2]).numpy().astype(float),
-        "n_atoms": n_atoms.numpy().astype(float),
+        **_decoded(predictor, out, batch.n_atoms),
         "features": captured["features"].numpy().astype(float),
     }
 
@@ -217,13 +223,7 @@ def batched_loo_outputs(predictor: Any, batch: Any, loss: Any, steps: int) -> di
     with torch.no_grad():
         out = maml.map_tasks(lambda forward, b: forward(*b.inputs(), **b.extra()), fast, copies)
     own = out[torch.arange(n), torch.arange(n)]  # (n, 3): structure i at the weights adapted without it
-    n_atoms = batch.n_atoms
-    return {
-        "heat_per_atom": (predictor.stats.decode_heat(own[:, 0], n_atoms) / n_atoms).numpy().astype(float),
-        "metal_logit": own[:, 1].numpy().astype(float),
-        "gap": predictor.stats.decode_gap(own[:, 2]).numpy().astype(float),
-        "n_atoms": n_atoms.numpy().astype(float),
-    }
+    return _decoded(predictor, own, batch.n_atoms)
 
 
 def best_choice(loo: dict[str, np.ndarray], values: np.ndarray) -> tuple[str, dict[str, float]]:
