@@ -73,3 +73,33 @@ def srtio3():
         ["Sr", "Ti", "O", "O", "O"],
         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
     )
+
+
+def _random_graph_table(rng, families: list[str]):
+    """Small random graphs (2–4 atoms of a few elements), one third non-metals, with their normalised targets."""
+    import numpy as np
+    import torch
+
+    from matmeta.predict.data import GraphTable, TargetStats
+
+    graphs = []
+    for _ in families:
+        n = int(rng.integers(2, 5))
+        z = torch.as_tensor(rng.choice([8, 22, 38, 40, 56, 26], size=n))
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        graphs.append(
+            (z, torch.as_tensor(pairs).T, torch.as_tensor(rng.uniform(1.8, 3.5, len(pairs)), dtype=torch.float32))
+        )
+    n_atoms = np.array([g[0].shape[0] for g in graphs], float)
+    heat = rng.normal(0.0, 1.0, len(graphs)) * n_atoms
+    gap = np.where(rng.random(len(graphs)) < 1 / 3, rng.uniform(0.5, 5.0, len(graphs)), 0.0)
+    stats = TargetStats.fit(heat, gap, n_atoms)
+    return GraphTable(
+        graphs, stats.encode(heat, gap, n_atoms), heat, gap, families, [str(i) for i in range(len(graphs))]
+    ), stats
+
+
+@pytest.fixture
+def random_graph_table():
+    """``(rng, families) -> (GraphTable, TargetStats)``: small random graphs, one third non-metals."""
+    return _random_graph_table

@@ -111,30 +111,7 @@ def test_shipped_checkpoint_round_trips_its_difficulty_and_old_metadata_keeps_co
     assert [r["gap_if_nonmetal"] for r in old] == [r["gap_if_nonmetal"] for r in before]
 
 
-def _random_table(rng: np.random.Generator, families: list[str]):
-    """Small random graphs (2–4 atoms of a few elements), one third non-metals, with their normalised targets."""
-    import torch
-
-    from matmeta.predict.data import GraphTable, TargetStats
-
-    graphs = []
-    for _ in families:
-        n = int(rng.integers(2, 5))
-        z = torch.as_tensor(rng.choice([8, 22, 38, 40, 56, 26], size=n))
-        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        graphs.append(
-            (z, torch.as_tensor(pairs).T, torch.as_tensor(rng.uniform(1.8, 3.5, len(pairs)), dtype=torch.float32))
-        )
-    n_atoms = np.array([g[0].shape[0] for g in graphs], float)
-    heat = rng.normal(0.0, 1.0, len(graphs)) * n_atoms
-    gap = np.where(rng.random(len(graphs)) < 1 / 3, rng.uniform(0.5, 5.0, len(graphs)), 0.0)
-    stats = TargetStats.fit(heat, gap, n_atoms)
-    return GraphTable(
-        graphs, stats.encode(heat, gap, n_atoms), heat, gap, families, [str(i) for i in range(len(graphs))]
-    ), stats
-
-
-def test_calibrate_with_training_families_adds_sigma_and_keeps_the_constant_widths():
+def test_calibrate_with_training_families_adds_sigma_and_keeps_the_constant_widths(random_graph_table):
     import torch
 
     from matmeta.conformal import conformal_quantile
@@ -147,7 +124,7 @@ def test_calibrate_with_training_families_adds_sigma_and_keeps_the_constant_widt
 
     rng = np.random.default_rng(3)
     families = [f for f in "ABCDE" for _ in range(52)]  # k = 20 support + 30 query
-    table, stats = _random_table(rng, families)
+    table, stats = random_graph_table(rng, families)
     predictor = untrained_predictor(GNNConfig(hidden=16, layers=1, n_rbf=8), stats=stats)
     val = ["C", "D", "E"]
     plain = calibrate(predictor.maml, table, stats, val, mc_samples=2, episodes_per_k=2, seed=0)

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,19 @@ def _residuals(
     gap = stats.decode_gap(point[:, 2]).numpy()
     return {
         "heat": (heat - table.heat_ref[idx]) / n_atoms.numpy(),
-        "heat_std": stats.decode_heat(mc[..., 0], n_atoms).std(0).numpy() / n_atoms.numpy(),
+        "heat_std": _spread(stats.decode_heat(mc[..., 0], n_atoms)).numpy() / n_atoms.numpy(),
         "gap": np.where(nonmetal, gap - table.band_gap[idx], np.nan),
-        "gap_std": stats.decode_gap(mc[..., 2]).std(0).numpy(),
+        "gap_std": _spread(stats.decode_gap(mc[..., 2])).numpy(),
         "p_nonmetal": 1.0 - torch.sigmoid(point[:, 1]).numpy(),
         "nonmetal": nonmetal,
         "features": captured["features"].numpy().astype(float),
         "family": np.asarray([table.families[i] for i in idx]),
     }
+
+
+def _spread(samples: torch.Tensor) -> torch.Tensor:
+    """Standard deviation over MC samples (dim 0); NaN with a single sample (no spread to measure)."""
+    return samples.std(0) if samples.shape[0] > 1 else torch.full_like(samples[0], float("nan"))
 
 
 def _mc_scale(errors: np.ndarray, stds: np.ndarray) -> float:
@@ -76,9 +82,10 @@ def _mc_scale(errors: np.ndarray, stds: np.ndarray) -> float:
     return float(np.quantile(np.abs(errors[ok]) / stds[ok], LEVEL) / Z90)
 
 
-def _summary(parts: list[dict[str, np.ndarray]], cut: float) -> dict[str, float]:
+def _summary(parts: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Conformal half-widths of ``parts`` (each with its ``called`` flags: P(non-metal) ≥ its model's cut)."""
     joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key != "features"}
-    called = joined["p_nonmetal"] >= cut
+    called = joined["called"]
     by_call = mondrian_quantiles(np.abs(joined["gap"]), called, LEVEL)
     out = {
         "heat_ref_per_atom": conformal_quantile(np.abs(joined["heat"]), LEVEL),
@@ -100,6 +107,78 @@ def _summary(parts: list[dict[str, np.ndarray]], cut: float) -> dict[str, float]
             "held_out_family_coverage_scaled": family_held_out_coverage(scaled, called, family)["all"],
         })  # fmt: skip
     return out
+
+
+GAP_KEYS = (
+    "band_gap_nonmetal", "band_gap_nonmetal_called", "band_gap_nonmetal_uncalled", "n_gap",
+    "band_gap_scaled", "band_gap_scaled_called", "band_gap_scaled_uncalled",
+    "held_out_family_coverage", "held_out_family_coverage_scaled",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class CalibrationParts:
+    """Raw residuals of one model on its calibration families (before any quantile is taken).
+
+    Attributes:
+        zero: per structure (:func:`_residuals`, plus ``called`` and, with training families, ``sigma``).
+        adapted: per support size k (as a string), one such dict per adaptation episode.
+        cut: the model's P(non-metal) threshold (balanced accuracy at precision ≥ ``MIN_PRECISION``).
+        difficulty: the model's σ(x) entry (:mod:`matmeta.predict.difficulty`), or None.
+    """
+
+    zero: dict[str, np.ndarray]
+    adapted: dict[str, list[dict[str, np.ndarray]]]
+    cut: float
+    difficulty: dict[str, Any] | None
+
+
+def calibration_parts(
+    maml: MAML,
+    table: GraphTable,
+    stats: TargetStats,
+    families: Sequence[str],
+    mc_samples: int = 32,
+    episodes_per_k: int = 30,
+    seed: int = 0,
+    train_families: Sequence[str] | None = None,
+    reference_families: Sequence[str] | None = None,
+) -> CalibrationParts:
+    """Zero-shot and adapted residuals of ``maml`` on ``families`` (see the module doc).
+
+    The non-metal cut and σ's scale come from ``reference_families`` (default: ``families``): a
+    cross-family fold (:mod:`matmeta.predict.cross_calibrate`) takes them from the validation
+    families, as the shipped model does, and its residuals from its held-out training families.
+    """
+    from matmeta.predict.difficulty import difficulty_entry, sigma
+    from matmeta.tasks import EpisodeSampler
+
+    maml.eval()
+    torch.manual_seed(seed)
+    zero = _residuals(maml, table, stats, family_indices(table, families), None, mc_samples)
+    reference = zero
+    if reference_families is not None:
+        reference = _residuals(maml, table, stats, family_indices(table, reference_families), None, 1)
+    cut = balanced_threshold(reference["p_nonmetal"], reference["nonmetal"], MIN_PRECISION)
+    generator = torch.Generator().manual_seed(seed)
+    by_k: dict[str, list[dict[str, np.ndarray]]] = {}
+    for k in ADAPT_KS:
+        sampler = EpisodeSampler(table.families, list(families), k, 30, seed + k)
+        by_k[str(k)] = []
+        for _ in range(episodes_per_k):
+            episode = sampler.sample(generator)
+            fast = maml.adapt(table.batch(episode.support), loss_fn)
+            by_k[str(k)].append(_residuals(maml, table, stats, np.asarray(episode.query), fast, mc_samples))
+    everything = [zero, *(part for parts in by_k.values() for part in parts)]
+    difficulty = None
+    if train_families:
+        train_features = _training_features(maml, table, train_families)
+        difficulty = difficulty_entry(train_features, reference["features"][reference["nonmetal"]])
+        for part in everything:
+            part["sigma"] = sigma(difficulty, part["features"])
+    for part in everything:
+        part["called"] = part["p_nonmetal"] >= cut
+    return CalibrationParts(zero, by_k, cut, difficulty)
 
 
 def _training_features(maml: MAML, table: GraphTable, families: Sequence[str], chunk: int = 512) -> np.ndarray:
@@ -126,59 +205,71 @@ def calibrate(
     episodes_per_k: int = 30,
     seed: int = 0,
     train_families: Sequence[str] | None = None,
+    extra_gap_parts: Sequence[CalibrationParts] = (),
 ) -> dict[str, Any]:
     """The ``uncertainty`` metadata of a predictor, from the validation ``families`` (see the module doc).
 
     With ``train_families`` the gap also gets normalised half-widths (``band_gap_scaled*``) and the
-    ``difficulty`` entry that defines σ(x) (:mod:`matmeta.predict.difficulty`).
+    ``difficulty`` entry that defines σ(x) (:mod:`matmeta.predict.difficulty`). ``extra_gap_parts``
+    (other models' residuals on other families: cross-family calibration) join the validation
+    residuals in the gap's quantiles; the heat widths stay those of the validation families.
     """
-    from matmeta.predict.difficulty import difficulty_entry, sigma
-    from matmeta.tasks import EpisodeSampler
+    parts = calibration_parts(maml, table, stats, families, mc_samples, episodes_per_k, seed, train_families)
+    return uncertainty_entry(parts, mc_samples, families, extra_gap_parts)
 
-    maml.eval()
-    torch.manual_seed(seed)
-    zero = _residuals(maml, table, stats, family_indices(table, families), None, mc_samples)
-    cut = balanced_threshold(zero["p_nonmetal"], zero["nonmetal"], MIN_PRECISION)
-    generator = torch.Generator().manual_seed(seed)
-    by_k: dict[str, list[dict[str, np.ndarray]]] = {}
-    for k in ADAPT_KS:
-        sampler = EpisodeSampler(table.families, list(families), k, 30, seed + k)
-        by_k[str(k)] = []
-        for _ in range(episodes_per_k):
-            episode = sampler.sample(generator)
-            fast = maml.adapt(table.batch(episode.support), loss_fn)
-            by_k[str(k)].append(_residuals(maml, table, stats, np.asarray(episode.query), fast, mc_samples))
-    difficulty = None
-    if train_families:
-        train_features = _training_features(maml, table, train_families)
-        difficulty = difficulty_entry(train_features, zero["features"][zero["nonmetal"]])
-        for part in [zero, *(part for parts in by_k.values() for part in parts)]:
-            part["sigma"] = sigma(difficulty, part["features"])
-    zero_summary = _summary([zero], cut)
-    adapted = {k: _summary(parts, cut) for k, parts in by_k.items()}
-    pooled = _summary([part for parts in by_k.values() for part in parts], cut)  # non-metals are rare (~4%)
-    gap_keys = [key for key in pooled if key.startswith(("band_gap_", "held_out_")) or key == "n_gap"]
-    for entry in adapted.values():  # one gap quantile over all k is far less noisy
-        entry.update({key: pooled[key] for key in gap_keys})
+
+def _adapted_list(parts: CalibrationParts) -> list[dict[str, np.ndarray]]:
+    return [part for episodes in parts.adapted.values() for part in episodes]
+
+
+def uncertainty_entry(
+    parts: CalibrationParts,
+    mc_samples: int,
+    families: Sequence[str],
+    extra_gap_parts: Sequence[CalibrationParts] = (),
+) -> dict[str, Any]:
+    """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts`` (and other models' gap parts)."""
+    zero_summary = _summary([parts.zero])
+    adapted = {k: _summary(episodes) for k, episodes in parts.adapted.items()}
+    pooled = _summary(_adapted_list(parts))  # non-metals are rare (~4%): one gap quantile over all k
+    if extra_gap_parts:
+        zero_summary.update(_gap_only(_summary([parts.zero, *(extra.zero for extra in extra_gap_parts)])))
+        others = [part for extra in extra_gap_parts for part in _adapted_list(extra)]
+        pooled.update(_gap_only(_summary(_adapted_list(parts) + others)))
+    for entry in adapted.values():
+        entry.update(_gap_only(pooled))
     ref = adapted["10"]
     out = {
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,
         "interval": LEVEL,
-        "nonmetal_threshold": cut,
+        "nonmetal_threshold": parts.cut,
         "conformal": {"level": LEVEL, "zero_shot": zero_summary, "adapted": adapted},
         "zero_shot": {"heat_ref": zero_summary["mc_heat_ref"], "band_gap": zero_summary["mc_band_gap"]},
         "adapted": {"heat_ref": ref["mc_heat_ref"], "band_gap": ref["mc_band_gap"]},
         "calibration_k": 10,
         "calibrated_on": sorted(families),
     }
-    if difficulty is not None:
-        out["difficulty"] = difficulty
+    if parts.difficulty is not None:
+        out["difficulty"] = parts.difficulty
     return out
 
 
-def recalibrate_checkpoint(checkpoint: Path, store: Path, out: Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back."""
+def _gap_only(summary: dict[str, float]) -> dict[str, float]:
+    return {key: summary[key] for key in GAP_KEYS if key in summary}
+
+
+def recalibrate_checkpoint(
+    checkpoint: Path,
+    store: Path,
+    out: Path | None = None,
+    seed: int = 0,
+    extra_gap_parts: Sequence[CalibrationParts] = (),
+) -> dict[str, Any]:
+    """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
+
+    ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
+    """
     from matmeta.checkpoint import save_checkpoint
     from matmeta.predict.config import DataConfig
     from matmeta.predict.data import load_table
@@ -195,7 +286,13 @@ def recalibrate_checkpoint(checkpoint: Path, store: Path, out: Path | None = Non
     val = predictor.metadata["families"]["val"]
     episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
     train = predictor.metadata["families"]["train"]
-    result = calibrate(predictor.maml, table, predictor.stats, val, samples, episodes, seed=seed, train_families=train)
+    parts = calibration_parts(predictor.maml, table, predictor.stats, val, samples, episodes, seed, train)
+    result = uncertainty_entry(parts, samples, val, extra_gap_parts)
+    if extra_gap_parts:
+        result["cross_family"] = {
+            "folds": len(extra_gap_parts),
+            "families": sorted({str(f) for extra in extra_gap_parts for f in extra.zero["family"]}),
+        }
     metadata = {**predictor.metadata, "uncertainty": result}
     save_checkpoint(out or checkpoint, predictor.maml.state_dict(), metadata)
     return result

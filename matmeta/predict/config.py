@@ -114,11 +114,14 @@ class UncertaintyConfig:
         calibration_k: unused (kept so older recipes load): adapted calibration runs at k = 5, 10, 20.
         calibration_episodes: validation episodes per support size for the adapted calibration
             (split-conformal quantiles, :mod:`matmeta.predict.calibrate`).
+        cross_folds: family-grouped folds of the training families whose out-of-fold residuals join
+            the gap's calibration (``matmeta calibrate``, :mod:`matmeta.predict.cross_calibrate`).
     """
 
     mc_samples: int = 32
     calibration_k: int = 10
     calibration_episodes: int = 60
+    cross_folds: int = 5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,8 +74,6 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     """Meta-train the predictor described by ``recipe``; returns the checkpoint path."""
     from matmeta.checkpoint import save_checkpoint
     from matmeta.console import console
-    from matmeta.meta.trainer import MetaTrainer
-    from matmeta.predict.config import build_maml
     from matmeta.recipes import config_to_dict
 
     cfg = PredictorRecipe.from_recipe(recipe, str(recipe_path))
@@ -98,6 +96,58 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
             f"graph cutoff {graph_config.cutoff_angstrom}"
         )
     family_split = split(table, cfg.data)
+    trained = train_on_split(cfg, recipe, table, graph_config, family_split, work, trainer_cfg)
+    maml, stats, metadata, result, trainer = trained
+    metadata["uncertainty"] = calibrate(
+        maml,
+        table,
+        stats,
+        family_split.val,
+        cfg.uncertainty.mc_samples,
+        cfg.uncertainty.calibration_episodes,
+        trainer_cfg.seed,
+        train_families=family_split.train,
+    )
+    metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
+    metadata["training"] = {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+        "trainer": config_to_dict(trainer_cfg),
+    }
+    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
+        return out
+    save_checkpoint(out, maml.state_dict(), metadata)
+    console.print(
+        f"best validation query loss {result.best_val_loss} at step {result.best_step}; "
+        f"uncertainty scales {metadata['uncertainty']['zero_shot']} (zero-shot), "
+        f"{metadata['uncertainty']['adapted']} (adapted)"
+    )
+    return out
+
+
+def train_on_split(
+    cfg: PredictorRecipe,
+    recipe: dict,
+    table: Any,
+    graph_config: Any,
+    family_split: Any,
+    work: Path,
+    trainer_cfg: Any,
+) -> tuple[Any, TargetStats, dict[str, Any], Any, Any]:
+    """Pooled pretraining + meta-training on ``family_split.train`` (early stopping on ``.val``).
+
+    Sets ``table.y`` to the targets normalised with the training families' statistics.
+
+    Returns:
+        ``(maml, stats, metadata, trainer result, trainer)``; ``maml`` is set up for inference
+        (the recipe's inference-time inner steps, the unknown-element embedding).
+    """
+    from matmeta.console import console
+    from matmeta.meta.trainer import MetaTrainer
+    from matmeta.predict.config import build_maml
+
     train_idx = family_indices(table, family_split.train)
     stats = TargetStats.fit(table.heat_ref[train_idx], table.band_gap[train_idx], table.n_atoms[train_idx])
     table.y = stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
@@ -119,36 +169,10 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
     )
     result = trainer.fit()
-    if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration below, finetune, benchmark)
+    if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration, finetune, benchmark)
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
-    metadata["uncertainty"] = calibrate(
-        maml,
-        table,
-        stats,
-        family_split.val,
-        cfg.uncertainty.mc_samples,
-        cfg.uncertainty.calibration_episodes,
-        seed,
-        train_families=family_split.train,
-    )
-    metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
-    metadata["training"] = {
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "best_val_loss": result.best_val_loss,
-        "stopped_early": result.stopped_early,
-        "trainer": config_to_dict(trainer_cfg),
-    }
-    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
-        return out
-    save_checkpoint(out, maml.state_dict(), metadata)
-    console.print(
-        f"best validation query loss {result.best_val_loss} at step {result.best_step}; "
-        f"uncertainty scales {metadata['uncertainty']['zero_shot']} (zero-shot), "
-        f"{metadata['uncertainty']['adapted']} (adapted)"
-    )
-    return out
+    return maml, stats, metadata, result, trainer
 
 
 def _pooled_state(

@@ -1,0 +1,151 @@
+"""Cross-family (out-of-fold) calibration of the predictor's band-gap intervals.
+
+Why: split-conformal intervals hold for a new family only when the calibration residuals are
+exchangeable with that family's. The seven validation families hold 52 non-metals, 32 of them in
+one family, and they proved easier than new families (session 5: leave-one-validation-family-out
+coverage 0.90, test families 0.64). Here the TRAINING families calibrate too, out of fold: they
+are split into ``folds`` family-grouped folds; for each fold the recipe is run unchanged on the
+other training families (pooled pretraining, Meta-SGD, early stopping on the same validation
+families) and that model's residuals on the fold's families are kept — the family-grouped
+cross-conformal scheme (Vovk 2015; Barber et al., Ann. Statist. 49, 486, 2021, "CV+"). A fold
+model has seen 4/5 of the training families, so its errors on a new family are, if anything,
+larger than the shipped model's: the widths lean conservative.
+
+Each fold's residuals use the fold model's own non-metal cut and σ(x) (distance to ITS training
+structures, scaled by the median over the validation non-metals), exactly as the shipped model's
+are computed (:func:`matmeta.predict.calibrate.calibration_parts`). They join the shipped model's
+validation residuals in the gap's Mondrian quantiles; the heat widths keep the validation
+calibration (they already cover).
+
+Folds are cached as ``<work_dir>/cross/fold<i>of<k>.npz`` (no pickles), so ``matmeta calibrate``
+resumes, and ``--fold i`` lets the folds run as separate processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matmeta.predict.calibrate import CalibrationParts
+
+SAVED_KEYS = ("heat", "heat_std", "gap", "gap_std", "p_nonmetal", "nonmetal", "family", "sigma", "called")
+
+
+def family_folds(families: Sequence[str], folds: int, seed: int) -> list[tuple[str, ...]]:
+    """``families`` dealt into ``folds`` seeded, disjoint, near-equal groups (each sorted)."""
+    if not 2 <= folds <= len(families):
+        raise ValueError(f"folds must be between 2 and the number of families ({len(families)}), got {folds}")
+    order = sorted(families)
+    np.random.default_rng(seed).shuffle(order)
+    return [tuple(sorted(order[i::folds])) for i in range(folds)]
+
+
+def fold_path(work_dir: Path, fold: int, folds: int) -> Path:
+    """Where fold ``fold`` of ``folds`` keeps its residuals."""
+    return Path(work_dir) / "cross" / f"fold{fold}of{folds}.npz"
+
+
+def fold_key(recipe: dict[str, Any], held_out: Sequence[str]) -> str:
+    """Digest of what a fold's residuals depend on: the recipe's model, training and data settings, its families.
+
+    (The number of folds is in the file name, so ``cross_folds`` itself is not part of it.)
+    """
+    relevant = {name: recipe.get(name) for name in ("data", "model", "pretrain", "maml", "episodes", "trainer")}
+    uncertainty = recipe.get("uncertainty") or {}
+    relevant["uncertainty"] = {key: uncertainty.get(key) for key in ("mc_samples", "calibration_episodes")}
+    relevant["held_out"] = sorted(held_out)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _joined(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in SAVED_KEYS}
+
+
+def save_parts(path: Path, parts: CalibrationParts, key: str) -> None:
+    """Write a fold's residuals (zero-shot, and all adaptation episodes joined) atomically as .npz."""
+    from matmeta.atomic import atomic_path
+
+    arrays = {f"zero/{name}": value for name, value in _joined([parts.zero]).items()}
+    episodes = [part for by_k in parts.adapted.values() for part in by_k]
+    arrays.update({f"adapted/{name}": value for name, value in _joined(episodes).items()})
+    arrays["key"], arrays["cut"] = np.asarray(key), np.asarray(parts.cut)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_parts(path: Path, key: str) -> CalibrationParts | None:
+    """A fold's residuals, or None when missing or computed for other settings (``key``)."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["key"]) != key:
+            return None
+        zero = {name: data[f"zero/{name}"] for name in SAVED_KEYS}
+        adapted = {name: data[f"adapted/{name}"] for name in SAVED_KEYS}
+        return CalibrationParts(zero, {"all": [adapted]}, float(data["cut"]), None)
+
+
+def run_fold(recipe_path: Path, fold: int, folds: int) -> CalibrationParts:
+    """Meta-train the recipe without fold ``fold``'s training families; their residuals (cached, resumable)."""
+    from matmeta.predict.calibrate import calibration_parts
+    from matmeta.predict.config import PredictorRecipe
+    from matmeta.predict.data import ensure_store, load_table, split
+    from matmeta.predict.train import train_on_split
+    from matmeta.recipes import load_recipe
+    from matmeta.tasks import FamilySplit
+
+    recipe = load_recipe(recipe_path)
+    cfg = PredictorRecipe.from_recipe(recipe, str(recipe_path))
+    table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
+    whole = split(table, cfg.data)
+    held_out = family_folds(whole.train, folds, cfg.trainer.seed)[fold]
+    path, key = fold_path(Path(cfg.meta_train.work_dir), fold, folds), fold_key(recipe, held_out)
+    cached = load_parts(path, key)
+    if cached is not None:
+        return cached
+    import torch
+
+    torch.manual_seed(cfg.trainer.seed)
+    train = tuple(name for name in whole.train if name not in held_out)
+    fold_split = FamilySplit(train=train, val=whole.val, test=held_out)
+    work = path.parent / f"fold{fold}of{folds}"
+    work.mkdir(parents=True, exist_ok=True)
+    trainer_cfg = dataclasses.replace(cfg.trainer, log_path=work / "meta_train.jsonl")
+    maml, stats, *_ = train_on_split(cfg, recipe, table, graph_config, fold_split, work, trainer_cfg)
+    u = cfg.uncertainty
+    parts = calibration_parts(
+        maml, table, stats, held_out, u.mc_samples, u.calibration_episodes, cfg.trainer.seed,
+        train_families=train, reference_families=whole.val,
+    )  # fmt: skip
+    save_parts(path, parts, key)
+    return parts
+
+
+def cross_calibrate(
+    recipe_path: Path,
+    checkpoint: Path | None = None,
+    folds: int | None = None,
+    on_fold: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or reuse) every fold, then recalibrate ``checkpoint`` (default: the recipe's) with them; its entry."""
+    from matmeta.predict.calibrate import recalibrate_checkpoint
+    from matmeta.predict.config import PredictorRecipe
+    from matmeta.predict.data import ensure_store
+    from matmeta.recipes import load_recipe
+
+    cfg = PredictorRecipe.from_recipe(load_recipe(recipe_path), str(recipe_path))
+    folds = int(folds or cfg.uncertainty.cross_folds)
+    extra = []
+    for fold in range(folds):
+        extra.append(run_fold(recipe_path, fold, folds))
+        if on_fold is not None:
+            on_fold(fold)
+    checkpoint = Path(checkpoint or cfg.meta_train.out)
+    return recalibrate_checkpoint(checkpoint, ensure_store(cfg.data), extra_gap_parts=extra)
