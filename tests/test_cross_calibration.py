@@ -85,3 +85,17 @@ def test_saved_fold_residuals_reload_only_for_the_same_settings(parts, tmp_path)
     reloaded = uncertainty_entry(shipped, 2, ["C", "D"], [loaded])["conformal"]
     assert reloaded["zero_shot"]["band_gap_scaled"] == direct["zero_shot"]["band_gap_scaled"]
     assert reloaded["adapted"]["10"]["band_gap_scaled"] == direct["adapted"]["10"]["band_gap_scaled"]
+
+
+def test_calibrate_refuses_a_recipe_that_does_not_train_the_predictor():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "matmeta.cli", "calibrate", "recipes/jmak.toml", "--fold", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: recipes/jmak.toml: calibration needs a predictor recipe ([meta_train] app = 'predictor'), got 'jmak'"
+    ]

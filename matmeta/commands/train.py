@@ -45,10 +45,9 @@ def calibrate(
 
 
 def _recipe_folds(recipe: Path) -> int:
-    from matmeta.predict.config import PredictorRecipe
-    from matmeta.recipes import load_recipe
+    from matmeta.predict.cross_calibrate import predictor_recipe
 
-    return int(PredictorRecipe.from_recipe(load_recipe(recipe), str(recipe)).uncertainty.cross_folds)
+    return int(predictor_recipe(recipe)[1].uncertainty.cross_folds)
 
 
 def register(app: typer.Typer) -> None:

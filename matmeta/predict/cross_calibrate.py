@@ -92,19 +92,37 @@ def load_parts(path: Path, key: str) -> CalibrationParts | None:
         return CalibrationParts(zero, {"all": [adapted]}, float(data["cut"]), None)
 
 
-def run_fold(recipe_path: Path, fold: int, folds: int) -> CalibrationParts:
-    """Meta-train the recipe without fold ``fold``'s training families; their residuals (cached, resumable)."""
-    from matmeta.predict.calibrate import calibration_parts
+def predictor_recipe(recipe_path: Path) -> tuple[dict[str, Any], Any]:
+    """The recipe (raw dict and ``PredictorRecipe``); a one-line error unless it trains the predictor."""
+    from matmeta.errors import RecipeError
     from matmeta.predict.config import PredictorRecipe
-    from matmeta.predict.data import ensure_store, load_table, split
-    from matmeta.predict.train import train_on_split
     from matmeta.recipes import load_recipe
-    from matmeta.tasks import FamilySplit
 
     recipe = load_recipe(recipe_path)
-    cfg = PredictorRecipe.from_recipe(recipe, str(recipe_path))
+    app = (recipe.get("meta_train") or {}).get("app")
+    if app != "predictor":
+        raise RecipeError(
+            f"{recipe_path}: calibration needs a predictor recipe ([meta_train] app = 'predictor'), got {app!r}"
+        )
+    return recipe, PredictorRecipe.from_recipe(recipe, str(recipe_path))
+
+
+def run_fold(recipe_path: Path, fold: int, folds: int) -> CalibrationParts:
+    """Meta-train the recipe without fold ``fold``'s training families; their residuals (cached, resumable)."""
+    from matmeta.errors import RecipeError
+    from matmeta.predict.calibrate import calibration_parts
+    from matmeta.predict.data import ensure_store, load_table, split
+    from matmeta.predict.train import train_on_split
+    from matmeta.tasks import FamilySplit
+
+    recipe, cfg = predictor_recipe(recipe_path)
     table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
     whole = split(table, cfg.data)
+    if not (2 <= folds <= len(whole.train) and 0 <= fold < folds):
+        raise RecipeError(
+            f"{recipe_path}: fold {fold} of {folds} folds: need 2 ≤ folds ≤ {len(whole.train)} training families "
+            f"and 0 ≤ fold < folds"
+        )
     held_out = family_folds(whole.train, folds, cfg.trainer.seed)[fold]
     path, key = fold_path(Path(cfg.meta_train.work_dir), fold, folds), fold_key(recipe, held_out)
     cached = load_parts(path, key)
@@ -136,11 +154,9 @@ def cross_calibrate(
 ) -> dict[str, Any]:
     """Run (or reuse) every fold, then recalibrate ``checkpoint`` (default: the recipe's) with them; its entry."""
     from matmeta.predict.calibrate import recalibrate_checkpoint
-    from matmeta.predict.config import PredictorRecipe
     from matmeta.predict.data import ensure_store
-    from matmeta.recipes import load_recipe
 
-    cfg = PredictorRecipe.from_recipe(load_recipe(recipe_path), str(recipe_path))
+    _, cfg = predictor_recipe(recipe_path)
     folds = int(folds or cfg.uncertainty.cross_folds)
     extra = []
     for fold in range(folds):
