@@ -12,7 +12,7 @@ float32 round-off.
 Why it is cheaper (measured on 5-atom perovskite cells, one thread): CHGNet's ``predict_graph`` takes
 forces and stress in two backward passes that each build a second-order graph (``create_graph=True``,
 needed for training only); :func:`chgnet_efsm` takes both in one first-order backward pass over the same
-model (about half the CPU time), and evaluates up to ``chunk`` graphs per forward (8-16 is the
+model (about half the CPU time), and evaluates up to ``chunk`` graphs per forward (8 is the
 measured optimum on one core; larger batches get slower per graph).
 
 A structure CHGNet cannot handle (its graph cannot be built, the forward fails, or the result is not
@@ -76,7 +76,7 @@ def _finite(result: dict[str, Any]) -> bool:
     return bool(np.isfinite(result["energy"]) and all(np.isfinite(a).all() for a in arrays))
 
 
-def evaluate(model: Any, structures: Sequence[Any], chunk: int = 16) -> list[dict[str, Any] | str]:
+def evaluate(model: Any, structures: Sequence[Any], chunk: int = 8) -> list[dict[str, Any] | str]:
     """:func:`chgnet_efsm` in chunks; a chunk that fails is evaluated one by one, failures as error strings."""
     out: list[dict[str, Any] | str] = []
     for start in range(0, len(structures), chunk):
@@ -161,7 +161,7 @@ def relax_batch(
     runs: list[BatchRun],
     fmax: float,
     max_steps: int,
-    chunk: int = 16,
+    chunk: int = 8,
     on_done: Callable[[BatchRun], None] | None = None,
 ) -> None:
     """Relax all ``runs`` in lockstep rounds: every unfinished optimiser steps once, then one batched evaluation.

@@ -55,8 +55,8 @@ class RelaxSettings:
         rattle_ang: standard deviation (Å) of the seeded random displacement of every atom before
             relaxing (0: none); the RMSD is still measured from the generated cell.
         seed: seeds the rattle (the i-th structure of :meth:`Relaxer.relax_all` uses ``seed + i``).
-        chunk: structures per CHGNet forward in :meth:`Relaxer.relax_all` (8-16 is fastest per structure on
-            one core for 5-atom cells; :mod:`matmeta.design.batch_relax`).
+        chunk: structures per CHGNet forward in :meth:`Relaxer.relax_all` (8 was fastest per structure on
+            one core for 5-atom cells, 16 within 5 %, 64 25 % slower; :mod:`matmeta.design.batch_relax`).
     """
 
     fmax: float = 0.05
@@ -66,7 +66,7 @@ class RelaxSettings:
     bfgs_alpha: float = 25.0
     rattle_ang: float = 0.02
     seed: int = 0
-    chunk: int = 16
+    chunk: int = 8
 
 
 def rattled(structure: Any, amplitude: float, seed: int) -> Any:
