@@ -236,3 +236,20 @@ def test_a_pretraining_server_step_extrapolates_the_labs_mean_progress():
         np.testing.assert_allclose(c.state.params[name].numpy(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="pretrain_server_lr"):
         FederateConfig(pretrain_server_lr=0.0)
+
+
+def test_pretraining_server_momentum_is_heavy_ball_and_survives_a_restart(tmp_path):
+    cfg = FederateConfig(rounds=3, pretrain_rounds=3, pretrain_server_lr=0.5, pretrain_server_momentum=0.75)
+    c = _coordinator(cfg, tmp_path)
+    start = {k: v.clone() for k, v in c.state.params.items()}
+    u1, u2 = _update("a", 1), _update("b", 2)
+    c.finish_round([u1], [])
+    c.finish_round([u2], [])  # m2 = 0.75 u1 + u2; θ2 = θ0 − 0.5 (u1 + m2)
+    for i, name in enumerate(c.state.names):
+        expected = start[name].numpy() - 0.5 * (u1.arrays[i] + 0.75 * u1.arrays[i] + u2.arrays[i])
+        np.testing.assert_allclose(c.state.params[name].numpy(), expected, atol=1e-6)
+    resumed = _coordinator(cfg, tmp_path)  # the momentum buffer is part of the round checkpoint
+    for name in c.state.names:
+        torch.testing.assert_close(resumed.state.momentum[name], c.state.momentum[name])
+    with pytest.raises(ValueError, match="pretrain_server_momentum"):
+        FederateConfig(pretrain_server_momentum=1.0)

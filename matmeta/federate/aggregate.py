@@ -86,6 +86,7 @@ class ServerState:
         self.params = {n: params[n].detach().clone().float() for n in self.names}
         self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.adam_step = 0
         self.round = 0
         self.extra: dict[str, Any] = {}
@@ -100,10 +101,17 @@ class ServerState:
         """The shared weights as arrays, in order."""
         return [self.params[n].numpy().astype(np.float32, copy=True) for n in self.names]
 
-    def apply(self, update: dict[str, Tensor], optimizer: str, lr: float, rate_lr: float | None = None) -> None:
-        """One server step with the averaged update (``avg``: plain step; ``adam``: torch's Adam maths)."""
+    def apply(
+        self, update: dict[str, Tensor], optimizer: str, lr: float, rate_lr: float | None = None, momentum: float = 0.0
+    ) -> None:
+        """One server step with the averaged update.
+
+        ``avg``: a plain step (heavy-ball ``momentum`` when > 0: FedAvgM); ``adam``: torch's Adam maths.
+        """
         if optimizer == "avg":
             for n, g in update.items():
+                if momentum > 0:
+                    g = self.momentum[n].mul_(momentum).add_(g)
                 step = rate_lr if (rate_lr is not None and n.startswith("log_lrs.")) else lr
                 self.params[n] -= step * g
             return
@@ -124,6 +132,7 @@ class ServerState:
         tensors = {f"param.{n}": p for n, p in self.params.items()}
         tensors |= {f"exp_avg.{n}": p for n, p in self.exp_avg.items()}
         tensors |= {f"exp_avg_sq.{n}": p for n, p in self.exp_avg_sq.items()}
+        tensors |= {f"momentum.{n}": p for n, p in self.momentum.items()}
         meta = {
             "kind": "federate-server-state",
             "names": self.names,
@@ -151,6 +160,8 @@ class ServerState:
         state = cls({n: tensors[f"param.{n}"] for n in names}, names)
         state.exp_avg = {n: tensors[f"exp_avg.{n}"].clone() for n in names}
         state.exp_avg_sq = {n: tensors[f"exp_avg_sq.{n}"].clone() for n in names}
+        if all(f"momentum.{n}" in tensors for n in names):  # states written before FedAvgM have none (zeros)
+            state.momentum = {n: tensors[f"momentum.{n}"].clone() for n in names}
         state.adam_step = int(meta["adam_step"])
         state.round = int(meta["round"])
         state.extra = dict(meta.get("extra") or {})

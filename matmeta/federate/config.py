@@ -23,6 +23,8 @@ class FederateConfig:
         pretrain_lr: local Adam learning rate in pretraining rounds.
         pretrain_server_lr: server step on the labs' mean progress in pretraining rounds (1: FedAvg,
             the mean of the local models; > 1 extrapolates along it, FedAvg with a server learning rate).
+        pretrain_server_momentum: server momentum β of the pretraining rounds (FedAvgM, Hsu et al. 2019:
+            θ −= lr · m, m = β m + mean progress); 0: plain FedAvg.
         local_steps: local optimiser steps per round in each lab.
         meta_batch_size: tasks per local step (``fedavg``: ``batch_size`` structures instead).
         batch_size: structures per local step of ``fedavg``.
@@ -52,6 +54,7 @@ class FederateConfig:
     pretrain_local_steps: int = 30
     pretrain_lr: float = 0.002
     pretrain_server_lr: float = 1.0
+    pretrain_server_momentum: float = 0.0
     local_steps: int = 5
     meta_batch_size: int = 4
     batch_size: int = 32
@@ -81,6 +84,8 @@ class FederateConfig:
             raise ValueError("pretrain_rounds >= 0, pretrain_local_steps >= 1 and pretrain_lr > 0 are required")
         if not self.pretrain_server_lr > 0:
             raise ValueError("pretrain_server_lr must be > 0")
+        if not 0.0 <= self.pretrain_server_momentum < 1.0:
+            raise ValueError("pretrain_server_momentum must be in [0, 1)")
         if self.rounds < 0 or self.local_steps < 1 or self.meta_batch_size < 1 or self.min_labs < 1:
             raise ValueError("rounds >= 0, local_steps, meta_batch_size and min_labs >= 1 are required")
         if not (self.client_lr > 0 and self.server_lr > 0 and self.max_update_norm > 0):

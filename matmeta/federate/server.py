@@ -99,7 +99,7 @@ class Coordinator:
                 noise_(mean, cfg.dp_clip, cfg.dp_noise, len(report.accepted), self.noise_generator)
             report.update_norm = clip_(mean, cfg.grad_clip)
             if state.round < cfg.pretrain_rounds:  # FedAvg (lr 1: the mean of the labs' local models)
-                state.apply(mean, "avg", cfg.pretrain_server_lr)
+                state.apply(mean, "avg", cfg.pretrain_server_lr, momentum=cfg.pretrain_server_momentum)
             else:
                 state.apply(mean, cfg.server_optimizer, cfg.server_lr, cfg.rate_lr)
             self.log(report.message())
