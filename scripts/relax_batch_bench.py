@@ -12,6 +12,7 @@ away (first atom moved along x): how far round-off alone can take a relaxation t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import warnings
@@ -40,7 +41,7 @@ def compare(name: str, structures: list, relaxer, chunks: tuple[int, ...] = ()) 
     both = [i for i in range(len(old)) if not old[i]["relax_error"] and not control[i]["relax_error"]]
     noise = max(abs(old[i]["energy_after_ev_per_atom"] - control[i]["energy_after_ev_per_atom"]) for i in both) * 1000
     for chunk in (relaxer.settings.chunk, *chunks):
-        relaxer.settings = type(relaxer.settings)(**{**relaxer.settings.__dict__, "chunk": chunk})
+        relaxer.settings = dataclasses.replace(relaxer.settings, chunk=chunk)
         cpu = time.process_time()
         _, new = relaxer.relax_all(structures)
         new_s = (time.process_time() - cpu) / len(structures)

@@ -31,7 +31,7 @@ def calibrate(
     from matmeta.predict.cross_calibrate import cross_calibrate, run_fold
 
     if fold is not None:
-        parts = run_fold(recipe, fold, folds or _recipe_folds(recipe))
+        parts = run_fold(recipe, fold, folds)
         nonmetals = int(parts.zero["nonmetal"].sum())
         typer.echo(f"fold {fold}: {len(parts.zero['gap'])} structures, {nonmetals} non-metals; residuals cached")
         return
@@ -42,12 +42,6 @@ def calibrate(
         f"{len(result['cross_family']['families']) + len(result['calibrated_on'])} families; leave-one-family-out "
         f"coverage {zero['held_out_family_coverage_scaled']:.3f} / {adapted['held_out_family_coverage_scaled']:.3f}"
     )
-
-
-def _recipe_folds(recipe: Path) -> int:
-    from matmeta.predict.cross_calibrate import predictor_recipe
-
-    return int(predictor_recipe(recipe)[1].uncertainty.cross_folds)
 
 
 def register(app: typer.Typer) -> None:

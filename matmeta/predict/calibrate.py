@@ -208,17 +208,14 @@ def calibrate(
     episodes_per_k: int = 30,
     seed: int = 0,
     train_families: Sequence[str] | None = None,
-    extra_gap_parts: Sequence[CalibrationParts] = (),
 ) -> dict[str, Any]:
     """The ``uncertainty`` metadata of a predictor, from the validation ``families`` (see the module doc).
 
     With ``train_families`` the gap also gets normalised half-widths (``band_gap_scaled*``) and the
-    ``difficulty`` entry that defines σ(x) (:mod:`matmeta.predict.difficulty`). ``extra_gap_parts``
-    (other models' residuals on other families: cross-family calibration) join the validation
-    residuals in the gap's quantiles; the heat widths stay those of the validation families.
+    ``difficulty`` entry that defines σ(x) (:mod:`matmeta.predict.difficulty`).
     """
     parts = calibration_parts(maml, table, stats, families, mc_samples, episodes_per_k, seed, train_families)
-    return uncertainty_entry(parts, mc_samples, families, extra_gap_parts)
+    return uncertainty_entry(parts, mc_samples, families)
 
 
 def _adapted_list(parts: CalibrationParts) -> list[dict[str, np.ndarray]]:
@@ -231,7 +228,11 @@ def uncertainty_entry(
     families: Sequence[str],
     extra_gap_parts: Sequence[CalibrationParts] = (),
 ) -> dict[str, Any]:
-    """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts`` (and other models' gap parts)."""
+    """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts``.
+
+    ``extra_gap_parts`` (other models' residuals on other families: cross-family calibration) join
+    ``parts`` in the gap's quantiles; the heat widths stay those of ``parts`` alone.
+    """
     zero_summary = _summary([parts.zero])
     adapted = {k: _summary(episodes) for k, episodes in parts.adapted.items()}
     pooled = _summary(_adapted_list(parts))  # non-metals are rare (~4%): one gap quantile over all k

@@ -107,17 +107,42 @@ def predictor_recipe(recipe_path: Path) -> tuple[dict[str, Any], Any]:
     return recipe, PredictorRecipe.from_recipe(recipe, str(recipe_path))
 
 
-def run_fold(recipe_path: Path, fold: int, folds: int) -> CalibrationParts:
-    """Meta-train the recipe without fold ``fold``'s training families; their residuals (cached, resumable)."""
-    from matmeta.errors import RecipeError
-    from matmeta.predict.calibrate import calibration_parts
+@dataclasses.dataclass
+class FoldContext:
+    """What every fold of one recipe shares: the recipe, its graph table and its family split (loaded once)."""
+
+    recipe_path: Path
+    recipe: dict[str, Any]
+    cfg: Any
+    table: Any
+    graph_config: Any
+    split: Any
+
+
+def fold_context(recipe_path: Path) -> FoldContext:
+    """Read the predictor recipe and its store once for all folds."""
     from matmeta.predict.data import ensure_store, load_table, split
-    from matmeta.predict.train import train_on_split
-    from matmeta.tasks import FamilySplit
 
     recipe, cfg = predictor_recipe(recipe_path)
     table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
-    whole = split(table, cfg.data)
+    return FoldContext(Path(recipe_path), recipe, cfg, table, graph_config, split(table, cfg.data))
+
+
+def run_fold(
+    recipe_path: Path, fold: int, folds: int | None = None, context: FoldContext | None = None
+) -> CalibrationParts:
+    """Meta-train the recipe without fold ``fold``'s training families; their residuals (cached, resumable).
+
+    ``folds``: default the recipe's ``cross_folds``; ``context``: the recipe and table already loaded.
+    """
+    from matmeta.errors import RecipeError
+    from matmeta.predict.calibrate import calibration_parts
+    from matmeta.predict.train import train_on_split
+    from matmeta.tasks import FamilySplit
+
+    ctx = context or fold_context(recipe_path)
+    recipe, cfg, whole = ctx.recipe, ctx.cfg, ctx.split
+    folds = int(folds or cfg.uncertainty.cross_folds)
     if not (2 <= folds <= len(whole.train) and 0 <= fold < folds):
         raise RecipeError(
             f"{recipe_path}: fold {fold} of {folds} folds: need 2 ≤ folds ≤ {len(whole.train)} training families "
@@ -136,10 +161,10 @@ def run_fold(recipe_path: Path, fold: int, folds: int) -> CalibrationParts:
     work = path.parent / f"fold{fold}of{folds}"
     work.mkdir(parents=True, exist_ok=True)
     trainer_cfg = dataclasses.replace(cfg.trainer, log_path=work / "meta_train.jsonl")
-    maml, stats, *_ = train_on_split(cfg, recipe, table, graph_config, fold_split, work, trainer_cfg)
+    maml, stats, *_ = train_on_split(cfg, recipe, ctx.table, ctx.graph_config, fold_split, work, trainer_cfg)
     u = cfg.uncertainty
     parts = calibration_parts(
-        maml, table, stats, held_out, u.mc_samples, u.calibration_episodes, cfg.trainer.seed,
+        maml, ctx.table, stats, held_out, u.mc_samples, u.calibration_episodes, cfg.trainer.seed,
         train_families=train, reference_families=whole.val,
     )  # fmt: skip
     save_parts(path, parts, key)
@@ -156,11 +181,12 @@ def cross_calibrate(
     from matmeta.predict.calibrate import recalibrate_checkpoint
     from matmeta.predict.data import ensure_store
 
-    _, cfg = predictor_recipe(recipe_path)
+    context = fold_context(recipe_path)
+    cfg = context.cfg
     folds = int(folds or cfg.uncertainty.cross_folds)
     extra = []
     for fold in range(folds):
-        extra.append(run_fold(recipe_path, fold, folds))
+        extra.append(run_fold(recipe_path, fold, folds, context))
         if on_fold is not None:
             on_fold(fold)
     checkpoint = Path(checkpoint or cfg.meta_train.out)
