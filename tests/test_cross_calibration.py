@@ -54,7 +54,8 @@ def test_out_of_fold_residuals_join_only_the_gap_quantiles(parts):
     assert zero_joined["heat_ref_per_atom"] == zero_alone["heat_ref_per_atom"]
     assert zero_joined["n_gap"] == zero_alone["n_gap"] + int(np.isfinite(fold.zero["gap"]).sum())
     scores = np.concatenate([np.abs(p["gap"]) / p["sigma"] for p in (shipped.zero, fold.zero)])
-    called = np.concatenate([shipped.zero["called"], fold.zero["called"]])
+    p_nonmetal = np.concatenate([shipped.zero["p_nonmetal"], fold.zero["p_nonmetal"]])
+    called = p_nonmetal >= joined["nonmetal_threshold"]  # every model's calls at the one pooled cut
     expected = mondrian_quantiles(scores, called, 0.9)
     assert zero_joined["band_gap_scaled_called"] == pytest.approx(expected["true"])
     assert zero_joined["band_gap_scaled_uncalled"] == pytest.approx(expected["false"])
@@ -67,6 +68,21 @@ def test_out_of_fold_residuals_join_only_the_gap_quantiles(parts):
             joined["conformal"]["adapted"][k]["heat_ref_per_atom"]
             == alone["conformal"]["adapted"][k]["heat_ref_per_atom"]
         )
+
+
+def test_the_non_metal_cut_is_chosen_on_every_family_together(parts):
+    from matmeta.conformal import balanced_threshold
+    from matmeta.predict.calibrate import MIN_PRECISION, uncertainty_entry, with_cut
+
+    shipped, fold = parts
+    fold_zero = {**fold.zero, "p_nonmetal": fold.zero["p_nonmetal"] ** 3}  # another model: other scores
+    other = with_cut(type(fold)(fold_zero, fold.adapted, fold.cut, fold.difficulty), fold.cut)
+    joined = uncertainty_entry(shipped, 2, ["C", "D"], [other])
+    p = np.concatenate([shipped.zero["p_nonmetal"], fold_zero["p_nonmetal"]])
+    nonmetal = np.concatenate([shipped.zero["nonmetal"], fold.zero["nonmetal"]])
+    assert joined["nonmetal_threshold"] == balanced_threshold(p, nonmetal, MIN_PRECISION)
+    assert uncertainty_entry(shipped, 2, ["C", "D"])["nonmetal_threshold"] == shipped.cut  # alone: its own cut
+    np.testing.assert_array_equal(other.zero["called"], fold_zero["p_nonmetal"] >= fold.cut)  # inputs unchanged
 
 
 def test_saved_fold_residuals_reload_only_for_the_same_settings(parts, tmp_path):
@@ -99,3 +115,33 @@ def test_calibrate_refuses_a_recipe_that_does_not_train_the_predictor():
     assert lines == [
         "error: recipes/jmak.toml: calibration needs a predictor recipe ([meta_train] app = 'predictor'), got 'jmak'"
     ]
+
+
+def test_a_trained_fold_is_reused_only_for_the_same_training_settings(random_graph_table, tmp_path):
+    import torch
+
+    from matmeta.models.gnn import GNNConfig
+    from matmeta.predict.cross_calibrate import fold_key, load_trained, save_trained
+    from matmeta.predict.data import TargetStats
+    from matmeta.predict.train import untrained_predictor
+
+    table, _ = random_graph_table(np.random.default_rng(1), [f for f in "AB" for _ in range(6)])
+    fold_stats = TargetStats(0.5, 0.25, 2.0, 1.5)
+    predictor = untrained_predictor(GNNConfig(hidden=8, layers=1, n_rbf=8), stats=fold_stats)
+    recipe = {"model": {"hidden": 8}, "uncertainty": {"mc_samples": 2, "open_shell_metal_offset": 0.0}}
+    key = fold_key(recipe, ["A"], residuals=False)
+    offset_changed = {**recipe, "uncertainty": {"mc_samples": 2, "open_shell_metal_offset": 6.0}}
+    assert fold_key(offset_changed, ["A"], residuals=False) == key  # the network does not depend on it ...
+    assert fold_key(offset_changed, ["A"]) != fold_key(recipe, ["A"])  # ... its residuals do
+    assert fold_key({**recipe, "model": {"hidden": 16}}, ["A"], residuals=False) != key
+    path = tmp_path / "trained.ckpt"
+    save_trained(path, predictor.maml, {**predictor.metadata, "fold_key": key})
+    assert load_trained(path, "other", table, 6.0) is None
+    assert load_trained(tmp_path / "missing.ckpt", key, table, 6.0) is None
+    maml, stats = load_trained(path, key, table, 6.0)
+    assert maml.model.config.open_shell_metal_offset == 6.0 and stats == fold_stats
+    torch.testing.assert_close(
+        table.y, fold_stats.encode(table.heat_ref, table.band_gap, table.n_atoms), equal_nan=True
+    )
+    for name, value in predictor.maml.state_dict().items():
+        torch.testing.assert_close(maml.state_dict()[name], value)

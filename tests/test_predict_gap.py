@@ -82,6 +82,35 @@ def test_descriptor_model_classifies_unseen_d0_oxide_and_intermetallic():
     assert p_metal[0] < 0.5 < p_metal[1], p_metal
 
 
+def test_open_shell_offset_raises_only_the_metal_logit_of_open_shell_compositions():
+    import dataclasses
+
+    from matmeta.graphs import GraphConfig
+    from matmeta.models.gnn import CrystalGNN, GNNConfig, collate
+    from matmeta.predict.data import graph_from_structure
+
+    structures = [_perovskite("Sr", "Ti"), _perovskite("La", "Fe"), _perovskite("Ba", "Sn"), _cscl("Cu", "Zn")]
+    closed = torch.tensor([1.0, 0.0, 1.0, 0.0])  # d0, d5, d10, intermetallic
+    graphs = [
+        (*graph_from_structure(s, GraphConfig(cutoff_angstrom=5.0)), torch.full((3,), np.nan)) for s in structures
+    ]
+    inputs = collate(graphs).inputs()
+    for composition_features in (True, False):  # the hurdle needs no composition features in the pooled vector
+        torch.manual_seed(0)
+        config = GNNConfig(hidden=8, layers=1, n_rbf=8, cutoff_angstrom=5.0, node_features="descriptors",
+                           composition_features=composition_features)  # fmt: skip
+        model = CrystalGNN(config).eval()
+        with torch.no_grad():
+            plain, plain_mc = model(*inputs), model(*inputs, mc_samples=3)
+            model.config = dataclasses.replace(config, open_shell_metal_offset=2.5)
+            hurdled, hurdled_mc = model(*inputs), model(*inputs, mc_samples=3)
+        torch.testing.assert_close(hurdled[:, 1] - plain[:, 1], 2.5 * (1 - closed))
+        torch.testing.assert_close(hurdled[:, [0, 2]], plain[:, [0, 2]])
+        torch.testing.assert_close(hurdled_mc[..., 1] - plain_mc[..., 1], (2.5 * (1 - closed)).expand(3, 4))
+    with pytest.raises(ValueError, match="open_shell_metal_offset"):
+        GNNConfig(open_shell_metal_offset=-1.0)
+
+
 # ---------------------------------------------------------------------- finetune: four candidates
 def _family():
     return [_perovskite(a, b) for a in ("Sr", "Ba", "Ca") for b in ("Ti", "Zr", "Sn", "Nb")]

@@ -97,7 +97,8 @@ class Setup:
 
     @property
     def model_config(self) -> Any:
-        return self.predictor.model.config
+        """The checkpoint's architecture as trained (the open-shell offset is set after training)."""
+        return dataclasses.replace(self.predictor.model.config, open_shell_metal_offset=0.0)
 
 
 @dataclasses.dataclass
@@ -178,7 +179,8 @@ def prepare(config: FewshotConfig, quick: bool) -> Setup:
     console.print(f"test families ({len(test_f)}): {', '.join(test_f)}; validation: {', '.join(val_f)}")
     steps = predictor.maml.inner_steps
     pre = recipe.pretrain
-    model_config = predictor.model.config
+    hurdle = predictor.model.config.open_shell_metal_offset  # set after training, as the recipe does
+    model_config = dataclasses.replace(predictor.model.config, open_shell_metal_offset=0.0)  # as trained
     train_idx = family_indices(table, train_f)
     if quick:
         pre = dataclasses.replace(pre, epochs=1)
@@ -188,6 +190,7 @@ def prepare(config: FewshotConfig, quick: bool) -> Setup:
         table, train_idx, model_config, pre.epochs, pre.lr, recipe.trainer.seed, out_dir / "pooled.ckpt", key,
         batch_size=pre.batch_size, also_look_in=[] if quick else [Path(recipe.meta_train.work_dir) / "pooled.ckpt"],
     )  # fmt: skip
+    pooled.config = dataclasses.replace(model_config, open_shell_metal_offset=hurdle)
     # fine-tuning learning rate on validation families only
     val_episodes = make_episodes(table, val_f, 10, config.val_episodes_per_family, config.query_size, config.seed + 7)
     best_lr, lr_scan = choose_finetune_lr(pooled, table, stats, val_episodes, steps, config.finetune_lrs)

@@ -173,6 +173,8 @@ def random_split(
     table: GraphTable, model_config: Any, lr: float, epochs: int, seed: int, out_dir: Path, quick: bool
 ) -> tuple[float, int]:
     """Pooled network on a random 80/20 split of all structures; (test MAE eV/cell, training size)."""
+    from matmeta.predict.pooled import training_fields
+
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(table))
     cut = int(0.8 * len(table))
@@ -182,7 +184,7 @@ def random_split(
         train, test = train[:64], test[:64]
     local = dataclasses.replace(table, y=stats.encode(table.heat_ref, table.band_gap, table.n_atoms))
     key = {"split": "random80/20", "seed": seed, "epochs": epochs, "n": len(table),
-           "model": dataclasses.asdict(model_config), "lr": lr}  # fmt: skip
+           "model": training_fields(model_config), "lr": lr}  # fmt: skip
     model = pooled_model(local, train, model_config, epochs, lr, seed,
                          out_dir / "random_split.ckpt", key)  # fmt: skip
     outputs = predict_outputs(model, local, test)

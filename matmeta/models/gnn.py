@@ -40,6 +40,10 @@ class GNNConfig:
             :mod:`matmeta.elements`; carries over to elements never seen in training) or ``"both"``.
         composition_features: add the composition's charge-balance flags (closed-shell, even-d)
             to the pooled vector before the heads.
+        open_shell_metal_offset: added to the metal logit of a composition that cannot be
+            charge-balanced with closed-shell ions (a hurdle: such compositions are almost always
+            metals at the GLLB-SC level). Not trained: set after training from out-of-fold
+            families (``[uncertainty] open_shell_metal_offset``); 0 leaves the network's logit as it is.
     """
 
     hidden: int = 64
@@ -50,6 +54,7 @@ class GNNConfig:
     dropout: float = 0.1
     node_features: str = "embedding"
     composition_features: bool = False
+    open_shell_metal_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.node_features not in ("embedding", "descriptors", "both"):
@@ -60,6 +65,8 @@ class GNNConfig:
             raise ValueError("hidden, layers >= 1, n_rbf >= 2 and cutoff_angstrom > 0 are required")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.open_shell_metal_offset < float("inf"):
+            raise ValueError(f"open_shell_metal_offset must be finite and >= 0, got {self.open_shell_metal_offset}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,15 +331,30 @@ class CrystalGNN(nn.Module):
             h, e = conv(h, edge_index, e)
         counts = scatter_sum(torch.ones_like(batch, dtype=h.dtype)[:, None], batch, num_graphs)
         pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)
-        if graph_features is not None:
+        if self.config.composition_features:
             pooled = pooled + self.composition_proj(graph_features)
         if mc_samples <= 0:
-            return self.head(pooled)
+            return self.hurdle(self.head(pooled), graph_features)
         hidden = self.head[1](self.head[0](pooled))
         generator = torch.Generator(device=hidden.device).manual_seed(mc_seed)
         keep = torch.rand(mc_samples, 1, hidden.shape[1], generator=generator, device=hidden.device)
         masks = (keep >= self.config.dropout).to(hidden.dtype) / (1.0 - self.config.dropout)
-        return self.head[3](hidden * masks)
+        return self.hurdle(self.head[3](hidden * masks), graph_features)
+
+    def hurdle(self, out: Tensor, graph_features: Tensor | None) -> Tensor:
+        """``out`` with ``open_shell_metal_offset`` added to the metal logit of open-shell compositions.
+
+        Shapes:
+            out: (..., G, 3), graph_features: (G, F) → (..., G, 3).
+        """
+        offset = self.config.open_shell_metal_offset
+        if offset == 0.0 or graph_features is None:
+            return out
+        from matmeta.elements import GRAPH_FEATURES
+
+        closed = graph_features[:, GRAPH_FEATURES.index("balanced_closed_shell")]
+        shift = torch.stack([torch.zeros_like(closed), offset * (1.0 - closed), torch.zeros_like(closed)], dim=-1)
+        return out + shift
 
     def atom_inputs(
         self,
@@ -342,20 +364,21 @@ class CrystalGNN(nn.Module):
         atom: Tensor | None = None,
         graph_features: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Initial atom features (N, H) and, with ``composition_features``, graph features (G, F).
+        """Initial atom features (N, H) and, with composition features or the hurdle, graph features (G, F).
 
         ``atom`` (N, 4) and ``graph_features`` (G, 4): the composition features when precomputed.
         """
         mode = self.config.node_features
         h = self.embedding(atomic_numbers) if mode in ("embedding", "both") else None
-        if mode != "embedding" or self.config.composition_features:
+        needs_graph = self.config.composition_features or self.config.open_shell_metal_offset != 0.0
+        if mode != "embedding" or needs_graph:
             if atom is None or graph_features is None:
                 atom, graph_features = composition_inputs(atomic_numbers, batch, num_graphs)
             atom, graph_features = atom.to(self.rbf.centers), graph_features.to(self.rbf.centers)
             if mode != "embedding":
                 desc = self.descriptor_proj(torch.cat([self.element_table[atomic_numbers], atom], dim=1))
                 h = desc if h is None else h + desc
-        return h, graph_features if self.config.composition_features else None  # type: ignore[return-value]
+        return h, graph_features if needs_graph else None  # type: ignore[return-value]
 
     def set_unknown_embedding(self, seen: Sequence[int]) -> None:
         """Set the UNK row (0) to the mean embedding of the elements seen in training."""

@@ -231,8 +231,13 @@ def uncertainty_entry(
     """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts``.
 
     ``extra_gap_parts`` (other models' residuals on other families: cross-family calibration) join
-    ``parts`` in the gap's quantiles; the heat widths stay those of ``parts`` alone.
+    ``parts`` in the gap's quantiles, and their zero-shot predictions in the choice of the non-metal
+    cut (:func:`pooled_cut`); the heat widths stay those of ``parts`` alone.
     """
+    cut = parts.cut
+    if extra_gap_parts:
+        cut = pooled_cut([parts, *extra_gap_parts])
+        parts, extra_gap_parts = with_cut(parts, cut), [with_cut(extra, cut) for extra in extra_gap_parts]
     zero_summary = _summary([parts.zero])
     adapted = {k: _summary(episodes) for k, episodes in parts.adapted.items()}
     pooled = _summary(_adapted_list(parts))  # non-metals are rare (~4%): one gap quantile over all k
@@ -247,7 +252,7 @@ def uncertainty_entry(
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,
         "interval": LEVEL,
-        "nonmetal_threshold": parts.cut,
+        "nonmetal_threshold": cut,
         "conformal": {"level": LEVEL, "zero_shot": zero_summary, "adapted": adapted},
         "zero_shot": {"heat_ref": zero_summary["mc_heat_ref"], "band_gap": zero_summary["mc_band_gap"]},
         "adapted": {"heat_ref": ref["mc_heat_ref"], "band_gap": ref["mc_band_gap"]},
@@ -257,6 +262,28 @@ def uncertainty_entry(
     if parts.difficulty is not None:
         out["difficulty"] = parts.difficulty
     return out
+
+
+def pooled_cut(all_parts: Sequence[CalibrationParts]) -> float:
+    """The non-metal cut chosen on the zero-shot predictions of every family of ``all_parts`` together.
+
+    Same rule as for one model (balanced accuracy at precision ≥ ``MIN_PRECISION``), on the shipped
+    model's validation families and the fold models' held-out training families (for the shipped
+    recipe 37 families and 193 non-metals instead of 7 and 52).
+    """
+    p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in all_parts])
+    nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in all_parts])
+    return balanced_threshold(p, nonmetal, MIN_PRECISION)
+
+
+def with_cut(parts: CalibrationParts, cut: float) -> CalibrationParts:
+    """A copy of ``parts`` whose structures are called non-metal at ``cut`` (the inputs are not changed)."""
+
+    def recut(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**part, "called": np.asarray(part["p_nonmetal"]) >= cut}
+
+    adapted = {k: [recut(part) for part in episodes] for k, episodes in parts.adapted.items()}
+    return dataclasses.replace(parts, zero=recut(parts.zero), adapted=adapted, cut=cut)
 
 
 def _gap_only(summary: dict[str, float]) -> dict[str, float]:
@@ -269,10 +296,12 @@ def recalibrate_checkpoint(
     out: Path | None = None,
     seed: int = 0,
     extra_gap_parts: Sequence[CalibrationParts] = (),
+    open_shell_metal_offset: float | None = None,
 ) -> dict[str, Any]:
     """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
 
     ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
+    ``open_shell_metal_offset``: set this metal-logit hurdle on the network first (None: keep the checkpoint's).
     """
     from matmeta.checkpoint import save_checkpoint
     from matmeta.predict.config import DataConfig
@@ -280,6 +309,10 @@ def recalibrate_checkpoint(
     from matmeta.predict.predictor import Predictor
 
     predictor = Predictor.load(checkpoint)
+    if open_shell_metal_offset is not None:
+        from matmeta.predict.train import set_hurdle
+
+        set_hurdle(predictor.maml, predictor.metadata, open_shell_metal_offset)
     columns = predictor.metadata["targets"].get("source_columns", {})
     config = DataConfig(
         store=Path(store), family_by=predictor.metadata["families"]["by"] or "b_site",

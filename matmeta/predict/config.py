@@ -116,12 +116,16 @@ class UncertaintyConfig:
             (split-conformal quantiles, :mod:`matmeta.predict.calibrate`).
         cross_folds: family-grouped folds of the training families whose out-of-fold residuals join
             the gap's calibration (``matmeta calibrate``, :mod:`matmeta.predict.cross_calibrate`).
+        open_shell_metal_offset: set on the trained network before calibration
+            (:attr:`matmeta.models.gnn.GNNConfig.open_shell_metal_offset`): the metal-logit hurdle
+            for compositions that cannot be charge-balanced with closed-shell ions.
     """
 
     mc_samples: int = 32
     calibration_k: int = 10
     calibration_episodes: int = 60
     cross_folds: int = 5
+    open_shell_metal_offset: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,14 +51,20 @@ def fold_path(work_dir: Path, fold: int, folds: int) -> Path:
     return Path(work_dir) / "cross" / f"fold{fold}of{folds}.npz"
 
 
-def fold_key(recipe: dict[str, Any], held_out: Sequence[str]) -> str:
-    """Digest of what a fold's residuals depend on: the recipe's model, training and data settings, its families.
+RESIDUAL_SETTINGS = ("mc_samples", "calibration_episodes", "open_shell_metal_offset")
 
-    (The number of folds is in the file name, so ``cross_folds`` itself is not part of it.)
+
+def fold_key(recipe: dict[str, Any], held_out: Sequence[str], residuals: bool = True) -> str:
+    """Digest of what a fold depends on: the recipe's model, training and data settings, its families.
+
+    ``residuals``: include the post-training settings the residuals also depend on (False: the key of
+    the fold's trained network alone). The number of folds is in the file name, so ``cross_folds``
+    itself is not part of it.
     """
     relevant = {name: recipe.get(name) for name in ("data", "model", "pretrain", "maml", "episodes", "trainer")}
-    uncertainty = recipe.get("uncertainty") or {}
-    relevant["uncertainty"] = {key: uncertainty.get(key) for key in ("mc_samples", "calibration_episodes")}
+    if residuals:
+        uncertainty = recipe.get("uncertainty") or {}
+        relevant["uncertainty"] = {key: uncertainty.get(key) for key in RESIDUAL_SETTINGS if key in uncertainty}
     relevant["held_out"] = sorted(held_out)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -90,6 +96,33 @@ def load_parts(path: Path, key: str) -> CalibrationParts | None:
         zero = {name: data[f"zero/{name}"] for name in SAVED_KEYS}
         adapted = {name: data[f"adapted/{name}"] for name in SAVED_KEYS}
         return CalibrationParts(zero, {"all": [adapted]}, float(data["cut"]), None)
+
+
+TRAINED_NAME = "trained.ckpt"
+
+
+def save_trained(path: Path, maml: Any, metadata: dict[str, Any]) -> None:
+    """Keep a fold's trained network (safetensors), so new post-training settings need no retraining."""
+    from matmeta.checkpoint import save_checkpoint
+
+    save_checkpoint(path, maml.state_dict(), metadata)
+
+
+def load_trained(path: Path, key: str, table: Any, offset: float) -> tuple[Any, Any] | None:
+    """A fold's trained network and target statistics when ``path`` holds them for ``key`` (else None).
+
+    Sets ``table.y`` to the fold's normalisation (as training does) and the network's open-shell offset.
+    """
+    from matmeta.checkpoint import load_checkpoint
+    from matmeta.predict.predictor import Predictor
+    from matmeta.predict.train import set_hurdle
+
+    if not Path(path).is_file() or load_checkpoint(path)[1].get("fold_key") != key:
+        return None
+    predictor = Predictor.load(path)
+    table.y = predictor.stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
+    set_hurdle(predictor.maml, predictor.metadata, offset)
+    return predictor.maml, predictor.stats
 
 
 def predictor_recipe(recipe_path: Path) -> tuple[dict[str, Any], Any]:
@@ -160,8 +193,16 @@ def run_fold(
     fold_split = FamilySplit(train=train, val=whole.val, test=held_out)
     work = path.parent / f"fold{fold}of{folds}"
     work.mkdir(parents=True, exist_ok=True)
-    trainer_cfg = dataclasses.replace(cfg.trainer, log_path=work / "meta_train.jsonl")
-    maml, stats, *_ = train_on_split(cfg, recipe, ctx.table, ctx.graph_config, fold_split, work, trainer_cfg)
+    network_key = fold_key(recipe, held_out, residuals=False)
+    trained = load_trained(work / TRAINED_NAME, network_key, ctx.table, cfg.uncertainty.open_shell_metal_offset)
+    if trained is None:
+        trainer_cfg = dataclasses.replace(cfg.trainer, log_path=work / "meta_train.jsonl")
+        maml, stats, metadata, *_ = train_on_split(
+            cfg, recipe, ctx.table, ctx.graph_config, fold_split, work, trainer_cfg
+        )
+        save_trained(work / TRAINED_NAME, maml, {**metadata, "fold_key": network_key})
+    else:
+        maml, stats = trained
     u = cfg.uncertainty
     parts = calibration_parts(
         maml, ctx.table, stats, held_out, u.mc_samples, u.calibration_episodes, cfg.trainer.seed,
@@ -190,4 +231,7 @@ def cross_calibrate(
         if on_fold is not None:
             on_fold(fold)
     checkpoint = Path(checkpoint or cfg.meta_train.out)
-    return recalibrate_checkpoint(checkpoint, ensure_store(cfg.data), extra_gap_parts=extra)
+    offset = cfg.uncertainty.open_shell_metal_offset
+    return recalibrate_checkpoint(
+        checkpoint, ensure_store(cfg.data), extra_gap_parts=extra, open_shell_metal_offset=offset
+    )

@@ -58,13 +58,18 @@ def train_pooled(
     return model
 
 
+def training_fields(model_config: GNNConfig) -> dict[str, Any]:
+    """The architecture fields that training depends on (the open-shell offset is set after training)."""
+    return {k: v for k, v in dataclasses.asdict(model_config).items() if k != "open_shell_metal_offset"}
+
+
 def pooled_key(
     families: Sequence[str], model_config: GNNConfig, pretrain: PretrainConfig, seed: int, stats: TargetStats, n: int
 ) -> dict[str, Any]:
     """What identifies a pooled network (to reuse a cached one only when it was trained the same way)."""
     return {
         "families": sorted(families),
-        "model": dataclasses.asdict(model_config),
+        "model": training_fields(model_config),
         "pretrain": dataclasses.asdict(pretrain),
         "seed": seed,
         "stats": stats.to_dict(),

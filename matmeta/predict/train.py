@@ -172,7 +172,14 @@ def train_on_split(
     if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration, finetune, benchmark)
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
+    set_hurdle(maml, metadata, cfg.uncertainty.open_shell_metal_offset)
     return maml, stats, metadata, result, trainer
+
+
+def set_hurdle(maml: Any, metadata: dict[str, Any], offset: float) -> None:
+    """Set the trained network's open-shell metal-logit offset (a post-training setting) and record it."""
+    maml.model.config = dataclasses.replace(maml.model.config, open_shell_metal_offset=float(offset))
+    metadata["model_config"] = {**metadata["model_config"], "open_shell_metal_offset": float(offset)}
 
 
 def _pooled_state(
