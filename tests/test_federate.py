@@ -253,3 +253,52 @@ def test_pretraining_server_momentum_is_heavy_ball_and_survives_a_restart(tmp_pa
         torch.testing.assert_close(resumed.state.momentum[name], c.state.momentum[name])
     with pytest.raises(ValueError, match="pretrain_server_momentum"):
         FederateConfig(pretrain_server_momentum=1.0)
+
+
+def test_fedprox_local_steps_settle_between_the_lab_optimum_and_the_shared_weights():
+    """Local loss ½‖θ − t‖² plus μ/2 ‖θ − θ₀‖²: plain steps reach t, FedProx steps (t + μ θ₀) / (1 + μ)."""
+    from matmeta.federate.local import LocalLearner
+    from matmeta.meta.maml import MAML
+
+    class Vector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+    target, shared = torch.tensor([1.0, -2.0, 0.5]), np.array([0.2, 0.4, -1.0], dtype=np.float32)
+
+    def loss_fn(model, batch):
+        return 0.5 * ((model.w - target) ** 2).sum()
+
+    learner = LocalLearner(MAML(Vector()), loss_fn, None, "fedavg", ["model.w"], pooled_batch=lambda n, g: None)
+    for mu, expected in (
+        (0.0, target.numpy()),
+        (1.0, (target.numpy() + shared) / 2),
+        (0.25, (target.numpy() + 0.25 * shared) / 1.25),
+    ):
+        result = learner.update([shared], 1, 200, "sgd", 0.5, 1, 1, proximal_mu=mu)
+        np.testing.assert_allclose(shared - result.arrays[0], expected, atol=1e-5)
+    cfg = FederateConfig(rounds=2, pretrain_rounds=1, pretrain_proximal_mu=0.1)
+    c = _coordinator(cfg)
+    assert c.instructions()["proximal_mu"] == 0.1  # pretraining rounds ask for it ...
+    c.finish_round([_update("a", 1)], [])
+    assert c.instructions()["proximal_mu"] == 0.0  # ... meta rounds do not
+    with pytest.raises(ValueError, match="pretrain_proximal_mu"):
+        FederateConfig(pretrain_proximal_mu=-1.0)
+
+
+def test_pretraining_local_rate_follows_a_cosine_to_its_final_value():
+    from matmeta.federate.config import pretrain_lr
+
+    cfg = FederateConfig(rounds=6, pretrain_rounds=5, pretrain_lr=0.002, pretrain_lr_final=0.0002)
+    rates = [pretrain_lr(cfg, r) for r in range(5)]
+    assert rates[0] == pytest.approx(0.002) and rates[-1] == pytest.approx(0.0002)
+    assert rates[2] == pytest.approx(0.0011)  # halfway: the mean of the two
+    assert rates[1] == pytest.approx(0.0002 + 0.0018 * (1 + math.cos(math.pi / 4)) / 2)
+    assert pretrain_lr(FederateConfig(pretrain_rounds=5), 3) == FederateConfig().pretrain_lr  # constant by default
+    c = _coordinator(cfg)
+    for r in range(2):
+        assert c.instructions()["client_lr"] == pytest.approx(rates[r])
+        c.finish_round([_update("a", r)], [])
+    with pytest.raises(ValueError, match="pretrain_lr_final"):
+        FederateConfig(pretrain_lr_final=0.0)

@@ -151,7 +151,8 @@ def _federate(
         pretrain_local_steps=pretrain_steps or base.pretrain_local_steps,
     )
     if len(lab_families) == 1:
-        plain = {"server_lr": 1.0, "rate_lr": None, "pretrain_server_lr": 1.0, "pretrain_server_momentum": 0.0}
+        plain = {"server_lr": 1.0, "rate_lr": None, "pretrain_server_lr": 1.0, "pretrain_server_momentum": 0.0,
+                 "pretrain_proximal_mu": 0.0}  # fmt: skip
         cfg = dataclasses.replace(cfg, server_optimizer="avg", **plain)
     recipe = dataclasses.replace(setup.recipe, federate=cfg)
     state = open_state(new_model_state(recipe.model, recipe.maml_settings(), cfg.seed), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,16 @@ class FederateConfig:
         pretrain_rounds: the first rounds are supervised FedAvg (a start for meta-learning, like the
             predictor's pooled pretraining); 0: meta-learn from random weights.
         pretrain_local_steps: local steps per pretraining round.
-        pretrain_lr: local Adam learning rate in pretraining rounds.
+        pretrain_lr: local Adam learning rate in pretraining rounds (the first one's, see below).
+        pretrain_lr_final: the local learning rate of the last pretraining round, reached from
+            ``pretrain_lr`` on a cosine (None: constant ``pretrain_lr``).
         pretrain_server_lr: server step on the labs' mean progress in pretraining rounds (1: FedAvg,
             the mean of the local models; > 1 extrapolates along it, FedAvg with a server learning rate).
         pretrain_server_momentum: server momentum β of the pretraining rounds (FedAvgM, Hsu et al. 2019:
             θ −= lr · m, m = β m + mean progress); 0: plain FedAvg.
+        pretrain_proximal_mu: FedProx (Li et al., MLSys 2020) in the pretraining rounds: each lab adds
+            μ/2 ‖θ − θ_round‖² to its local loss, which holds a lab's steps near the shared weights when
+            the labs' data differ (non-IID); 0: plain local steps.
         local_steps: local optimiser steps per round in each lab.
         meta_batch_size: tasks per local step (``fedavg``: ``batch_size`` structures instead).
         batch_size: structures per local step of ``fedavg``.
@@ -53,8 +59,10 @@ class FederateConfig:
     pretrain_rounds: int = 0
     pretrain_local_steps: int = 30
     pretrain_lr: float = 0.002
+    pretrain_lr_final: float | None = None
     pretrain_server_lr: float = 1.0
     pretrain_server_momentum: float = 0.0
+    pretrain_proximal_mu: float = 0.0
     local_steps: int = 5
     meta_batch_size: int = 4
     batch_size: int = 32
@@ -82,10 +90,14 @@ class FederateConfig:
             raise ValueError("client_optimizer must be sgd/adam and server_optimizer adam/avg")
         if self.pretrain_rounds < 0 or self.pretrain_local_steps < 1 or not self.pretrain_lr > 0:
             raise ValueError("pretrain_rounds >= 0, pretrain_local_steps >= 1 and pretrain_lr > 0 are required")
+        if self.pretrain_lr_final is not None and not self.pretrain_lr_final > 0:
+            raise ValueError("pretrain_lr_final must be > 0 (or absent for a constant rate)")
         if not self.pretrain_server_lr > 0:
             raise ValueError("pretrain_server_lr must be > 0")
         if not 0.0 <= self.pretrain_server_momentum < 1.0:
             raise ValueError("pretrain_server_momentum must be in [0, 1)")
+        if not 0.0 <= self.pretrain_proximal_mu < float("inf"):
+            raise ValueError("pretrain_proximal_mu must be finite and >= 0")
         if self.rounds < 0 or self.local_steps < 1 or self.meta_batch_size < 1 or self.min_labs < 1:
             raise ValueError("rounds >= 0, local_steps, meta_batch_size and min_labs >= 1 are required")
         if not (self.client_lr > 0 and self.server_lr > 0 and self.max_update_norm > 0):
@@ -148,3 +160,12 @@ class FederatedRecipe:
         return dataclasses.replace(
             self.maml, first_order=True, learn_inner_lr=self.federate.algorithm == "metasgd", per_element_lr=False
         )
+
+
+def pretrain_lr(config: FederateConfig, round_index: int) -> float:
+    """Local learning rate of pretraining round ``round_index`` (0-based): cosine from ``pretrain_lr`` to the final."""
+    final = config.pretrain_lr_final
+    if final is None or config.pretrain_rounds <= 1:
+        return config.pretrain_lr
+    progress = min(max(round_index / (config.pretrain_rounds - 1), 0.0), 1.0)
+    return final + (config.pretrain_lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))

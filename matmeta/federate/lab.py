@@ -130,6 +130,7 @@ class LabHandler:
             float(config["client_lr"]),
             int(config["meta_batch_size"]),
             int(config["batch_size"]),
+            float(config.get("proximal_mu", 0.0)),
         )
         out = result.arrays
         if float(config.get("dp_clip", -1.0)) > 0:

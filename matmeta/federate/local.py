@@ -107,12 +107,17 @@ class LocalLearner:
         lr: float,
         meta_batch_size: int,
         batch_size: int = 32,
+        proximal_mu: float = 0.0,
     ) -> LocalResult:
-        """The pseudo-gradient after ``local_steps`` local steps from the shared ``arrays``."""
+        """The pseudo-gradient after ``local_steps`` local steps from the shared ``arrays``.
+
+        ``proximal_mu`` > 0 adds the FedProx term μ/2 ‖θ − θ_start‖² to every local step's objective.
+        """
         start_time = time.perf_counter()
         start = from_arrays(arrays, self.names)
         self.maml.load_state_dict(start, strict=True)
-        params = [p for p in self.maml.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.maml.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         opt: torch.optim.Optimizer = (
             torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
         )
@@ -121,6 +126,8 @@ class LocalLearner:
         for _ in range(local_steps):
             opt.zero_grad(set_to_none=True)
             loss, n = self._direction(generator, meta_batch_size, batch_size)
+            if proximal_mu > 0:
+                add_proximal_gradient(named, start, proximal_mu)
             losses.append(loss)
             examples += n
             opt.step()
@@ -134,3 +141,11 @@ class LocalLearner:
             "time_s": time.perf_counter() - start_time,
         }
         return LocalResult(out, max(examples, 1), metrics)
+
+
+def add_proximal_gradient(named: Sequence[tuple[str, Tensor]], start: dict[str, Tensor], mu: float) -> None:
+    """Add ∇ of μ/2 ‖θ − θ_start‖², i.e. μ (θ − θ_start), to each parameter's ``.grad`` (FedProx)."""
+    with torch.no_grad():
+        for name, param in named:
+            pull = mu * (param - start[name].to(param))
+            param.grad = pull if param.grad is None else param.grad + pull

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from matmeta.federate.aggregate import RoundReport, ServerState, Update, average, clip_
-from matmeta.federate.config import FederateConfig
+from matmeta.federate.config import FederateConfig, pretrain_lr
 from matmeta.federate.privacy import epsilon, noise_
 
 STATE_FILE = "server_state.ckpt"
@@ -75,10 +75,11 @@ class Coordinator:
             "client_optimizer": cfg.client_optimizer,
             "client_lr": cfg.client_lr,
             "dp_clip": -1.0 if cfg.dp_clip is None else cfg.dp_clip,
+            "proximal_mu": 0.0,
         }
         if self.state.round < cfg.pretrain_rounds:  # supervised FedAvg rounds first
             out |= {"algorithm": "fedavg", "local_steps": cfg.pretrain_local_steps, "client_optimizer": "adam"}
-            out["client_lr"] = cfg.pretrain_lr
+            out |= {"client_lr": pretrain_lr(cfg, self.state.round), "proximal_mu": cfg.pretrain_proximal_mu}
         for key, value in (self.state.extra.get("stats") or {}).items():
             out[f"stats.{key}"] = float(value)
         return out
