@@ -107,3 +107,24 @@ def test_quick_benchmark_scores_every_method_and_writes_its_report(perovskites_c
     assert heat["MAML@k=5"] < heat["scratch@k=5"]
     for name in ("results.csv", "mae_vs_k.png", "parity_k5.png"):
         assert (tmp_path / "bench/quick" / name).stat().st_size > 0
+
+
+def test_gap_coverage_is_split_by_test_family():
+    from types import SimpleNamespace
+
+    from matmeta.bench.fewshot_gap import family_coverage_rows
+
+    gaps = SimpleNamespace(
+        hits={
+            "band gap of non-metals, zero_shot": [np.array([True, False, True]), np.array([True])],
+            "band gap of non-metals, adapted": [np.array([False, False])],
+        },
+        gap_families={
+            "zero_shot": [np.array(["Hf", "Hf", "Sc"]), np.array(["Hf"])],
+            "adapted": [np.array(["Sc", "Sc"])],
+        },
+    )
+    rows = family_coverage_rows(gaps)
+    assert rows[0][:3] == ("Hf", pytest.approx(2 / 3), 3) and math.isnan(rows[0][3]) and rows[0][4] == 0
+    assert rows[1] == ("Sc", 1.0, 1, 0.0, 2)
+    assert family_coverage_rows(SimpleNamespace(hits={}, gap_families={})) == []

@@ -55,6 +55,7 @@ class GapBench:
         self.records: dict[tuple[str, int], GapRecord] = {}
         self.hits: dict[str, list[np.ndarray]] = {}
         self.widths: dict[str, list[np.ndarray]] = {}
+        self.gap_families: dict[str, list[np.ndarray]] = {}  # family of every recorded non-metal gap hit
 
     def add_outputs(self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray) -> None:
         """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV)."""
@@ -112,6 +113,8 @@ class GapBench:
         hit = np.abs(gap - table.band_gap[query]) <= width
         self.hits.setdefault(f"band gap of non-metals, {mode}", []).append(hit[nonmetal])
         self.widths.setdefault(f"band gap of non-metals, {mode}", []).append(width[nonmetal])
+        families = np.asarray([table.families[int(i)] for i in query])
+        self.gap_families.setdefault(mode, []).append(families[nonmetal])
 
     def gap_rows(self, methods: list[str], ks: list[int]) -> list[tuple]:
         """One row per (method, k) with the band-gap metrics."""
@@ -132,6 +135,29 @@ class GapBench:
             width = float(np.mean(np.concatenate(self.widths[name]))) if name in self.widths else math.nan
             rows.append((name, float(np.mean(np.concatenate(v))), int(sum(len(x) for x in v)), width))
         return rows
+
+
+def family_coverage_rows(gaps: GapBench) -> list[tuple]:
+    """Non-metal gap coverage per test family: (family, zero-shot coverage, points, adapted coverage, points).
+
+    Split-conformal coverage is marginal over families; this shows whether one family carries the miss.
+    """
+    by_mode = {}
+    for mode in ("zero_shot", "adapted"):
+        hits = gaps.hits.get(f"band gap of non-metals, {mode}", [])
+        if hits:
+            by_mode[mode] = (np.concatenate(gaps.gap_families[mode]), np.concatenate(hits))
+    if len(by_mode) < 2:
+        return []
+    rows = []
+    for family in sorted(set(by_mode["zero_shot"][0]) | set(by_mode["adapted"][0])):
+        row: list[Any] = [family]
+        for mode in ("zero_shot", "adapted"):
+            families, hits = by_mode[mode]
+            chosen = hits[families == family]
+            row += [float(np.mean(chosen)) if chosen.size else math.nan, int(chosen.size)]
+        rows.append(tuple(row))
+    return rows
 
 
 def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_measurements.csv")) -> list[tuple[str, float, str]]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from matmeta.bench.fewshot_baselines import random_split
+from matmeta.bench.fewshot_gap import family_coverage_rows
 from matmeta.predict.data import GraphTable, mean_ci95
 
 HEAT_METHODS = ("MAML", "fine-tune", "recalibrated", "zero-shot", "scratch", "mean", "MAML (no adaptation)")
@@ -47,7 +48,8 @@ def report(config: Any, setup: Any, results: Any, quick: bool) -> dict[str, Any]
         "lr_scan": setup.lr_scan, "inner_steps": setup.steps,
         "heat_mae": {f"{m}@k={k}": mean_ci95(results.scores[(m, k)].heat_mae) for m in HEAT_METHODS for k in ks},
         "ratios_k10": ratio, "gap": [list(r) for r in gap_rows], "coverage90": cov,
-        "conformal_coverage90": results.gaps.coverage_rows(), "lab_loo": lab, "nonmetal_cut": results.gaps.cut,
+        "conformal_coverage90": results.gaps.coverage_rows(), "lab_loo": lab,
+        "gap_coverage_by_family": family_coverage_rows(results.gaps), "nonmetal_cut": results.gaps.cut,
         "random_split_mae": random_mae[0], "speed": speed, "checkpoint": str(setup.checkpoint), "quick": quick,
     }  # fmt: skip
     out_dir = setup.out_dir
@@ -118,6 +120,11 @@ def interval_tables(gaps: Any, coverage: dict, predictor: Any, quick: bool) -> t
         "split-conformal 90% intervals (calibrated on validation families): coverage on test families",
         ["interval", "coverage", "points", "mean half-width (eV, gap)"],
         gaps.coverage_rows(),
+    )
+    print_table(
+        "band gap of non-metals: 90% interval coverage by test family",
+        ["family", "zero-shot", "points", "adapted", "points"],
+        family_coverage_rows(gaps),
     )
     lab = [] if quick else lab_rows(predictor)
     if lab:
