@@ -119,3 +119,31 @@ def test_finetune_batched_leave_one_out_equals_the_loop():
     torch.testing.assert_close(
         torch.as_tensor(batched["adapted"]), torch.as_tensor(loop["adapted"]), rtol=1e-4, atol=1e-5
     )
+
+
+def test_padded_path_gives_the_open_shell_hurdle_its_flags_without_composition_features():
+    """An identity-embedding model reads no composition features; once the hurdle is set it needs their flags."""
+    from matmeta.predict.train import set_hurdle
+
+    torch.manual_seed(0)
+    config = GNNConfig(hidden=8, layers=2, n_rbf=6, dropout=0.0, node_features="embedding")
+    maml = PredictorMAML(CrystalGNN(config).double(), inner_lr=0.05, inner_steps=2)
+    maml.stacker = GraphStacker(config)
+    assert not maml.stacker.needed
+    set_hurdle(maml, {"model_config": {}}, 3.0)
+    g = torch.Generator().manual_seed(3)
+
+    def magnesia(graph: tuple) -> tuple:  # Mg/O alternating: closed-shell MgO when the atom count is even
+        return (torch.tensor([12, 8] * 3)[: graph[0].shape[0]], *graph[1:])
+
+    tasks = [
+        tuple(collate([magnesia(_graph(g, torch.float64)) for _ in range(n)]) for n in sizes)
+        for sizes in ((3, 4), (5, 2), (2, 6))
+    ]
+    closed = torch.cat([composition_arrays(b)[1][:, 1] for task in tasks for b in task])
+    assert 0 < closed.sum() < closed.numel()  # open- and closed-shell compositions both occur
+    loop_loss, loop = _meta_grads(maml, tasks, vectorize=False)
+    vmap_loss, vmapped = _meta_grads(maml, tasks, vectorize=None)
+    assert vmap_loss == pytest.approx(loop_loss, rel=1e-12)
+    for a, b in zip(loop, vmapped, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)

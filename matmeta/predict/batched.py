@@ -158,7 +158,9 @@ class GraphStacker:
     """
 
     def __init__(self, config: GNNConfig, max_padding: float = MAX_PADDING) -> None:
-        self.needed = config.node_features != "embedding" or config.composition_features
+        self.needed = (
+            config.node_features != "embedding" or config.composition_features or config.open_shell_metal_offset != 0
+        )
         self.max_padding = float(max_padding)
 
     def __call__(self, tasks: Sequence[tuple[Any, Any]]) -> tuple[PaddedGraphs, PaddedGraphs] | None:

@@ -178,7 +178,11 @@ def train_on_split(
 
 def set_hurdle(maml: Any, metadata: dict[str, Any], offset: float) -> None:
     """Set the trained network's open-shell metal-logit offset (a post-training setting) and record it."""
+    from matmeta.predict.batched import GraphStacker
+
     maml.model.config = dataclasses.replace(maml.model.config, open_shell_metal_offset=float(offset))
+    if isinstance(maml.stacker, GraphStacker):  # the padded path must now supply the composition flags
+        maml.stacker = GraphStacker(maml.model.config, maml.stacker.max_padding)
     metadata["model_config"] = {**metadata["model_config"], "open_shell_metal_offset": float(offset)}
 
 
