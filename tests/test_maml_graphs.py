@@ -123,7 +123,7 @@ def test_finetune_batched_leave_one_out_equals_the_loop():
 
 def test_padded_path_gives_the_open_shell_hurdle_its_flags_without_composition_features():
     """An identity-embedding model reads no composition features; once the hurdle is set it needs their flags."""
-    from matmeta.predict.train import set_hurdle
+    from matmeta.predict.config import set_hurdle
 
     torch.manual_seed(0)
     config = GNNConfig(hidden=8, layers=2, n_rbf=6, dropout=0.0, node_features="embedding")

@@ -310,7 +310,7 @@ def recalibrate_checkpoint(
 
     predictor = Predictor.load(checkpoint)
     if open_shell_metal_offset is not None:
-        from matmeta.predict.train import set_hurdle
+        from matmeta.predict.config import set_hurdle
 
         set_hurdle(predictor.maml, predictor.metadata, open_shell_metal_offset)
     columns = predictor.metadata["targets"].get("source_columns", {})

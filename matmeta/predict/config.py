@@ -66,6 +66,16 @@ def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool 
     return maml
 
 
+def set_hurdle(maml: MAML, metadata: dict[str, Any], offset: float) -> None:
+    """Set the trained network's open-shell metal-logit offset (a post-training setting) and record it."""
+    from matmeta.predict.batched import GraphStacker
+
+    maml.model.config = dataclasses.replace(maml.model.config, open_shell_metal_offset=float(offset))
+    if isinstance(maml.stacker, GraphStacker):  # the padded path must now supply the composition flags
+        maml.stacker = GraphStacker(maml.model.config, maml.stacker.max_padding)
+    metadata["model_config"] = {**metadata["model_config"], "open_shell_metal_offset": float(offset)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the structures come from and how they are grouped (a recipe's ``[data]`` section).

@@ -114,8 +114,8 @@ def load_trained(path: Path, key: str, table: Any, offset: float) -> tuple[Any, 
     Sets ``table.y`` to the fold's normalisation (as training does) and the network's open-shell offset.
     """
     from matmeta.checkpoint import load_checkpoint
+    from matmeta.predict.config import set_hurdle
     from matmeta.predict.predictor import Predictor
-    from matmeta.predict.train import set_hurdle
 
     if not Path(path).is_file() or load_checkpoint(path)[1].get("fold_key") != key:
         return None

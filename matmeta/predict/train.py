@@ -24,7 +24,7 @@ import torch
 from matmeta.errors import RecipeError
 from matmeta.models.gnn import GNNConfig
 from matmeta.predict.calibrate import calibrate
-from matmeta.predict.config import PredictorRecipe
+from matmeta.predict.config import PredictorRecipe, set_hurdle
 from matmeta.predict.data import (
     TARGETS,
     UNITS,
@@ -175,15 +175,6 @@ def train_on_split(
     set_hurdle(maml, metadata, cfg.uncertainty.open_shell_metal_offset)
     return maml, stats, metadata, result, trainer
 
-
-def set_hurdle(maml: Any, metadata: dict[str, Any], offset: float) -> None:
-    """Set the trained network's open-shell metal-logit offset (a post-training setting) and record it."""
-    from matmeta.predict.batched import GraphStacker
-
-    maml.model.config = dataclasses.replace(maml.model.config, open_shell_metal_offset=float(offset))
-    if isinstance(maml.stacker, GraphStacker):  # the padded path must now supply the composition flags
-        maml.stacker = GraphStacker(maml.model.config, maml.stacker.max_padding)
-    metadata["model_config"] = {**metadata["model_config"], "open_shell_metal_offset": float(offset)}
 
 
 def _pooled_state(
