@@ -26,7 +26,7 @@ def predict(
     predictor, rows, bad = predict_files(sources, model, mc_samples)
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
-        f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.2f})",
+        f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.3f})",
         ["structure", "formula", "heat_ref eV/cell", "band gap eV", "P(non-metal)", "out of domain"],
         [
             (
@@ -34,7 +34,7 @@ def predict(
                 r["formula"],
                 f"{r['heat_ref']:.3f} {_interval(r['heat_ref_lo'], r['heat_ref_hi'], 3)}",
                 _gap_cell(r),
-                f"{1.0 - r['p_metal']:.2f}",
+                f"{1.0 - r['p_metal']:.3f}",
                 r["out_of_domain"] or "",
             )
             for r in rows
