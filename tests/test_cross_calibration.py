@@ -145,3 +145,22 @@ def test_a_trained_fold_is_reused_only_for_the_same_training_settings(random_gra
     )
     for name, value in predictor.maml.state_dict().items():
         torch.testing.assert_close(maml.state_dict()[name], value)
+
+
+def test_the_new_family_gap_shift_is_the_median_offset_and_enters_only_zero_shot_gaps(parts):
+    from matmeta.conformal import mondrian_quantiles
+    from matmeta.predict.calibrate import uncertainty_entry
+
+    shipped, fold = parts
+    before = fold.zero["gap"].copy()
+    plain = uncertainty_entry(shipped, 2, ["C", "D"], [fold])
+    shifted = uncertainty_entry(shipped, 2, ["C", "D"], [fold], new_family_shift=True)
+    residuals = np.concatenate([shipped.zero["gap"], fold.zero["gap"]])
+    shift = -np.median(residuals[np.isfinite(residuals)])
+    assert shifted["new_family_gap_shift"] == pytest.approx(shift) and "new_family_gap_shift" not in plain
+    scores = np.abs(residuals + shift) / np.concatenate([shipped.zero["sigma"], fold.zero["sigma"]])
+    p = np.concatenate([shipped.zero["p_nonmetal"], fold.zero["p_nonmetal"]])
+    expected = mondrian_quantiles(scores, p >= shifted["nonmetal_threshold"], 0.9)
+    assert shifted["conformal"]["zero_shot"]["band_gap_scaled_called"] == pytest.approx(expected["true"])
+    assert shifted["conformal"]["adapted"] == plain["conformal"]["adapted"]  # adapted residuals untouched
+    np.testing.assert_array_equal(fold.zero["gap"], before)  # the inputs are not changed

@@ -198,3 +198,34 @@ def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
     assert rows[2]["out_of_domain"] is not None
     (metal,) = predictor.predict_structures([_cscl("Cu", "Zn")])
     assert "structure type" in metal["out_of_domain"]
+
+
+def test_new_family_gap_shift_moves_only_new_b_sites_and_keeps_the_interval_width():
+    from matmeta.predict.domain import shift_new_family_gaps
+
+    seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf"), _perovskite("Ba", "Hf"), _cscl("Cu", "Zn")]
+    row = {"band_gap": 3.0, "gap_if_nonmetal": 3.0, "gap_lo": 0.2, "gap_hi": 4.5, "p_metal": 0.1}
+    metal = {**row, "band_gap": 0.0, "p_metal": 0.9}
+    rows = shift_new_family_gaps([row, row, metal, row], structures, seen, 0.5)
+    assert [r["gap_shift"] for r in rows] == [0.0, 0.5, 0.5, 0.0]  # Ti seen; Hf new; CsCl is no perovskite
+    assert rows[0] == {**row, "gap_shift": 0.0} and rows[3]["gap_if_nonmetal"] == 3.0
+    hf = rows[1]
+    assert (hf["band_gap"], hf["gap_if_nonmetal"]) == (3.5, 3.5)
+    assert hf["gap_hi"] - hf["gap_if_nonmetal"] == pytest.approx(1.5) and hf["gap_lo"] == pytest.approx(2.0)
+    assert rows[2]["band_gap"] == 0.0 and rows[2]["gap_if_nonmetal"] == 3.5  # still called a metal
+    assert shift_new_family_gaps([row], structures[1:2], None, 0.5)[0]["gap_shift"] == 0.0  # no record: no shift
+
+
+def test_predict_adds_the_new_family_shift_zero_shot_only():
+    predictor = _tiny()
+    predictor.sites_seen = {"A": ["Sr"], "B": ["Ti"], "X": ["O"]}
+    structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf")]
+    plain = predictor.predict_structures(structures, mc_samples=1)
+    predictor.uncertainty["new_family_gap_shift"] = 0.7
+    shifted = predictor.predict_structures(structures, mc_samples=1)
+    assert [r["gap_shift"] for r in shifted] == [0.0, 0.7]
+    assert shifted[1]["gap_if_nonmetal"] == pytest.approx(plain[1]["gap_if_nonmetal"] + 0.7)
+    assert shifted[0]["gap_if_nonmetal"] == plain[0]["gap_if_nonmetal"]
+    predictor.metadata["adapted"] = {"target": "band_gap", "kept": "adapted"}  # adapted: its own data sets the gap
+    assert [r["gap_shift"] for r in predictor.predict_structures(structures, mc_samples=1)] == [0.0, 0.0]

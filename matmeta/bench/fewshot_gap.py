@@ -51,16 +51,22 @@ class GapBench:
         self.predictor = predictor
         self.stats = predictor.stats
         self.cut = predictor.nonmetal_cut
+        self.new_family_shift = float(predictor.uncertainty.get("new_family_gap_shift", 0.0))  # test families: new
         self.conformal = predictor.uncertainty.get("conformal")
         self.records: dict[tuple[str, int], GapRecord] = {}
         self.hits: dict[str, list[np.ndarray]] = {}
         self.widths: dict[str, list[np.ndarray]] = {}
         self.gap_families: dict[str, list[np.ndarray]] = {}  # family of every recorded non-metal gap hit
 
-    def add_outputs(self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray) -> None:
-        """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV)."""
+    def add_outputs(
+        self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray, zero_shot: bool = False
+    ) -> None:
+        """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV).
+
+        ``zero_shot``: unadapted outputs, which get the checkpoint's new-family gap offset (as ``predict`` adds it).
+        """
         p_nonmetal = 1.0 - torch.sigmoid(outputs[:, 1]).numpy()
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy()
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + (self.new_family_shift if zero_shot else 0.0)
         self.add_arrays(method, k, p_nonmetal, np.where(p_nonmetal >= self.cut, gap, 0.0), truth)
 
     def add_arrays(self, method: str, k: int, p_nonmetal: np.ndarray, final: np.ndarray, truth: np.ndarray) -> None:
@@ -106,7 +112,7 @@ class GapBench:
         inside = np.abs(heat - table.heat_ref[query]) <= half["heat_ref_per_atom"] * n_atoms.numpy()
         self.hits.setdefault(f"heat_ref, {mode}", []).append(inside)
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy()
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + (self.new_family_shift if mode == "zero_shot" else 0.0)
         called = 1.0 - torch.sigmoid(outputs[:, 1]).numpy() >= self.cut
         adapted = {"kept": "adapted", "n_support": k} if mode == "adapted" else {}
         width = gap_half_widths(self.predictor.uncertainty, adapted, ~called, features)

@@ -27,7 +27,7 @@ def load(checkpoint: str | Path | None = None) -> Predictor:
 
 def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Predictions for named structures; structures that cannot become graphs are reported, not fatal."""
-    graphs, warnings, names, formulas, domains, bad = [], [], [], [], [], []
+    graphs, warnings, names, formulas, domains, bad, good = [], [], [], [], [], [], []
     for name, structure in named:
         try:
             (graph,), (warning,) = predictor.graphs([structure])
@@ -39,7 +39,8 @@ def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[l
         names.append(name)
         formulas.append(structure.composition.reduced_formula)
         domains.append(predictor.out_of_domain(structure))
-    rows = predictor.predict_graphs(graphs) if graphs else []
+        good.append(structure)
+    rows = predictor.new_family_rows(predictor.predict_graphs(graphs), good) if graphs else []
     out = [
         {"name": n, "formula": f, **row, "out_of_domain": d, "warning": w}
         for n, f, row, d, w in zip(names, formulas, rows, domains, warnings, strict=True)

@@ -227,17 +227,23 @@ def uncertainty_entry(
     mc_samples: int,
     families: Sequence[str],
     extra_gap_parts: Sequence[CalibrationParts] = (),
+    new_family_shift: bool = False,
 ) -> dict[str, Any]:
     """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts``.
 
     ``extra_gap_parts`` (other models' residuals on other families: cross-family calibration) join
     ``parts`` in the gap's quantiles, and their zero-shot predictions in the choice of the non-metal
-    cut (:func:`pooled_cut`); the heat widths stay those of ``parts`` alone.
+    cut (:func:`pooled_cut`); the heat widths stay those of ``parts`` alone. With ``new_family_shift``
+    they also fix the zero-shot gap offset of new families (:func:`gap_shift`), which then enters the
+    zero-shot gap residuals and is stored as ``new_family_gap_shift``.
     """
-    cut = parts.cut
+    cut, shift = parts.cut, None
     if extra_gap_parts:
         cut = pooled_cut([parts, *extra_gap_parts])
         parts, extra_gap_parts = with_cut(parts, cut), [with_cut(extra, cut) for extra in extra_gap_parts]
+        if new_family_shift:
+            shift = gap_shift([parts, *extra_gap_parts])
+            parts, extra_gap_parts = with_gap_shift(parts, shift), [with_gap_shift(e, shift) for e in extra_gap_parts]
     zero_summary = _summary([parts.zero])
     adapted = {k: _summary(episodes) for k, episodes in parts.adapted.items()}
     pooled = _summary(_adapted_list(parts))  # non-metals are rare (~4%): one gap quantile over all k
@@ -261,6 +267,8 @@ def uncertainty_entry(
     }
     if parts.difficulty is not None:
         out["difficulty"] = parts.difficulty
+    if shift is not None:
+        out["new_family_gap_shift"] = shift
     return out
 
 
@@ -274,6 +282,21 @@ def pooled_cut(all_parts: Sequence[CalibrationParts]) -> float:
     p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in all_parts])
     nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in all_parts])
     return balanced_threshold(p, nonmetal, MIN_PRECISION)
+
+
+def gap_shift(all_parts: Sequence[CalibrationParts]) -> float:
+    """The offset (eV) for zero-shot non-metal gaps of new families: median of −residual over ``all_parts``.
+
+    The families here are new to the model that predicted them (validation families; held-out folds).
+    """
+    residuals = np.concatenate([np.asarray(each.zero["gap"], float) for each in all_parts])
+    residuals = residuals[np.isfinite(residuals)]
+    return float(-np.median(residuals)) if residuals.size else 0.0
+
+
+def with_gap_shift(parts: CalibrationParts, shift: float) -> CalibrationParts:
+    """A copy of ``parts`` whose zero-shot gap predictions are ``shift`` eV higher (adapted ones unchanged)."""
+    return dataclasses.replace(parts, zero={**parts.zero, "gap": np.asarray(parts.zero["gap"], float) + shift})
 
 
 def with_cut(parts: CalibrationParts, cut: float) -> CalibrationParts:
@@ -297,11 +320,13 @@ def recalibrate_checkpoint(
     seed: int = 0,
     extra_gap_parts: Sequence[CalibrationParts] = (),
     open_shell_metal_offset: float | None = None,
+    new_family_shift: bool = False,
 ) -> dict[str, Any]:
     """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
 
     ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
     ``open_shell_metal_offset``: set this metal-logit hurdle on the network first (None: keep the checkpoint's).
+    ``new_family_shift``: fit the new-family zero-shot gap offset (needs ``extra_gap_parts``).
     """
     from matmeta.checkpoint import save_checkpoint
     from matmeta.predict.config import DataConfig
@@ -324,7 +349,7 @@ def recalibrate_checkpoint(
     episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
     train = predictor.metadata["families"]["train"]
     parts = calibration_parts(predictor.maml, table, predictor.stats, val, samples, episodes, seed, train)
-    result = uncertainty_entry(parts, samples, val, extra_gap_parts)
+    result = uncertainty_entry(parts, samples, val, extra_gap_parts, new_family_shift)
     if extra_gap_parts:
         result["cross_family"] = {
             "folds": len(extra_gap_parts),

@@ -129,6 +129,9 @@ class UncertaintyConfig:
         open_shell_metal_offset: set on the trained network before calibration
             (:attr:`matmeta.models.gnn.GNNConfig.open_shell_metal_offset`): the metal-logit hurdle
             for compositions that cannot be charge-balanced with closed-shell ions.
+        new_family_gap_shift: ``matmeta calibrate`` also fits the zero-shot gap offset of families the
+            network never saw (on the same held-out families) and ``predict`` adds it to structures whose
+            B site is new (:func:`matmeta.predict.domain.shift_new_family_gaps`).
     """
 
     mc_samples: int = 32
@@ -136,6 +139,7 @@ class UncertaintyConfig:
     calibration_episodes: int = 60
     cross_folds: int = 5
     open_shell_metal_offset: float = 0.0
+    new_family_gap_shift: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -231,7 +231,11 @@ def cross_calibrate(
         if on_fold is not None:
             on_fold(fold)
     checkpoint = Path(checkpoint or cfg.meta_train.out)
-    offset = cfg.uncertainty.open_shell_metal_offset
+    offset, shift = cfg.uncertainty.open_shell_metal_offset, cfg.uncertainty.new_family_gap_shift
     return recalibrate_checkpoint(
-        checkpoint, ensure_store(cfg.data), extra_gap_parts=extra, open_shell_metal_offset=offset
+        checkpoint,
+        ensure_store(cfg.data),
+        extra_gap_parts=extra,
+        open_shell_metal_offset=offset,
+        new_family_shift=shift,
     )

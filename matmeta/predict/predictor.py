@@ -211,17 +211,26 @@ class Predictor:
 
         Returns:
             One dict per structure: ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
-            ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV),
+            ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV; with
+            ``gap_shift`` eV added for a B site never seen in training, see :meth:`new_family_rows`),
             the 90% intervals ``heat_ref_lo``/``heat_ref_hi`` and ``gap_lo``/``gap_hi`` (gap if
             non-metal), ``out_of_domain`` (str or None, see :mod:`matmeta.predict.domain`) and ``warning``
             (str or None, e.g. for elements never seen in training).
         """
         graphs, warnings = self.graphs(structures)
-        rows = self.predict_graphs(graphs, mc_samples=mc_samples)
+        rows = self.new_family_rows(self.predict_graphs(graphs, mc_samples=mc_samples), structures)
         return [
             {**row, "out_of_domain": self.out_of_domain(structure), "warning": warning}
             for row, warning, structure in zip(rows, warnings, structures, strict=True)
         ]
+
+    def new_family_rows(self, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
+        """``rows`` with the new-family gap correction (zero-shot only: none once the checkpoint is adapted)."""
+        from matmeta.predict.domain import shift_new_family_gaps
+
+        adapted = self.fast is not None or self.metadata.get("adapted") is not None
+        shift = 0.0 if adapted else float(self.uncertainty.get("new_family_gap_shift", 0.0))
+        return shift_new_family_gaps(rows, structures, self.sites_seen, shift)
 
     @property
     def nonmetal_cut(self) -> float:

@@ -176,7 +176,6 @@ def train_on_split(
     return maml, stats, metadata, result, trainer
 
 
-
 def _pooled_state(
     cfg: PredictorRecipe, table: Any, train_idx: Any, train_families: Any, stats: TargetStats, work: Path, seed: int
 ) -> dict[str, torch.Tensor]:
