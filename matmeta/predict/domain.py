@@ -101,7 +101,7 @@ def shift_new_family_gaps(
                 half = row["gap_hi"] - row["gap_if_nonmetal"]
                 row["gap_lo"], row["gap_hi"] = max(gap - half, 0.0), gap + half
             row["gap_if_nonmetal"] = gap
-            if row["band_gap"] > 0:  # called non-metal
-                row["band_gap"] = max(gap, 0.0)
+            if row["band_gap"] != 0.0:  # called non-metal (a metal's band gap is exactly 0)
+                row["band_gap"] = gap
         out.append(row)
     return out

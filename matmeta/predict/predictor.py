@@ -234,7 +234,7 @@ class Predictor:
 
     @property
     def nonmetal_cut(self) -> float:
-        """P(non-metal) at or above which a structure is called a non-metal (chosen on validation families)."""
+        """P(non-metal) at or above which a structure is called a non-metal (chosen on the calibration families)."""
         return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
     def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, float]]:
