@@ -113,13 +113,14 @@ def load_trained(path: Path, key: str, table: Any, offset: float) -> tuple[Any, 
 
     Sets ``table.y`` to the fold's normalisation (as training does) and the network's open-shell offset.
     """
-    from matmeta.checkpoint import load_checkpoint
     from matmeta.predict.config import set_hurdle
     from matmeta.predict.predictor import Predictor
 
-    if not Path(path).is_file() or load_checkpoint(path)[1].get("fold_key") != key:
+    if not Path(path).is_file():
         return None
     predictor = Predictor.load(path)
+    if predictor.metadata.get("fold_key") != key:
+        return None
     table.y = predictor.stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
     set_hurdle(predictor.maml, predictor.metadata, offset)
     return predictor.maml, predictor.stats
