@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -59,3 +61,20 @@ def warn(message: str) -> None:
 def report_error(message: str) -> None:
     """One error line on stderr (for bad items in a batch that otherwise goes on)."""
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``phases[name]`` (seconds); nothing when ``phases`` is None."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if phases is not None:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    """``"pooled pretraining 92.1 s, meta-training 61.0 s (total 153.1 s)"``."""
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+    return f"{parts} (total {sum(phases.values()):.1f} s)"

@@ -38,6 +38,18 @@ def test_gaussian_expansion_peaks_at_centres():
     assert out[1, 2] == pytest.approx(out[1, 3])  # midway between two centres
 
 
+def test_gaussian_expansion_has_no_subnormal_features():
+    """Far tails are exact zeros, never float32 subnormals (which put CPU kernels on a slow path)."""
+    rbf = GaussianExpansion(cutoff=6.0, n_rbf=32)  # width 0.19 Å: tails reach 1e-45 within the cutoff
+    distances = torch.linspace(0.0, 6.0, 2001)
+    out = rbf(distances)
+    tiny = torch.finfo(torch.float32).tiny  # smallest normal float32
+    assert not ((out > 0) & (out < tiny)).any()
+    exact = torch.exp(-((distances[:, None].double() - rbf.centers.double()) ** 2) / (2 * rbf.width**2))
+    assert float((out.double() - exact).abs().max()) < 1e-7  # float32 rounding only; the cut removes < 1e-26
+    assert ((exact < 1e-30) & (out == 0)).sum() > 0  # the cut is active in this range
+
+
 def test_scatter_sum_known_values():
     src = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     out = scatter_sum(src, torch.tensor([0, 2, 0, 2]), 3)

@@ -40,7 +40,7 @@ def _maml(steps: int = 3, node_features: str = "descriptors") -> PredictorMAML:
     maml = PredictorMAML(
         CrystalGNN(config).double(), inner_lr=0.05, inner_steps=steps, learn_inner_lr=True, per_element_lr=True
     )
-    maml.stacker = GraphStacker(config)
+    maml.stacker = GraphStacker(config, max_padding=3.0)  # the tests' tasks differ in size on purpose
     return maml
 
 
@@ -81,7 +81,7 @@ def test_padding_leaves_real_graph_outputs_unchanged_and_weights_them():
     model.eval()
     tasks = _tasks([(3, 1), (5, 1)], seed=1, dtype=torch.float32)
     batches = [s for s, _ in tasks]
-    padded = pad_graphs(batches)
+    padded = pad_graphs(batches, max_padding=3.0)
     assert padded.y.shape == (2, 6, 3) and padded.weight.sum(1).tolist() == [3.0, 5.0]
     for t, batch in enumerate(batches):
         one = type(padded)(**{name: getattr(padded, name)[t] for name in padded.__dataclass_fields__})
@@ -94,6 +94,8 @@ def test_padding_leaves_real_graph_outputs_unchanged_and_weights_them():
 def test_wasteful_padding_falls_back_to_the_loop():
     tasks = _tasks([(1, 1), (12, 1)], seed=2)
     assert pad_graphs([s for s, _ in tasks], max_padding=1.5) is None
+    assert GraphStacker(GNNConfig())(_tasks([(4, 3), (5, 3)])) is None  # 1.1 by default: near-uniform only
+    assert GraphStacker(GNNConfig())(_tasks([(5, 3)]) * 3) is not None  # same shapes: no padding but one atom
     stacker = GraphStacker(GNNConfig(), max_padding=1.5)
     assert stacker(tasks) is None
     assert stacker([(torch.zeros(2), torch.zeros(2))]) is None  # not graphs

@@ -206,7 +206,7 @@ class MetaTrainer:
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in self.maml.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.outer_lr)
+        optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.outer_lr, fused=True)
         self._step, self._best_val, self._best_step, self._bad_evals = 0, math.inf, 0, 0
         self._last_saved: int | None = None
         if resume_from is not None:

@@ -131,9 +131,16 @@ def collate(graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBat
 class GaussianExpansion(nn.Module):
     """Distances to Gaussian features ``exp(-(d - μ_k)² / (2 w²))``, μ_k evenly spaced in [0, cutoff].
 
+    Features below ``exp(UNDERFLOW)`` (~1e-26) are exactly 0. Without that, the far tails land in
+    float32's subnormal range (1e-45 … 1e-38), and every kernel that reads them (the expansion's
+    ``exp``, the edge embedding's matmuls) runs on the CPU's slow subnormal path: measured 20 ms
+    instead of 0.3 ms for one weight-gradient matmul of a 64-structure batch.
+
     Shapes:
         distances: (E,) → (E, n_rbf).
     """
+
+    UNDERFLOW = -60.0
 
     def __init__(self, cutoff: float, n_rbf: int) -> None:
         super().__init__()
@@ -142,7 +149,8 @@ class GaussianExpansion(nn.Module):
 
     def forward(self, distances: Tensor) -> Tensor:
         """Expand ``distances`` (E,) into (E, n_rbf)."""
-        return torch.exp(-((distances[:, None] - self.centers) ** 2) / (2 * self.width**2))
+        exponent = -((distances[:, None] - self.centers) ** 2) / (2 * self.width**2)
+        return torch.exp(exponent.masked_fill(exponent < self.UNDERFLOW, float("-inf")))
 
 
 def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
@@ -191,16 +199,21 @@ class EdgeGatedConv(nn.Module):
         self.norm_edges = nn.LayerNorm(hidden)
         self.act = nn.SiLU()
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
-        """One message-passing step; returns new node and edge features."""
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, update_edges: bool = True) -> tuple[Tensor, Tensor]:
+        """One message-passing step; returns new node and edge features (``e`` unchanged when not ``update_edges``).
+
+        The last layer's edge update feeds nothing, so the network skips it (an edge-sized
+        LayerNorm, SiLU and sum, ~4 % of a training step).
+        """
         src, dst = edge_index[0], edge_index[1]
         e_hat = gather_rows(self.dst_gate(h), dst) + gather_rows(self.src_gate(h), src) + self.edge_gate(e)
         sigma = torch.sigmoid(e_hat)
         numerator = scatter_sum(sigma * gather_rows(self.src_update(h), src), dst, h.shape[0])
         denominator = scatter_sum(sigma, dst, h.shape[0]) + 1e-6
         h_new = h + self.act(self.norm_nodes(self.dst_update(h) + numerator / denominator))
-        e_new = e + self.act(self.norm_edges(e_hat))
-        return h_new, e_new
+        if not update_edges:
+            return h_new, e
+        return h_new, e + self.act(self.norm_edges(e_hat))
 
 
 class CGConv(nn.Module):
@@ -223,8 +236,8 @@ class CGConv(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.act = nn.SiLU()
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
-        """One message-passing step; edge features are returned as they came."""
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, update_edges: bool = True) -> tuple[Tensor, Tensor]:
+        """One message-passing step; edge features are returned as they came (``update_edges`` has no effect)."""
         src, dst = edge_index[0], edge_index[1]
         z = torch.cat([gather_rows(h, dst), gather_rows(h, src), e], dim=1)
         message = torch.sigmoid(self.filter(z)) * nn.functional.softplus(self.core(z))
@@ -327,8 +340,9 @@ class CrystalGNN(nn.Module):
         """
         h, graph_features = self.atom_inputs(atomic_numbers, batch, num_graphs, atom_features, graph_features)
         e = self.edge_embedding(self.rbf(edge_dist))
-        for conv in self.convs:
-            h, e = conv(h, edge_index, e)
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            h, e = conv(h, edge_index, e, update_edges=i < last)
         counts = scatter_sum(torch.ones_like(batch, dtype=h.dtype)[:, None], batch, num_graphs)
         pooled = scatter_sum(h, batch, num_graphs) / counts.clamp(min=1.0)
         if self.config.composition_features:

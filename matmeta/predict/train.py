@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from matmeta.console import format_phases, timed
 from matmeta.errors import RecipeError
 from matmeta.models.gnn import GNNConfig
 from matmeta.predict.calibrate import calibrate
@@ -89,32 +90,36 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     out = Path(out) if out is not None else Path(cfg.meta_train.out)
     torch.manual_seed(trainer_cfg.seed)
 
-    table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
+    phases: dict[str, float] = {}
+    with timed(phases, "reading the store"):
+        table, graph_config = load_table(ensure_store(cfg.data), cfg.data)
     if abs(graph_config.cutoff_angstrom - cfg.model.cutoff_angstrom) > 1e-9:
         raise RecipeError(
             f"{recipe_path}: [model] cutoff_angstrom {cfg.model.cutoff_angstrom} differs from the store's "
             f"graph cutoff {graph_config.cutoff_angstrom}"
         )
     family_split = split(table, cfg.data)
-    trained = train_on_split(cfg, recipe, table, graph_config, family_split, work, trainer_cfg)
+    trained = train_on_split(cfg, recipe, table, graph_config, family_split, work, trainer_cfg, phases)
     maml, stats, metadata, result, trainer = trained
-    metadata["uncertainty"] = calibrate(
-        maml,
-        table,
-        stats,
-        family_split.val,
-        cfg.uncertainty.mc_samples,
-        cfg.uncertainty.calibration_episodes,
-        trainer_cfg.seed,
-        train_families=family_split.train,
-    )
-    metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
+    with timed(phases, "calibration"):
+        metadata["uncertainty"] = calibrate(
+            maml,
+            table,
+            stats,
+            family_split.val,
+            cfg.uncertainty.mc_samples,
+            cfg.uncertainty.calibration_episodes,
+            trainer_cfg.seed,
+            train_families=family_split.train,
+        )
+        metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
     metadata["training"] = {
         "steps": result.steps,
         "best_step": result.best_step,
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
         "trainer": config_to_dict(trainer_cfg),
+        "phase_seconds": {name: round(seconds, 1) for name, seconds in phases.items()},
     }
     if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
         return out
@@ -124,6 +129,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         f"uncertainty scales {metadata['uncertainty']['zero_shot']} (zero-shot), "
         f"{metadata['uncertainty']['adapted']} (adapted)"
     )
+    console.print(f"wall time: {format_phases(phases)}")
     return out
 
 
@@ -135,10 +141,12 @@ def train_on_split(
     family_split: Any,
     work: Path,
     trainer_cfg: Any,
+    phases: dict[str, float] | None = None,
 ) -> tuple[Any, TargetStats, dict[str, Any], Any, Any]:
     """Pooled pretraining + meta-training on ``family_split.train`` (early stopping on ``.val``).
 
-    Sets ``table.y`` to the targets normalised with the training families' statistics.
+    Sets ``table.y`` to the targets normalised with the training families' statistics; adds the
+    wall time of each phase to ``phases`` when given.
 
     Returns:
         ``(maml, stats, metadata, trainer result, trainer)``; ``maml`` is set up for inference
@@ -160,7 +168,8 @@ def train_on_split(
     maml = build_maml(cfg.model, cfg.maml)
     seed = trainer_cfg.seed
     if cfg.pretrain.epochs > 0:
-        maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, family_split.train, stats, work, seed))
+        with timed(phases, "pooled pretraining"):
+            maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, family_split.train, stats, work, seed))
     train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
     val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
     metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)
@@ -168,7 +177,8 @@ def train_on_split(
     trainer = MetaTrainer(
         maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
     )
-    result = trainer.fit()
+    with timed(phases, "meta-training"):
+        result = trainer.fit()
     if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration, finetune, benchmark)
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
