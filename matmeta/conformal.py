@@ -13,7 +13,9 @@ wider where σ is larger. :func:`family_held_out_coverage` measures how a calibr
 family it has not seen (leave-one-family-out).
 
 The metal/non-metal threshold is chosen on the same validation families for balanced accuracy;
-:func:`roc_auc` and :func:`classification_metrics` score it.
+:func:`roc_auc` and :func:`classification_metrics` score it. :func:`fit_platt` recalibrates the
+probability itself (Platt, "Probabilistic outputs for support vector machines", 1999), and
+:func:`brier_score` / :func:`expected_calibration_error` measure how well it is calibrated.
 """
 
 from __future__ import annotations
@@ -163,3 +165,48 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
         return math.nan
     ranks = rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, float), 1e-7, 1.0 - 1e-7)  # float32 P rounds to 1 near logits of 16
+    return np.log(q / (1.0 - q))
+
+
+def fit_platt(p: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood ``(a, b)`` of ``P_cal = sigmoid(a · logit(p) + b)`` (Platt scaling on a probability).
+
+    Shapes:
+        p, positive: (n,) → (a, b).
+    """
+    from scipy.optimize import minimize
+
+    x, y = _logit(p), np.asarray(positive, float)
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = theta[0] * x + theta[1]
+        q = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+        return float(np.sum(np.logaddexp(0.0, z) - y * z)), np.array([np.sum((q - y) * x), np.sum(q - y)])
+
+    result = minimize(loss_and_grad, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return float(result.x[0]), float(result.x[1])
+
+
+def platt(p: np.ndarray | float, a: float, b: float) -> np.ndarray:
+    """``sigmoid(a · logit(p) + b)``: probabilities recalibrated with :func:`fit_platt`'s ``(a, b)``."""
+    return 1.0 / (1.0 + np.exp(-np.clip(a * _logit(p) + b, -60, 60)))
+
+
+def brier_score(p: np.ndarray, positive: np.ndarray) -> float:
+    """Mean squared difference between the probability and the 0/1 outcome."""
+    return float(np.mean((np.asarray(p, float) - np.asarray(positive, float)) ** 2))
+
+
+def expected_calibration_error(p: np.ndarray, positive: np.ndarray, bins: int = 10) -> float:
+    """Share-weighted mean |mean probability − observed frequency| over ``bins`` equal-width bins of ``p``."""
+    p, y = np.asarray(p, float), np.asarray(positive, float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.mean() * abs(p[inside].mean() - y[inside].mean())
+    return float(total)

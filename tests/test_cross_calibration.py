@@ -164,3 +164,17 @@ def test_the_new_family_gap_shift_is_the_median_offset_and_enters_only_zero_shot
     assert shifted["conformal"]["zero_shot"]["band_gap_scaled_called"] == pytest.approx(expected["true"])
     assert shifted["conformal"]["adapted"] == plain["conformal"]["adapted"]  # adapted residuals untouched
     np.testing.assert_array_equal(fold.zero["gap"], before)  # the inputs are not changed
+
+
+def test_the_new_family_platt_is_fitted_on_every_family_zero_shot(parts):
+    from matmeta.conformal import fit_platt
+    from matmeta.predict.calibrate import uncertainty_entry
+
+    shipped, fold = parts
+    plain = uncertainty_entry(shipped, 2, ["C", "D"], [fold])
+    fitted = uncertainty_entry(shipped, 2, ["C", "D"], [fold], new_family_platt=True)
+    p = np.concatenate([shipped.zero["p_nonmetal"], fold.zero["p_nonmetal"]])
+    nonmetal = np.concatenate([shipped.zero["nonmetal"], fold.zero["nonmetal"]])
+    a, b = fit_platt(p, nonmetal)
+    assert fitted["new_family_platt"] == pytest.approx({"a": a, "b": b}) and "new_family_platt" not in plain
+    assert "new_family_platt" not in uncertainty_entry(shipped, 2, ["C", "D"], new_family_platt=True)  # needs folds

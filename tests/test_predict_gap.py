@@ -201,20 +201,20 @@ def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
 
 
 def test_new_family_gap_shift_moves_only_new_b_sites_and_keeps_the_interval_width():
-    from matmeta.predict.domain import shift_new_family_gaps
+    from matmeta.predict.domain import new_family_corrections
 
     seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
     structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf"), _perovskite("Ba", "Hf"), _cscl("Cu", "Zn")]
     row = {"band_gap": 3.0, "gap_if_nonmetal": 3.0, "gap_lo": 0.2, "gap_hi": 4.5, "p_metal": 0.1}
     metal = {**row, "band_gap": 0.0, "p_metal": 0.9}
-    rows = shift_new_family_gaps([row, row, metal, row], structures, seen, 0.5)
+    rows = new_family_corrections([row, row, metal, row], structures, seen, 0.5)
     assert [r["gap_shift"] for r in rows] == [0.0, 0.5, 0.5, 0.0]  # Ti seen; Hf new; CsCl is no perovskite
-    assert rows[0] == {**row, "gap_shift": 0.0} and rows[3]["gap_if_nonmetal"] == 3.0
+    assert rows[0] == {**row, "gap_shift": 0.0, "p_recalibrated": False} and rows[3]["gap_if_nonmetal"] == 3.0
     hf = rows[1]
     assert (hf["band_gap"], hf["gap_if_nonmetal"]) == (3.5, 3.5)
     assert hf["gap_hi"] - hf["gap_if_nonmetal"] == pytest.approx(1.5) and hf["gap_lo"] == pytest.approx(2.0)
     assert rows[2]["band_gap"] == 0.0 and rows[2]["gap_if_nonmetal"] == 3.5  # still called a metal
-    assert shift_new_family_gaps([row], structures[1:2], None, 0.5)[0]["gap_shift"] == 0.0  # no record: no shift
+    assert new_family_corrections([row], structures[1:2], None, 0.5)[0]["gap_shift"] == 0.0  # no record: no shift
 
 
 def test_predict_adds_the_new_family_shift_zero_shot_only():
@@ -229,3 +229,27 @@ def test_predict_adds_the_new_family_shift_zero_shot_only():
     assert shifted[0]["gap_if_nonmetal"] == plain[0]["gap_if_nonmetal"]
     predictor.metadata["adapted"] = {"target": "band_gap", "kept": "adapted"}  # adapted: its own data sets the gap
     assert [r["gap_shift"] for r in predictor.predict_structures(structures, mc_samples=1)] == [0.0, 0.0]
+
+
+def test_new_family_platt_recalibrates_p_only_for_new_b_sites_and_keeps_every_call():
+    """P ← sigmoid(a·logit P + b) on new B sites only; the mapped cut gives the same calls as the raw one."""
+    from matmeta.conformal import platt
+
+    predictor = _tiny()
+    predictor.sites_seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    structures = [_perovskite(a, b) for a in ("Sr", "Ba") for b in ("Ti", "Hf", "Zr", "Sn")]
+    raw = predictor.predict_structures(structures, mc_samples=1)
+    predictor.uncertainty["new_family_platt"] = {"a": 0.33, "b": -0.75}
+    calibrated = predictor.predict_structures(structures, mc_samples=1)
+    for before, after, structure in zip(raw, calibrated, structures, strict=True):
+        new = structure.composition.get("Ti", 0) == 0
+        assert after["p_recalibrated"] is new
+        expected = 1.0 - float(platt(1.0 - before["p_metal"], 0.33, -0.75)) if new else before["p_metal"]
+        assert after["p_metal"] == pytest.approx(expected, abs=1e-9)
+        assert after["band_gap"] == before["band_gap"]  # the call and the gap are untouched
+        p_raw, p_new = 1.0 - before["p_metal"], 1.0 - after["p_metal"]
+        if new:
+            assert (p_raw >= predictor.nonmetal_cut) == (p_new >= predictor.new_family_cut)
+    assert predictor.new_family_cut == pytest.approx(float(platt(predictor.nonmetal_cut, 0.33, -0.75)))
+    predictor.metadata["adapted"] = {"target": "band_gap", "kept": "adapted"}  # adapted: no new-family correction
+    assert not any(r["p_recalibrated"] for r in predictor.predict_structures(structures, mc_samples=1))

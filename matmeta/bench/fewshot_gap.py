@@ -69,6 +69,27 @@ class GapBench:
         gap = self.stats.decode_gap(outputs[:, 2]).numpy() + (self.new_family_shift if zero_shot else 0.0)
         self.add_arrays(method, k, p_nonmetal, np.where(p_nonmetal >= self.cut, gap, 0.0), truth)
 
+    def probability_rows(self, method: str = "MAML (no adaptation)") -> list[tuple[str, float, float, int]]:
+        """Brier score and calibration error of ``method``'s P(non-metal), all k pooled: raw and recalibrated.
+
+        Every test family's B site is new to the network, so ``predict`` would show the checkpoint's
+        ``new_family_platt`` probability for all of these zero-shot calls (the calls are the same).
+        """
+        from matmeta.conformal import brier_score, expected_calibration_error, platt
+
+        records = [record for (name, _), record in self.records.items() if name == method]
+        if not records:
+            return []
+        p = np.concatenate([x for r in records for x in r.p_nonmetal])
+        nonmetal = np.concatenate([x for r in records for x in r.truth]) > self.stats.metal_threshold_ev
+        rows = [("raw P", brier_score(p, nonmetal), expected_calibration_error(p, nonmetal), int(p.size))]
+        coefficients = self.predictor.uncertainty.get("new_family_platt")
+        if coefficients:
+            q = platt(p, coefficients["a"], coefficients["b"])
+            rows.append(("new-family recalibrated P", brier_score(q, nonmetal), expected_calibration_error(q, nonmetal),
+                         int(q.size)))  # fmt: skip
+        return rows
+
     def add_arrays(self, method: str, k: int, p_nonmetal: np.ndarray, final: np.ndarray, truth: np.ndarray) -> None:
         """Record P(non-metal) and final band gaps (eV) directly."""
         record = self.records.setdefault((method, k), GapRecord())

@@ -50,6 +50,7 @@ def report(config: Any, setup: Any, results: Any, quick: bool) -> dict[str, Any]
         "ratios_k10": ratio, "gap": [list(r) for r in gap_rows], "coverage90": cov,
         "conformal_coverage90": results.gaps.coverage_rows(), "lab_loo": lab,
         "gap_coverage_by_family": family_coverage_rows(results.gaps), "nonmetal_cut": results.gaps.cut,
+        "p_nonmetal_calibration": results.gaps.probability_rows(),
         "random_split_mae": random_mae[0], "speed": speed, "checkpoint": str(setup.checkpoint), "quick": quick,
     }  # fmt: skip
     out_dir = setup.out_dir
@@ -108,6 +109,11 @@ def gap_tables(gaps: Any, ks: Sequence[int], k_ref: int) -> list:
         console.print(
             f"band gap k={k_ref}: MAML MAE (all) / better of zero-shot and support mean: {ratio_gap:.3f} (goal ≤ 0.70)"
         )
+    print_table(
+        "P(non-metal) of MAML (no adaptation) on the test families, all k: how well calibrated (lower is better)",
+        ["probability", "Brier score", "expected calibration error (10 bins)", "queries"],
+        gaps.probability_rows(),
+    )
     return gap_rows
 
 

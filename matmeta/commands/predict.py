@@ -24,9 +24,11 @@ def predict(
     if out is not None:
         writable_target(out)
     predictor, rows, bad = predict_files(sources, model, mc_samples)
+    recalibrated = any(r.get("p_recalibrated") for r in rows)
+    note = f"; * = B site new to the model: P recalibrated, non-metal when ≥ {predictor.new_family_cut:.3f}"
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
-        f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.3f})",
+        f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.3f}{note if recalibrated else ''})",
         ["structure", "formula", "heat_ref eV/cell", "band gap eV", "P(non-metal)", "out of domain"],
         [
             (
@@ -34,7 +36,7 @@ def predict(
                 r["formula"],
                 f"{r['heat_ref']:.3f} {_interval(r['heat_ref_lo'], r['heat_ref_hi'], 3)}",
                 _gap_cell(r),
-                f"{1.0 - r['p_metal']:.3f}",
+                f"{1.0 - r['p_metal']:.3f}{'*' if r.get('p_recalibrated') else ''}",
                 r["out_of_domain"] or "",
             )
             for r in rows

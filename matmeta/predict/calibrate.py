@@ -228,6 +228,7 @@ def uncertainty_entry(
     families: Sequence[str],
     extra_gap_parts: Sequence[CalibrationParts] = (),
     new_family_shift: bool = False,
+    new_family_platt: bool = False,
 ) -> dict[str, Any]:
     """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts``.
 
@@ -235,7 +236,9 @@ def uncertainty_entry(
     ``parts`` in the gap's quantiles, and their zero-shot predictions in the choice of the non-metal
     cut (:func:`pooled_cut`); the heat widths stay those of ``parts`` alone. With ``new_family_shift``
     they also fix the zero-shot gap offset of new families (:func:`gap_shift`), which then enters the
-    zero-shot gap residuals and is stored as ``new_family_gap_shift``.
+    zero-shot gap residuals and is stored as ``new_family_gap_shift``. With ``new_family_platt`` the
+    zero-shot P(non-metal) of those families is recalibrated (:func:`matmeta.conformal.fit_platt`) and
+    stored as ``new_family_platt`` (``a``, ``b``).
     """
     cut, shift = parts.cut, None
     if extra_gap_parts:
@@ -269,6 +272,13 @@ def uncertainty_entry(
         out["difficulty"] = parts.difficulty
     if shift is not None:
         out["new_family_gap_shift"] = shift
+    if new_family_platt and extra_gap_parts:
+        from matmeta.conformal import fit_platt
+
+        p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in (parts, *extra_gap_parts)])
+        nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in (parts, *extra_gap_parts)])
+        a, b = fit_platt(p, nonmetal)
+        out["new_family_platt"] = {"a": a, "b": b}
     return out
 
 
@@ -321,12 +331,14 @@ def recalibrate_checkpoint(
     extra_gap_parts: Sequence[CalibrationParts] = (),
     open_shell_metal_offset: float | None = None,
     new_family_shift: bool = False,
+    new_family_platt: bool = False,
 ) -> dict[str, Any]:
     """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
 
     ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
     ``open_shell_metal_offset``: set this metal-logit hurdle on the network first (None: keep the checkpoint's).
-    ``new_family_shift``: fit the new-family zero-shot gap offset (needs ``extra_gap_parts``).
+    ``new_family_shift`` / ``new_family_platt``: fit the new-family zero-shot gap offset / P(non-metal)
+    recalibration (both need ``extra_gap_parts``).
     """
     from matmeta.checkpoint import save_checkpoint
     from matmeta.predict.config import DataConfig
@@ -349,7 +361,7 @@ def recalibrate_checkpoint(
     episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
     train = predictor.metadata["families"]["train"]
     parts = calibration_parts(predictor.maml, table, predictor.stats, val, samples, episodes, seed, train)
-    result = uncertainty_entry(parts, samples, val, extra_gap_parts, new_family_shift)
+    result = uncertainty_entry(parts, samples, val, extra_gap_parts, new_family_shift, new_family_platt)
     if extra_gap_parts:
         result["cross_family"] = {
             "folds": len(extra_gap_parts),

@@ -131,7 +131,10 @@ class UncertaintyConfig:
             for compositions that cannot be charge-balanced with closed-shell ions.
         new_family_gap_shift: ``matmeta calibrate`` also fits the zero-shot gap offset of families the
             network never saw (on the same held-out families) and ``predict`` adds it to structures whose
-            B site is new (:func:`matmeta.predict.domain.shift_new_family_gaps`).
+            B site is new (:func:`matmeta.predict.domain.new_family_corrections`).
+        new_family_platt: ``matmeta calibrate`` also recalibrates the zero-shot P(non-metal) of such
+            families (Platt scaling on the same held-out families); ``predict`` shows the recalibrated
+            probability for structures whose B site is new (the call itself does not change).
     """
 
     mc_samples: int = 32
@@ -140,6 +143,7 @@ class UncertaintyConfig:
     cross_folds: int = 5
     open_shell_metal_offset: float = 0.0
     new_family_gap_shift: bool = False
+    new_family_platt: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -232,11 +232,12 @@ def cross_calibrate(
         if on_fold is not None:
             on_fold(fold)
     checkpoint = Path(checkpoint or cfg.meta_train.out)
-    offset, shift = cfg.uncertainty.open_shell_metal_offset, cfg.uncertainty.new_family_gap_shift
+    settings = cfg.uncertainty
     return recalibrate_checkpoint(
         checkpoint,
         ensure_store(cfg.data),
         extra_gap_parts=extra,
-        open_shell_metal_offset=offset,
-        new_family_shift=shift,
+        open_shell_metal_offset=settings.open_shell_metal_offset,
+        new_family_shift=settings.new_family_gap_shift,
+        new_family_platt=settings.new_family_platt,
     )

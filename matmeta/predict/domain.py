@@ -81,20 +81,29 @@ def b_site_unseen(structure: Any, seen: dict[str, Sequence[str]] | None) -> bool
     return b_site not in set(seen.get("B", ()))
 
 
-def shift_new_family_gaps(
-    rows: Sequence[dict[str, Any]], structures: Sequence[Any], seen: dict[str, Sequence[str]] | None, shift: float
+def new_family_corrections(
+    rows: Sequence[dict[str, Any]],
+    structures: Sequence[Any],
+    seen: dict[str, Sequence[str]] | None,
+    shift: float,
+    platt: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Prediction rows with ``shift`` eV added to the non-metal gap of structures whose B site is new.
+    """Prediction rows corrected where the structure's B site is new: gap + ``shift`` eV, P(non-metal) recalibrated.
 
-    Why: zero-shot gaps of families the network never saw come out low (on held-out families, out of
-    fold, by about half an eV), while those of its training families do not; the checkpoint's
-    ``new_family_gap_shift`` is that offset, fitted by :func:`matmeta.predict.calibrate.uncertainty_entry`.
-    Each row gets ``gap_shift`` (the eV added: 0 or ``shift``); the interval keeps its half-width.
+    Why: on families the network never saw (held out, out of fold) zero-shot gaps come out low by
+    about half an eV and P(non-metal) is over-confident (of the calls with P ≥ 0.8, 56 % are
+    non-metals), while on its training families neither holds. The checkpoint's
+    ``new_family_gap_shift`` and ``new_family_platt`` (``a``, ``b``: P ← sigmoid(a·logit P + b)) are fitted
+    on those families by :func:`matmeta.predict.calibrate.uncertainty_entry`. The call (metal or
+    non-metal) does not change: the recalibration is monotone, and the row's ``nonmetal_cut`` is the
+    checkpoint's cut mapped the same way. Each row gets ``gap_shift`` (the eV added: 0 or ``shift``)
+    and ``p_recalibrated``; the interval keeps its half-width.
     """
     out = []
     for row, structure in zip(rows, structures, strict=True):
-        applied = float(shift) if shift and b_site_unseen(structure, seen) else 0.0
-        row = {**row, "gap_shift": applied}
+        new = bool((shift or platt) and b_site_unseen(structure, seen))
+        applied = float(shift) if new and shift else 0.0
+        row = {**row, "gap_shift": applied, "p_recalibrated": bool(new and platt)}
         if applied:
             gap = row["gap_if_nonmetal"] + applied
             if row["gap_hi"] is not None:
@@ -103,5 +112,9 @@ def shift_new_family_gaps(
             row["gap_if_nonmetal"] = gap
             if row["band_gap"] != 0.0:  # called non-metal (a metal's band gap is exactly 0)
                 row["band_gap"] = gap
+        if new and platt:
+            from matmeta.conformal import platt as recalibrated
+
+            row["p_metal"] = 1.0 - float(recalibrated(1.0 - row["p_metal"], platt["a"], platt["b"]))
         out.append(row)
     return out

@@ -225,12 +225,28 @@ class Predictor:
         ]
 
     def new_family_rows(self, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
-        """``rows`` with the new-family gap correction (zero-shot only: none once the checkpoint is adapted)."""
-        from matmeta.predict.domain import shift_new_family_gaps
+        """``rows`` with the new-family corrections (zero-shot only: none once the checkpoint is adapted)."""
+        from matmeta.predict.domain import new_family_corrections
 
-        adapted = self.fast is not None or self.metadata.get("adapted") is not None
-        shift = 0.0 if adapted else float(self.uncertainty.get("new_family_gap_shift", 0.0))
-        return shift_new_family_gaps(rows, structures, self.sites_seen, shift)
+        if self.fast is not None or self.metadata.get("adapted") is not None:
+            return new_family_corrections(rows, structures, self.sites_seen, 0.0)
+        shift = float(self.uncertainty.get("new_family_gap_shift", 0.0))
+        return new_family_corrections(rows, structures, self.sites_seen, shift, self.new_family_platt)
+
+    @property
+    def new_family_platt(self) -> dict[str, float] | None:
+        """The checkpoint's P(non-metal) recalibration for new B sites (``a``, ``b``), or None."""
+        return self.uncertainty.get("new_family_platt")
+
+    @property
+    def new_family_cut(self) -> float:
+        """The non-metal cut on the recalibrated P of a new B site: the same calls as :attr:`nonmetal_cut` on raw P."""
+        from matmeta.conformal import platt
+
+        coefficients = self.new_family_platt
+        if not coefficients:
+            return self.nonmetal_cut
+        return float(platt(self.nonmetal_cut, coefficients["a"], coefficients["b"]))
 
     @property
     def nonmetal_cut(self) -> float:
