@@ -95,9 +95,10 @@ def new_family_corrections(
     non-metals), while on its training families neither holds. The checkpoint's
     ``new_family_gap_shift`` and ``new_family_platt`` (``a``, ``b``: P ← sigmoid(a·logit P + b)) are fitted
     on those families by :func:`matmeta.predict.calibrate.uncertainty_entry`. The call (metal or
-    non-metal) does not change: the recalibration is monotone, and the row's ``nonmetal_cut`` is the
-    checkpoint's cut mapped the same way. Each row gets ``gap_shift`` (the eV added: 0 or ``shift``)
-    and ``p_recalibrated``; the interval keeps its half-width.
+    non-metal) does not change: the recalibration is monotone, and the cut on the recalibrated P is the
+    checkpoint's cut mapped the same way (:attr:`matmeta.predict.predictor.Predictor.new_family_cut`).
+    Each row gets ``gap_shift`` (the eV added: 0 or ``shift``) and ``p_recalibrated``; the interval
+    keeps its half-width.
     """
     out = []
     for row, structure in zip(rows, structures, strict=True):
