@@ -178,3 +178,19 @@ def test_the_new_family_platt_is_fitted_on_every_family_zero_shot(parts):
     a, b = fit_platt(p, nonmetal)
     assert fitted["new_family_platt"] == pytest.approx({"a": a, "b": b}) and "new_family_platt" not in plain
     assert "new_family_platt" not in uncertainty_entry(shipped, 2, ["C", "D"], new_family_platt=True)  # needs folds
+
+
+def test_the_adapted_gap_shift_is_the_median_adapted_offset_and_moves_only_adapted_gaps(parts):
+    from matmeta.predict.calibrate import _adapted_list, uncertainty_entry
+
+    shipped, fold = parts
+    zero_only = uncertainty_entry(shipped, 2, ["C", "D"], [fold], new_family_shift=True)
+    both = uncertainty_entry(shipped, 2, ["C", "D"], [fold], new_family_shift=True, new_family_shift_adapted=True)
+    residuals = np.concatenate([part["gap"] for each in (shipped, fold) for part in _adapted_list(each)])
+    expected = -np.median(residuals[np.isfinite(residuals)])
+    assert both["new_family_gap_shift_adapted"] == pytest.approx(expected) and expected != 0.0
+    assert "new_family_gap_shift_adapted" not in zero_only
+    assert both["new_family_gap_shift"] == zero_only["new_family_gap_shift"]
+    assert both["conformal"]["zero_shot"] == zero_only["conformal"]["zero_shot"]  # zero-shot quantiles untouched
+    moved, plain = both["conformal"]["adapted"]["10"], zero_only["conformal"]["adapted"]["10"]
+    assert moved["band_gap_scaled"] != plain["band_gap_scaled"]  # the adapted quantiles see the offset

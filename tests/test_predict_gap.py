@@ -253,3 +253,15 @@ def test_new_family_platt_recalibrates_p_only_for_new_b_sites_and_keeps_every_ca
     assert predictor.new_family_cut == pytest.approx(float(platt(predictor.nonmetal_cut, 0.33, -0.75)))
     predictor.metadata["adapted"] = {"target": "band_gap", "kept": "adapted"}  # adapted: no new-family correction
     assert not any(r["p_recalibrated"] for r in predictor.predict_structures(structures, mc_samples=1))
+
+
+def test_the_adapted_offset_applies_only_after_an_adaptation_without_gap_labels():
+    predictor = _tiny()
+    predictor.sites_seen = {"A": ["Sr"], "B": ["Ti"], "X": ["O"]}
+    predictor.uncertainty.update({"new_family_gap_shift": 0.7, "new_family_gap_shift_adapted": 0.2})
+    structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf")]
+    predictor.metadata["adapted"] = {"target": "heat_ref", "kept": "adapted"}  # the gap head saw no labels
+    assert [r["gap_shift"] for r in predictor.predict_structures(structures, mc_samples=1)] == [0.0, 0.2]
+    for adapted in ({"target": "band_gap", "kept": "adapted"}, {"target": "heat_ref", "kept": "recalibrated"}):
+        predictor.metadata["adapted"] = adapted  # gap labels, or a fit on the user's data: no offset
+        assert [r["gap_shift"] for r in predictor.predict_structures(structures, mc_samples=1)] == [0.0, 0.0]

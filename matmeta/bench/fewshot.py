@@ -225,7 +225,7 @@ def score_maml(setup: Setup, results: Results, k: int, support: np.ndarray, quer
         zero_samples = maml(*q_batch.inputs(), mc_samples=mc)
     results.score("MAML", k).add(out, table, stats, query)
     results.score("MAML (no adaptation)", k).add(zero_maml, table, stats, query)
-    results.gaps.add_outputs("MAML", k, out, gap_truth)
+    results.gaps.add_outputs("MAML", k, out, gap_truth, adapted=True)
     results.gaps.add_outputs("MAML (no adaptation)", k, zero_maml, gap_truth, zero_shot=True)
     results.gaps.add_intervals("adapted", k, out, table, query, adapted_features["features"].numpy())
     results.gaps.add_intervals("zero_shot", k, zero_maml, table, query, zero_features["features"].numpy())

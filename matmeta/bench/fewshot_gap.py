@@ -52,6 +52,7 @@ class GapBench:
         self.stats = predictor.stats
         self.cut = predictor.nonmetal_cut
         self.new_family_shift = float(predictor.uncertainty.get("new_family_gap_shift", 0.0))  # test families: new
+        self.adapted_shift = float(predictor.uncertainty.get("new_family_gap_shift_adapted", 0.0))
         self.conformal = predictor.uncertainty.get("conformal")
         self.records: dict[tuple[str, int], GapRecord] = {}
         self.hits: dict[str, list[np.ndarray]] = {}
@@ -59,14 +60,17 @@ class GapBench:
         self.gap_families: dict[str, list[np.ndarray]] = {}  # family of every recorded non-metal gap hit
 
     def add_outputs(
-        self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray, zero_shot: bool = False
-    ) -> None:
+        self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray, zero_shot: bool = False,
+        adapted: bool = False,
+    ) -> None:  # fmt: skip
         """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV).
 
-        ``zero_shot``: unadapted outputs, which get the checkpoint's new-family gap offset (as ``predict`` adds it).
+        ``zero_shot`` / ``adapted``: the checkpoint's own unadapted / adapted outputs, which get its
+        new-family gap offsets (``new_family_gap_shift`` / ``new_family_gap_shift_adapted``).
         """
         p_nonmetal = 1.0 - torch.sigmoid(outputs[:, 1]).numpy()
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + (self.new_family_shift if zero_shot else 0.0)
+        offset = self.new_family_shift if zero_shot else (self.adapted_shift if adapted else 0.0)
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + offset
         self.add_arrays(method, k, p_nonmetal, np.where(p_nonmetal >= self.cut, gap, 0.0), truth)
 
     def probability_rows(self, method: str = "MAML (no adaptation)") -> list[tuple[str, float, float, int]]:
@@ -133,7 +137,8 @@ class GapBench:
         inside = np.abs(heat - table.heat_ref[query]) <= half["heat_ref_per_atom"] * n_atoms.numpy()
         self.hits.setdefault(f"heat_ref, {mode}", []).append(inside)
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + (self.new_family_shift if mode == "zero_shot" else 0.0)
+        offset = self.new_family_shift if mode == "zero_shot" else self.adapted_shift
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + offset
         called = 1.0 - torch.sigmoid(outputs[:, 1]).numpy() >= self.cut
         adapted = {"kept": "adapted", "n_support": k} if mode == "adapted" else {}
         width = gap_half_widths(self.predictor.uncertainty, adapted, ~called, features)

@@ -229,6 +229,7 @@ def uncertainty_entry(
     extra_gap_parts: Sequence[CalibrationParts] = (),
     new_family_shift: bool = False,
     new_family_platt: bool = False,
+    new_family_shift_adapted: bool = False,
 ) -> dict[str, Any]:
     """The checkpoint's ``uncertainty`` entry from the shipped model's ``parts``.
 
@@ -238,15 +239,20 @@ def uncertainty_entry(
     they also fix the zero-shot gap offset of new families (:func:`gap_shift`), which then enters the
     zero-shot gap residuals and is stored as ``new_family_gap_shift``. With ``new_family_platt`` the
     zero-shot P(non-metal) of those families is recalibrated (:func:`matmeta.conformal.fit_platt`) and
-    stored as ``new_family_platt`` (``a``, ``b``).
+    stored as ``new_family_platt`` (``a``, ``b``). With ``new_family_shift_adapted`` (and
+    ``new_family_shift``) the adapted gaps get their own offset, fitted the same way on the adapted
+    residuals and stored as ``new_family_gap_shift_adapted``.
     """
-    cut, shift = parts.cut, None
+    cut, shift, adapted_shift = parts.cut, None, 0.0
     if extra_gap_parts:
         cut = pooled_cut([parts, *extra_gap_parts])
         parts, extra_gap_parts = with_cut(parts, cut), [with_cut(extra, cut) for extra in extra_gap_parts]
         if new_family_shift:
             shift = gap_shift([parts, *extra_gap_parts])
-            parts, extra_gap_parts = with_gap_shift(parts, shift), [with_gap_shift(e, shift) for e in extra_gap_parts]
+            if new_family_shift_adapted:
+                adapted_shift = gap_shift([parts, *extra_gap_parts], adapted=True)
+            parts = with_gap_shift(parts, shift, adapted_shift)
+            extra_gap_parts = [with_gap_shift(e, shift, adapted_shift) for e in extra_gap_parts]
     zero_summary = _summary([parts.zero])
     adapted = {k: _summary(episodes) for k, episodes in parts.adapted.items()}
     pooled = _summary(_adapted_list(parts))  # non-metals are rare (~4%): one gap quantile over all k
@@ -272,6 +278,8 @@ def uncertainty_entry(
         out["difficulty"] = parts.difficulty
     if shift is not None:
         out["new_family_gap_shift"] = shift
+    if adapted_shift:
+        out["new_family_gap_shift_adapted"] = adapted_shift
     if new_family_platt and extra_gap_parts:
         from matmeta.conformal import fit_platt
 
@@ -294,19 +302,26 @@ def pooled_cut(all_parts: Sequence[CalibrationParts]) -> float:
     return balanced_threshold(p, nonmetal, MIN_PRECISION)
 
 
-def gap_shift(all_parts: Sequence[CalibrationParts]) -> float:
-    """The offset (eV) for zero-shot non-metal gaps of new families: median of −residual over ``all_parts``.
+def gap_shift(all_parts: Sequence[CalibrationParts], adapted: bool = False) -> float:
+    """The offset (eV) for non-metal gaps of new families: median of −residual over ``all_parts``.
 
-    The families here are new to the model that predicted them (validation families; held-out folds).
+    Zero-shot residuals, or with ``adapted`` those after adaptation (all k). The families here are new
+    to the model that predicted them (validation families; held-out folds).
     """
-    residuals = np.concatenate([np.asarray(each.zero["gap"], float) for each in all_parts])
+    chosen = [part for each in all_parts for part in (_adapted_list(each) if adapted else [each.zero])]
+    residuals = np.concatenate([np.asarray(part["gap"], float) for part in chosen])
     residuals = residuals[np.isfinite(residuals)]
     return float(-np.median(residuals)) if residuals.size else 0.0
 
 
-def with_gap_shift(parts: CalibrationParts, shift: float) -> CalibrationParts:
-    """A copy of ``parts`` whose zero-shot gap predictions are ``shift`` eV higher (adapted ones unchanged)."""
-    return dataclasses.replace(parts, zero={**parts.zero, "gap": np.asarray(parts.zero["gap"], float) + shift})
+def with_gap_shift(parts: CalibrationParts, shift: float, adapted_shift: float = 0.0) -> CalibrationParts:
+    """A copy of ``parts`` whose zero-shot gap predictions are ``shift`` eV higher, adapted ones ``adapted_shift``."""
+
+    def moved(part: dict[str, np.ndarray], by: float) -> dict[str, np.ndarray]:
+        return {**part, "gap": np.asarray(part["gap"], float) + by}
+
+    adapted = {k: [moved(part, adapted_shift) for part in episodes] for k, episodes in parts.adapted.items()}
+    return dataclasses.replace(parts, zero=moved(parts.zero, shift), adapted=adapted)
 
 
 def with_cut(parts: CalibrationParts, cut: float) -> CalibrationParts:
@@ -332,13 +347,14 @@ def recalibrate_checkpoint(
     open_shell_metal_offset: float | None = None,
     new_family_shift: bool = False,
     new_family_platt: bool = False,
+    new_family_shift_adapted: bool = False,
 ) -> dict[str, Any]:
     """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
 
     ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
     ``open_shell_metal_offset``: set this metal-logit hurdle on the network first (None: keep the checkpoint's).
-    ``new_family_shift`` / ``new_family_platt``: fit the new-family zero-shot gap offset / P(non-metal)
-    recalibration (both need ``extra_gap_parts``).
+    ``new_family_shift`` / ``new_family_platt`` / ``new_family_shift_adapted``: fit the new-family
+    zero-shot gap offset / P(non-metal) recalibration / adapted gap offset (all need ``extra_gap_parts``).
     """
     from matmeta.checkpoint import save_checkpoint
     from matmeta.predict.config import DataConfig
@@ -361,7 +377,9 @@ def recalibrate_checkpoint(
     episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
     train = predictor.metadata["families"]["train"]
     parts = calibration_parts(predictor.maml, table, predictor.stats, val, samples, episodes, seed, train)
-    result = uncertainty_entry(parts, samples, val, extra_gap_parts, new_family_shift, new_family_platt)
+    result = uncertainty_entry(
+        parts, samples, val, extra_gap_parts, new_family_shift, new_family_platt, new_family_shift_adapted
+    )
     if extra_gap_parts:
         result["cross_family"] = {
             "folds": len(extra_gap_parts),

@@ -135,6 +135,8 @@ class UncertaintyConfig:
         new_family_platt: ``matmeta calibrate`` also recalibrates the zero-shot P(non-metal) of such
             families (Platt scaling on the same held-out families); ``predict`` shows the recalibrated
             probability for structures whose B site is new (the call itself does not change).
+        new_family_gap_shift_adapted: also fit a gap offset for adapted predictions of such families
+            (on their adapted residuals); ``predict`` adds it after an adaptation that saw no gap labels.
     """
 
     mc_samples: int = 32
@@ -144,6 +146,7 @@ class UncertaintyConfig:
     open_shell_metal_offset: float = 0.0
     new_family_gap_shift: bool = False
     new_family_platt: bool = False
+    new_family_gap_shift_adapted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,4 +240,5 @@ def cross_calibrate(
         open_shell_metal_offset=settings.open_shell_metal_offset,
         new_family_shift=settings.new_family_gap_shift,
         new_family_platt=settings.new_family_platt,
+        new_family_shift_adapted=settings.new_family_gap_shift_adapted,
     )
