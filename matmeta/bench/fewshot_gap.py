@@ -59,18 +59,20 @@ class GapBench:
         self.widths: dict[str, list[np.ndarray]] = {}
         self.gap_families: dict[str, list[np.ndarray]] = {}  # family of every recorded non-metal gap hit
 
+    def gap_offset(self, mode: str | None) -> float:
+        """The new-family gap offset (eV) ``predict`` adds to ``mode`` outputs: ``zero_shot``, ``adapted`` or None."""
+        return {"zero_shot": self.new_family_shift, "adapted": self.adapted_shift}.get(mode or "", 0.0)
+
     def add_outputs(
-        self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray, zero_shot: bool = False,
-        adapted: bool = False,
-    ) -> None:  # fmt: skip
+        self, method: str, k: int, outputs: torch.Tensor, truth: np.ndarray, mode: str | None = None
+    ) -> None:
         """Record model outputs (G, 3) (normalised) for query gaps ``truth`` (eV).
 
-        ``zero_shot`` / ``adapted``: the checkpoint's own unadapted / adapted outputs, which get its
-        new-family gap offsets (``new_family_gap_shift`` / ``new_family_gap_shift_adapted``).
+        ``mode``: ``zero_shot`` / ``adapted`` for outputs that get the checkpoint's new-family gap
+        offsets (:meth:`gap_offset`); None for baselines.
         """
         p_nonmetal = 1.0 - torch.sigmoid(outputs[:, 1]).numpy()
-        offset = self.new_family_shift if zero_shot else (self.adapted_shift if adapted else 0.0)
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + offset
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + self.gap_offset(mode)
         self.add_arrays(method, k, p_nonmetal, np.where(p_nonmetal >= self.cut, gap, 0.0), truth)
 
     def probability_rows(self, method: str = "MAML (no adaptation)") -> list[tuple[str, float, float, int]]:
@@ -137,8 +139,7 @@ class GapBench:
         inside = np.abs(heat - table.heat_ref[query]) <= half["heat_ref_per_atom"] * n_atoms.numpy()
         self.hits.setdefault(f"heat_ref, {mode}", []).append(inside)
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
-        offset = self.new_family_shift if mode == "zero_shot" else self.adapted_shift
-        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + offset
+        gap = self.stats.decode_gap(outputs[:, 2]).numpy() + self.gap_offset(mode)
         called = 1.0 - torch.sigmoid(outputs[:, 1]).numpy() >= self.cut
         adapted = {"kept": "adapted", "n_support": k} if mode == "adapted" else {}
         width = gap_half_widths(self.predictor.uncertainty, adapted, ~called, features)

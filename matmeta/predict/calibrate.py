@@ -283,11 +283,16 @@ def uncertainty_entry(
     if new_family_platt and extra_gap_parts:
         from matmeta.conformal import fit_platt
 
-        p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in (parts, *extra_gap_parts)])
-        nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in (parts, *extra_gap_parts)])
-        a, b = fit_platt(p, nonmetal)
+        a, b = fit_platt(*_zero_shot_calls([parts, *extra_gap_parts]))
         out["new_family_platt"] = {"a": a, "b": b}
     return out
+
+
+def _zero_shot_calls(all_parts: Sequence[CalibrationParts]) -> tuple[np.ndarray, np.ndarray]:
+    """P(non-metal) and the true class of every zero-shot prediction of ``all_parts``, pooled."""
+    p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in all_parts])
+    nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in all_parts])
+    return p, nonmetal
 
 
 def pooled_cut(all_parts: Sequence[CalibrationParts]) -> float:
@@ -297,9 +302,7 @@ def pooled_cut(all_parts: Sequence[CalibrationParts]) -> float:
     model's validation families and the fold models' held-out training families (for the shipped
     recipe 37 families and 193 non-metals instead of 7 and 52).
     """
-    p = np.concatenate([np.asarray(each.zero["p_nonmetal"], float) for each in all_parts])
-    nonmetal = np.concatenate([np.asarray(each.zero["nonmetal"], bool) for each in all_parts])
-    return balanced_threshold(p, nonmetal, MIN_PRECISION)
+    return balanced_threshold(*_zero_shot_calls(all_parts), MIN_PRECISION)
 
 
 def gap_shift(all_parts: Sequence[CalibrationParts], adapted: bool = False) -> float:

@@ -100,6 +100,8 @@ def new_family_corrections(
     Each row gets ``gap_shift`` (the eV added: 0 or ``shift``) and ``p_recalibrated``; the interval
     keeps its half-width.
     """
+    from matmeta.conformal import platt as recalibrated
+
     out = []
     for row, structure in zip(rows, structures, strict=True):
         new = bool((shift or platt) and b_site_unseen(structure, seen))
@@ -114,8 +116,6 @@ def new_family_corrections(
             if row["band_gap"] != 0.0:  # called non-metal (a metal's band gap is exactly 0)
                 row["band_gap"] = gap
         if new and platt:
-            from matmeta.conformal import platt as recalibrated
-
             row["p_metal"] = 1.0 - float(recalibrated(1.0 - row["p_metal"], platt["a"], platt["b"]))
         out.append(row)
     return out

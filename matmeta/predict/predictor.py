@@ -228,9 +228,9 @@ class Predictor:
         """``rows`` with the new-family corrections (zero-shot only: none once the checkpoint is adapted)."""
         from matmeta.predict.domain import new_family_corrections
 
-        adapted = self.metadata.get("adapted")
-        if self.fast is not None or adapted is not None:  # the inner loop without gap labels keeps the offset
-            blind = (adapted or {}).get("kept") == "adapted" and (adapted or {}).get("target") != "band_gap"
+        adapted = self.metadata.get("adapted") or {}
+        if self.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
+            blind = adapted.get("kept") == "adapted" and adapted.get("target") != "band_gap"
             shift = float(self.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
             return new_family_corrections(rows, structures, self.sites_seen, shift)
         shift = float(self.uncertainty.get("new_family_gap_shift", 0.0))
