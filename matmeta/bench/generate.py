@@ -86,6 +86,8 @@ class GenerateBenchConfig:
         label_per_family: training compositions per family relaxed to check the structural criterion
             (:mod:`matmeta.design.cubic_labels`; cached in out/; 0: no check), and
         label_t_n: this many more drawn among the training compositions with t in ``label_t_range``.
+        label_per_family_more, label_t_n_more: two larger samples of the same kinds (seeds ``seed + 3`` and
+            ``seed + 2``; 0: none); a composition already labelled in an earlier sample counts once.
         abx3: run the ABX3 rows (false: only the double-perovskite rows).
         seed: the one seed.
         out_dir: where results.csv goes.
@@ -112,6 +114,8 @@ class GenerateBenchConfig:
     label_per_family: int = 6
     label_t_n: int = 150
     label_t_range: tuple[float, float] = (0.8, 1.15)
+    label_per_family_more: int = 0
+    label_t_n_more: int = 0
     abx3: bool = True
     seed: int = 0
     out_dir: Path = Path("out/bench/generate")
@@ -334,14 +338,18 @@ def _criterion_check(cfg: GenerateBenchConfig, root: Path, ctx: dict) -> None:
     if cfg.label_per_family <= 0 or shape is None:
         return
     store = cfg.store if cfg.store.is_absolute() else root / cfg.store
+    t_range = tuple(cfg.label_t_range)
     samples = [LabelSample(cfg.label_per_family, seed=cfg.seed)]
-    if cfg.label_t_n > 0:
-        samples.append(LabelSample(t_range=tuple(cfg.label_t_range), n=cfg.label_t_n, seed=cfg.seed + 1))
-    labels = []
+    samples += [LabelSample(t_range=t_range, n=cfg.label_t_n, seed=cfg.seed + 1)] if cfg.label_t_n > 0 else []
+    samples += [LabelSample(cfg.label_per_family_more, seed=cfg.seed + 3)] if cfg.label_per_family_more > 0 else []
+    samples += [LabelSample(t_range=t_range, n=cfg.label_t_n_more, seed=cfg.seed + 2)] if cfg.label_t_n_more > 0 else []
+    labels, seen = [], set()
     with progress() as bar:
         task = bar.add_task("relaxing training samples (CHGNet)", total=None)
         for sample in samples:
-            labels += cubic_labels(ctx["generator"], store, sample, root / "out", on_done=lambda: bar.advance(task))
+            rows = cubic_labels(ctx["generator"], store, sample, root / "out", on_done=lambda: bar.advance(task))
+            labels += [r for r in rows if r["formula"] not in seen]
+            seen.update(r["formula"] for r in rows)
     kept = sum(bool(r["kept"]) for r in labels)
     print_table(
         f"structural criterion on TRAINING compositions: {len(labels)} relaxed ({'; '.join(s.key for s in samples)};"
