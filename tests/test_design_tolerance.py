@@ -103,3 +103,22 @@ def test_label_report_counts_precision_and_recall_of_each_criterion():
     assert table["no t (rejected"][:2] == [1, 1]  # CsTiO3, kept, but rejected for want of a t
     assert table["none (every composition)"][:3] == [5, 3, pytest.approx(0.6)]
     assert LabelSample(t_range=(0.8, 1.15), n=150, seed=1).file_name == "cubic_labels_t0.8-1.15_n150_s1.csv"
+
+
+def test_merged_labels_count_a_formula_of_an_earlier_sample_once(tmp_path, monkeypatch):
+    from matmeta.design import cubic_labels as cl
+
+    samples = cl.label_samples((2, 3, 0, 4), (0.8, 1.15), seed=5)
+    assert [s.key for s in samples] == [
+        "2 per family, seed 5", "3 with 0.8 <= t <= 1.15, seed 6", "4 with 0.8 <= t <= 1.15, seed 7",
+    ]  # fmt: skip
+    per_sample = {samples[0].key: ["SrTiO3", "BaTiO3"], samples[1].key: ["BaTiO3", "KTaO3", "KTaO3"],
+                  samples[2].key: ["SrTiO3", "NaTaO3"]}  # fmt: skip
+
+    def fake(generator, store, sample, cache_dir, on_done=None):
+        return [{"formula": f, "sample": sample.key} for f in per_sample[sample.key]]
+
+    monkeypatch.setattr(cl, "cubic_labels", fake)
+    rows = cl.merged_labels(None, tmp_path, samples, tmp_path, lambda: None)
+    # an earlier sample's formula is dropped later; two structures of one formula in the same sample both stay
+    assert [r["formula"] for r in rows] == ["SrTiO3", "BaTiO3", "KTaO3", "KTaO3", "NaTaO3"]

@@ -86,8 +86,7 @@ class GenerateBenchConfig:
         label_per_family: training compositions per family relaxed to check the structural criterion
             (:mod:`matmeta.design.cubic_labels`; cached in out/; 0: no check), and
         label_t_n: this many more drawn among the training compositions with t in ``label_t_range``.
-        label_per_family_more, label_t_n_more: two larger samples of the same kinds (seeds ``seed + 3`` and
-            ``seed + 2``; 0: none); a composition already labelled in an earlier sample counts once.
+        label_per_family_more, label_t_n_more: larger samples of both kinds (cubic_labels.label_samples).
         abx3: run the ABX3 rows (false: only the double-perovskite rows).
         seed: the one seed.
         out_dir: where results.csv goes.
@@ -332,24 +331,17 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
 def _criterion_check(cfg: GenerateBenchConfig, root: Path, ctx: dict) -> None:
     """Relax (or read the cached) training samples and print how well the structural criterion predicts them."""
     from matmeta.console import print_table, progress
-    from matmeta.design.cubic_labels import KEPT_RMSD_ANG, LabelSample, cubic_labels, label_report
+    from matmeta.design.cubic_labels import KEPT_RMSD_ANG, label_report, label_samples, merged_labels
 
     shape = ctx["criterion"].shape
     if cfg.label_per_family <= 0 or shape is None:
         return
     store = cfg.store if cfg.store.is_absolute() else root / cfg.store
-    t_range = tuple(cfg.label_t_range)
-    samples = [LabelSample(cfg.label_per_family, seed=cfg.seed)]
-    samples += [LabelSample(t_range=t_range, n=cfg.label_t_n, seed=cfg.seed + 1)] if cfg.label_t_n > 0 else []
-    samples += [LabelSample(cfg.label_per_family_more, seed=cfg.seed + 3)] if cfg.label_per_family_more > 0 else []
-    samples += [LabelSample(t_range=t_range, n=cfg.label_t_n_more, seed=cfg.seed + 2)] if cfg.label_t_n_more > 0 else []
-    labels, seen = [], set()
+    sizes = (cfg.label_per_family, cfg.label_t_n, cfg.label_per_family_more, cfg.label_t_n_more)
+    samples = label_samples(sizes, tuple(cfg.label_t_range), cfg.seed)
     with progress() as bar:
         task = bar.add_task("relaxing training samples (CHGNet)", total=None)
-        for sample in samples:
-            rows = cubic_labels(ctx["generator"], store, sample, root / "out", on_done=lambda: bar.advance(task))
-            labels += [r for r in rows if r["formula"] not in seen]
-            seen.update(r["formula"] for r in rows)
+        labels = merged_labels(ctx["generator"], store, samples, root / "out", lambda: bar.advance(task))
     kept = sum(bool(r["kept"]) for r in labels)
     print_table(
         f"structural criterion on TRAINING compositions: {len(labels)} relaxed ({'; '.join(s.key for s in samples)};"

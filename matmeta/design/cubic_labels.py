@@ -167,6 +167,31 @@ def cubic_labels(
     return rows
 
 
+def label_samples(sizes: tuple[int, int, int, int], t_range: tuple[float, float], seed: int) -> list[LabelSample]:
+    """The benchmark's samples: (per family, in ``t_range``, more per family, more in ``t_range``), size 0 = none.
+
+    Their seeds are ``seed`` + 0, 1, 3 and 2 (the order in which they were added).
+    """
+    per_family, in_range, more_per_family, more_in_range = sizes
+    out = [LabelSample(per_family, seed=seed)] if per_family > 0 else []
+    out += [LabelSample(t_range=t_range, n=in_range, seed=seed + 1)] if in_range > 0 else []
+    out += [LabelSample(more_per_family, seed=seed + 3)] if more_per_family > 0 else []
+    return out + ([LabelSample(t_range=t_range, n=more_in_range, seed=seed + 2)] if more_in_range > 0 else [])
+
+
+def merged_labels(
+    generator: Any, store: str | Path, samples: list[LabelSample], cache_dir: str | Path, on_done: Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Labels of ``samples`` in order (:func:`cubic_labels`); a formula labelled in an earlier sample counts once."""
+    labels: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for sample in samples:
+        rows = cubic_labels(generator, store, sample, cache_dir, on_done=on_done)
+        labels += [r for r in rows if r["formula"] not in seen]
+        seen.update(r["formula"] for r in rows)
+    return labels
+
+
 def label_factors(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """t, μ and Bartel's τ of every labelled composition (from its A, B and anion sites)."""
     from matmeta.design.tolerance import factors
