@@ -172,11 +172,12 @@ def label_samples(sizes: tuple[int, int, int, int], t_range: tuple[float, float]
 
     Their seeds are ``seed`` + 0, 1, 3 and 2 (the order in which they were added).
     """
-    per_family, in_range, more_per_family, more_in_range = sizes
-    out = [LabelSample(per_family, seed=seed)] if per_family > 0 else []
-    out += [LabelSample(t_range=t_range, n=in_range, seed=seed + 1)] if in_range > 0 else []
-    out += [LabelSample(more_per_family, seed=seed + 3)] if more_per_family > 0 else []
-    return out + ([LabelSample(t_range=t_range, n=more_in_range, seed=seed + 2)] if more_in_range > 0 else [])
+    kinds = zip(sizes, (None, t_range, None, t_range), (0, 1, 3, 2), strict=True)  # size, t range or None, seed + k
+    return [
+        LabelSample(n, seed=seed + k) if r is None else LabelSample(t_range=r, n=n, seed=seed + k)
+        for n, r, k in kinds
+        if n > 0
+    ]
 
 
 def merged_labels(
