@@ -87,6 +87,21 @@ def test_fill_stops_at_its_draw_budget_with_the_stated_message():
     )
 
 
+def test_search_progress_follows_whatever_ends_the_search_first():
+    from matmeta.design.deliver import search_fraction
+
+    budget = FillBudget(max_draws=50, round_size=8)
+    result = fill(3, _cycling_proposer(PAIRS), GapByElement({"Xe"}), (1.5, 2.5), HEAT_ONLY, budget)
+    assert search_fraction(result, 3, budget) == 1.0  # no hit, but the draw budget is spent: the search is over
+    filled = fill(5, _cycling_proposer(PAIRS), GapByElement({"Ba"}), (1.5, 2.5), HEAT_ONLY, FillBudget(round_size=10))
+    assert search_fraction(filled, 5, FillBudget()) == 1.0
+    # asked for 50 with a roomy budget: the draws (2 per call) are the furthest along
+    hits, draws, calls = len(filled.hits), filled.draws, filled.calls
+    assert draws == 2 * calls and draws / 800 > max(hits / 50, calls / 4000)
+    assert search_fraction(filled, 50, FillBudget(max_draws=800, max_predictor_calls=4000)) == draws / 800 < 1
+    assert search_fraction(filled, 50, FillBudget(max_draws=10**6, max_predictor_calls=4000)) == hits / 50
+
+
 def test_fill_never_passes_its_predictor_budget_and_notices_an_exhausted_proposer():
     scorer = GapByElement({"Xe"})
     budget = FillBudget(max_predictor_calls=30, round_size=8)

@@ -167,7 +167,9 @@ def run_design(
         gen.adapt([s for _, s in family_examples], seed=request.seed)
     options = {"element_mask": mask, "temperature": request.temperature, "guidance": request.guidance}
     proposer = decoder_proposer(gen, window, known, request.seed, **options)
-    found = fill(request.n, proposer, scorer, window, criterion, budget, on_round=_fill_bar(progress, request.n))
+    found = fill(
+        request.n, proposer, scorer, window, criterion, budget, on_round=_fill_bar(progress, request.n, budget)
+    )
     gen.reset()
     screened = None
     if request.screen and reference is not None:
@@ -198,17 +200,28 @@ def budget_check(budget: FillBudget) -> None:
         raise MatmetaInputError(f"--max-predictor-calls {budget.max_predictor_calls}: must be >= 1")
 
 
-def _fill_bar(progress: Any | None, n: int) -> Callable[[FillResult], None] | None:
-    """A progress-bar callback for the fill loop: hits of n, with draws and predictor calls."""
+def search_fraction(result: FillResult, n: int, budget: FillBudget) -> float:
+    """How much of the search is done: hits of ``n`` or the budget spent, whichever is further (0 to 1).
+
+    The search ends at ``n`` hits or when a budget is spent, so the bar (and its time-left estimate) follows
+    whichever of the three ends it first, not the hits alone (rare hits made it promise hours).
+    """
+    done = max(len(result.hits) / max(n, 1), result.draws / budget.max_draws, result.calls / budget.max_predictor_calls)
+    return min(done, 1.0)
+
+
+def _fill_bar(progress: Any | None, n: int, budget: FillBudget) -> Callable[[FillResult], None] | None:
+    """A progress-bar callback for the fill loop: per cent of the search (:func:`search_fraction`), hits, draws."""
     if progress is None:
         return None
-    task = progress.add_task("filling: 0 draws, 0 predictor calls", total=n)
+    task = progress.add_task(f"filling: 0/{n} hits, 0 draws, 0 calls; % of search", total=100)
 
     def update(result: FillResult) -> None:
         progress.update(
             task,
-            completed=min(len(result.hits), n),
-            description=f"filling: {result.draws} draws, {result.calls} predictor calls",
+            completed=100.0 * search_fraction(result, n, budget),
+            description=f"filling: {min(len(result.hits), n)}/{n} hits, {result.draws} draws, {result.calls} calls; "
+            "% of search",
         )
 
     return update
