@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import threading
@@ -212,8 +213,18 @@ def test_a_server_without_labs_stops_with_a_reason_instead_of_skipping_rounds():
 
     cfg = FederateConfig(rounds=2, min_labs=1)
     coordinator = Coordinator(cfg, open_state({"w": torch.zeros(3)}, None), log=lambda m: None)
-    with pytest.raises(FederationError, match="no lab connected within 1 s"):
-        serve(coordinator, f"127.0.0.1:{_port()}", 1, wait_s=1.0, round_timeout_s=5.0)
+
+    def mine(*_):
+        return None
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with pytest.raises(FederationError, match="no lab connected within 1 s"):
+            serve(coordinator, f"127.0.0.1:{_port()}", 1, wait_s=1.0, round_timeout_s=5.0)
+        # Flower's server swaps in its own exit handlers; serve puts the process's own back
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert coordinator.state.round == 0 and coordinator.reports == []
 
 

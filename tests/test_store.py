@@ -219,6 +219,26 @@ def test_structure_files_with_targets_and_two_workers(tmp_path, nacl, cu, srtio3
         ingest(folder, tmp_path / "g.lmdb", targets=("gap",))
 
 
+def test_pool_workers_start_with_the_default_sigterm_whatever_the_parent_holds():
+    """A parent's SIGTERM handler that does not exit (Flower's server leaves one) must not reach the workers:
+    ``Pool.terminate()`` could not stop them and the ingest would hang in its final join."""
+    import signal
+
+    from matmeta.store.ingest import _worker_pool
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        pool = _worker_pool(2, "fork")
+        try:
+            handlers = pool.map(signal.getsignal, [signal.SIGTERM, signal.SIGTERM], chunksize=1)
+        finally:
+            pool.close()
+            pool.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handlers == [signal.SIG_DFL, signal.SIG_DFL]
+
+
 def test_records_are_safetensors_and_the_store_pickles(tmp_path, srtio3):
     from safetensors.numpy import load
 

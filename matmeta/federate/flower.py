@@ -7,8 +7,9 @@ Imported only by :mod:`matmeta.federate.run` and tests (``flwr`` is heavy).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -153,11 +154,34 @@ def serve(
     if rounds <= 0:
         return
     strategy = MetaStrategy(coordinator, min_labs, wait_s, audit)
-    start_server(
-        server_address=address, config=ServerConfig(num_rounds=rounds, round_timeout=round_timeout_s), strategy=strategy
-    )
+    with _signal_handlers_kept():
+        start_server(
+            server_address=address,
+            config=ServerConfig(num_rounds=rounds, round_timeout=round_timeout_s),
+            strategy=strategy,
+        )
     if strategy.stopped is not None:
         raise FederationError(f"{address}: {strategy.stopped}")
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Restore the SIGINT / SIGTERM / SIGQUIT handlers that Flower's ``start_server`` replaces.
+
+    Flower installs its own "graceful exit" handlers and never removes them. In a process that goes on
+    after the server (a notebook, a test run, an application calling :func:`serve`), they would outlive the
+    server; a process forked later (an ingest's worker pool) would then ignore the SIGTERM that stops it.
+    """
+    import signal
+
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGQUIT") if hasattr(signal, name)]
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in saved.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back from here
+                signal.signal(getattr(signal, name), handler)
 
 
 def wait_for_server(address: str, max_wait_s: float) -> None:

@@ -74,14 +74,27 @@ def _worker_pool(processes: int, start_method: str | None) -> Any:
         import matmeta.io  # noqa: F401
     context = multiprocessing.get_context(method)
     if method != "fork" or gc.get_freeze_count():  # (a caller's own freeze is left as it is)
-        return _QuietPool(processes=processes, context=context)
+        return _QuietPool(processes=processes, context=context, initializer=default_signals)
     # forked workers inherit every object of this process (torch, pymatgen, a caller's data); frozen,
     # their garbage collector leaves those alone instead of walking them (and copying their pages)
     gc.freeze()
     try:
-        return _QuietPool(processes=processes, context=context)
+        return _QuietPool(processes=processes, context=context, initializer=default_signals)
     finally:
         gc.unfreeze()
+
+
+def default_signals() -> None:
+    """Pool-worker initializer: SIGTERM and SIGINT back to their defaults.
+
+    A forked worker inherits its parent's Python signal handlers. Where the parent holds one for SIGTERM
+    that does not exit (Flower's ``start_server`` installs one and keeps it), ``Pool.terminate()`` cannot
+    stop a worker that waits for work, and the ingest hangs in its final ``join()``.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _QuietPool(multiprocessing.pool.Pool):
