@@ -220,8 +220,8 @@ def test_structure_files_with_targets_and_two_workers(tmp_path, nacl, cu, srtio3
 
 
 def test_pool_workers_start_with_the_default_sigterm_whatever_the_parent_holds():
-    """A parent's SIGTERM handler that does not exit (Flower's server leaves one) must not reach the workers:
-    ``Pool.terminate()`` could not stop them and the ingest would hang in its final join."""
+    """A parent's own SIGTERM handler (Flower's server left one) must not reach the workers: they would run
+    it instead of stopping on ``Pool.terminate()``, and the ingest hung in its final join."""
     import signal
 
     from matmeta.store.ingest import _worker_pool

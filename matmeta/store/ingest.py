@@ -87,9 +87,10 @@ def _worker_pool(processes: int, start_method: str | None) -> Any:
 def default_signals() -> None:
     """Pool-worker initializer: SIGTERM and SIGINT back to their defaults.
 
-    A forked worker inherits its parent's Python signal handlers. Where the parent holds one for SIGTERM
-    that does not exit (Flower's ``start_server`` installs one and keeps it), ``Pool.terminate()`` cannot
-    stop a worker that waits for work, and the ingest hangs in its final ``join()``.
+    A forked worker inherits its parent's Python signal handlers. Where the parent holds its own SIGTERM
+    handler (Flower's ``start_server`` installs one that logs, sends telemetry and stops the parent's gRPC
+    server before exiting, and keeps it), the worker runs that instead of dying on ``Pool.terminate()``; in
+    a forked copy it can wait for ever, and the ingest hung in its final ``join()`` (seen in a test run).
     """
     import signal
 
