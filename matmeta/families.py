@@ -15,15 +15,29 @@ Kinds (``by``):
   relaxation moved the nominal A cation into the tighter shell). Structures that are not
   A B X3 raise a ``MatmetaInputError`` saying so.
 - ``chemsys``: elements joined by "-" in alphabetical order ("O-Sr-Ti").
-- ``spacegroup``: international symbol found by spglib at ``SYMPREC`` Å ("Pm-3m").
+- ``anion_class``: what the most electronegative element makes of the compound ("oxide", "sulfide",
+  "fluoride", "nitride", "arsenide", ... for the elements of :data:`ANION_CLASSES`), "intermetallic"
+  when that element is a metal. One word per structure: an oxyfluoride counts as a fluoride, a sulfate as
+  an oxide (composition alone cannot tell sulfate S(VI) from sulfide S(-II)).
+- ``cation``: the least electronegative element ("Ba" for BaTiO3, "Li" for LiFePO4, "Ga" for GaAs).
+- ``spacegroup``: international symbol found by spglib at ``SYMPREC_STORE`` Å ("Pm-3m").
+- ``prototype``: anonymous formula, space-group number and the occupied Wyckoff letters (one per
+  symmetry-inequivalent site, sorted), e.g. "ABC3_221_abc" for a cubic perovskite, "AB_225_ab" for
+  rock salt: spglib at ``SYMPREC_STORE`` = 0.1 Å (the Materials Project's tolerance for its relaxed
+  cells). Wyckoff letters depend on the origin choice, so one structure type can appear under two
+  keys (cubic perovskites as "ABC3_221_abc" and "ABC3_221_abd"); the prototype signature (site
+  symmetries instead of letters, :func:`matmeta.prototypes.symmetry_keys_of`) is the same for both,
+  and family splits keep such keys on one side.
 - ``column:<name>``: a column of the ingest CSV, kept in the store (see ``GraphStore.family_keys``).
+
+The two symmetry kinds need a spglib search (~2 ms per 20-atom cell): the store computes them on
+first use and keeps them beside the records (:mod:`matmeta.store.symmetry`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -31,16 +45,32 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matmeta.errors import MatmetaInputError
+from matmeta.prototypes import (  # noqa: F401 - spacegroup_of, SYMPREC: re-exported
+    SYMPREC,
+    SYMPREC_STORE,
+    format_amount,
+    prototype,
+    spacegroup,
+    spacegroup_of,
+    structure_arrays,
+    symmetry_keys_of,
+)
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from matmeta.geometry import Pairs
 
-STRUCTURE_KINDS = ("anion_set", "b_site", "a_site", "chemsys", "spacegroup")
+STRUCTURE_KINDS = ("anion_set", "anion_class", "cation", "b_site", "a_site", "chemsys", "spacegroup", "prototype")
+SYMMETRY_KINDS = ("spacegroup", "prototype")
 ANIONS = ("N", "O", "F", "S", "Cl", "Se", "Br", "Te", "I")
 ANION_MIN_ELECTRONEGATIVITY = 2.5
-SYMPREC = 0.01
+#: Elements that act as the anion of a compound when they are its most electronegative element.
+ANION_CLASSES = {
+    "O": "oxide", "N": "nitride", "F": "fluoride", "Cl": "chloride", "Br": "bromide", "I": "iodide",
+    "S": "sulfide", "Se": "selenide", "Te": "telluride", "H": "hydride", "C": "carbide", "B": "boride",
+    "Si": "silicide", "P": "phosphide", "As": "arsenide", "Sb": "antimonide",
+}  # fmt: skip
 
 
 @functools.cache
@@ -57,20 +87,6 @@ def _symbol_of(number: int) -> str:
     from pymatgen.core.periodic_table import Element
 
     return Element.from_Z(int(number)).symbol
-
-
-def _arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not structure.is_ordered:
-        raise MatmetaInputError(f"{structure.composition.reduced_formula}: partially occupied sites have no family key")
-    return structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers, dtype=np.int64)
-
-
-def _format_amount(amount: float) -> str:
-    if abs(amount - 1) < 1e-6:
-        return ""
-    if abs(amount - round(amount)) < 1e-6:
-        return str(int(round(amount)))
-    return f"{amount:.3g}"
 
 
 def anion_elements(elements: Iterable[str]) -> set[str]:
@@ -103,12 +119,51 @@ def _anion_set_of_counts(counts: dict[str, int]) -> str:
     anions = sorted(anion_elements(counts), key=lambda s: (s != "O", s))
     if not anions:
         return "none"
-    return "".join(f"{s}{_format_amount(counts[s] / divisor)}" for s in anions)
+    return "".join(f"{s}{format_amount(counts[s] / divisor)}" for s in anions)
 
 
 def anion_set(structure: Structure) -> str:
     """Anions per formula unit, oxygen first then alphabetical, e.g. "O3", "O2N", "OFN"; "none" without anions."""
-    return anion_set_of(_arrays(structure)[2])
+    return anion_set_of(structure_arrays(structure)[2])
+
+
+def anion_class_of(numbers: np.ndarray) -> str:
+    """:func:`anion_class` from atomic numbers (see the module docstring).
+
+    Shapes:
+        numbers: (N,)
+    """
+    return _anion_class(frozenset(_counts(numbers)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _anion_class(elements: frozenset[str]) -> str:
+    most = max(sorted(elements), key=electronegativity)
+    return ANION_CLASSES.get(most, "intermetallic") if len(elements) > 1 else "element"
+
+
+def cation_of(numbers: np.ndarray) -> str:
+    """:func:`cation` from atomic numbers: the least electronegative element (noble gases, χ unknown, last).
+
+    Shapes:
+        numbers: (N,)
+    """
+    return _cation(frozenset(_counts(numbers)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _cation(elements: frozenset[str]) -> str:
+    return min(sorted(elements), key=lambda s: (electronegativity(s) == 0.0, electronegativity(s)))
+
+
+def anion_class(structure: Structure) -> str:
+    """The anion class: oxide, sulfide, intermetallic, … (see the module docstring); element for an elemental solid."""
+    return anion_class_of(structure_arrays(structure)[2])
+
+
+def cation(structure: Structure) -> str:
+    """The least electronegative element of ``structure``."""
+    return cation_of(structure_arrays(structure)[2])
 
 
 def chemsys_of(numbers: np.ndarray) -> str:
@@ -118,29 +173,7 @@ def chemsys_of(numbers: np.ndarray) -> str:
 
 def chemsys(structure: Structure) -> str:
     """Elements joined by "-" in alphabetical order."""
-    return chemsys_of(_arrays(structure)[2])
-
-
-def spacegroup_of(lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, symprec: float = SYMPREC) -> str:
-    """:func:`spacegroup` from arrays.
-
-    Shapes:
-        lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
-    """
-    import spglib
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # spglib 2.x: about its error-handling mode
-        try:
-            symbol = spglib.get_spacegroup((lattice, frac_coords, numbers), symprec=symprec)
-        except spglib.SpglibError:  # raised instead of returning None when OLD_ERROR_HANDLING is off
-            symbol = None
-    return symbol.split(" (")[0] if symbol else "P1"
-
-
-def spacegroup(structure: Structure, symprec: float = SYMPREC) -> str:
-    """International space-group symbol from spglib ("P1" when spglib finds no symmetry)."""
-    return spacegroup_of(*_arrays(structure), symprec=symprec)
+    return chemsys_of(structure_arrays(structure)[2])
 
 
 def perovskite_sites_of(
@@ -210,7 +243,7 @@ def perovskite_sites(structure: Structure, name: str | None = None) -> tuple[str
     Raises:
         MatmetaInputError: not A B X3 by composition, or A and B not separable by their anion shells.
     """
-    return perovskite_sites_of(*_arrays(structure), name or structure.composition.reduced_formula)
+    return perovskite_sites_of(*structure_arrays(structure), name or structure.composition.reduced_formula)
 
 
 def family_key(structure: Structure, by: str, name: str | None = None) -> str:
@@ -224,8 +257,12 @@ def family_key(structure: Structure, by: str, name: str | None = None) -> str:
         return anion_set(structure)
     if by == "chemsys":
         return chemsys(structure)
-    if by == "spacegroup":
-        return spacegroup(structure)
+    if by in SYMMETRY_KINDS:
+        return spacegroup(structure) if by == "spacegroup" else prototype(structure)
+    if by == "anion_class":
+        return anion_class(structure)
+    if by == "cation":
+        return cation(structure)
     if by in ("a_site", "b_site"):
         a_site, b_site = perovskite_sites(structure, name)
         return b_site if by == "b_site" else a_site
@@ -246,8 +283,8 @@ def all_family_keys_of(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Every structural family key from arrays (as stored per record at ingest).
 
-    ``symmetry=False`` leaves out ``spacegroup``, the one key that needs a symmetry search (about
-    70 % of the time of all keys); the store computes it on first use instead. ``found``: see
+    ``symmetry=False`` leaves out ``spacegroup`` and ``prototype``, the keys that need a symmetry search
+    (about 70 % of the time of all keys); the store computes them on first use instead. ``found``: see
     :func:`perovskite_sites_of`.
 
     Returns:
@@ -258,9 +295,16 @@ def all_family_keys_of(
         lattice: (3, 3); frac_coords: (N, 3); numbers: (N,)
     """
     counts = _counts(numbers)
-    keys: dict[str, str] = {"anion_set": _anion_set_of_counts(counts), "chemsys": "-".join(sorted(counts))}
+    elements = frozenset(counts)
+    keys: dict[str, str] = {
+        "anion_set": _anion_set_of_counts(counts),
+        "anion_class": _anion_class(elements),
+        "cation": _cation(elements),
+        "chemsys": "-".join(sorted(counts)),
+    }
     if symmetry:
-        keys["spacegroup"] = spacegroup_of(lattice, frac_coords, numbers)
+        found_keys = symmetry_keys_of(lattice, frac_coords, numbers)
+        keys["spacegroup"], keys["prototype"] = found_keys["spacegroup"], found_keys["prototype"]
     errors: dict[str, str] = {}
     try:
         keys["a_site"], keys["b_site"] = perovskite_sites_of(lattice, frac_coords, numbers, name, found)
@@ -271,7 +315,7 @@ def all_family_keys_of(
 
 def all_family_keys(structure: Structure, name: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Every structural family key of ``structure``; see :func:`all_family_keys_of`."""
-    return all_family_keys_of(*_arrays(structure), name or structure.composition.reduced_formula)
+    return all_family_keys_of(*structure_arrays(structure), name or structure.composition.reduced_formula)
 
 
 def family_statistics(

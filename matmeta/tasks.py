@@ -48,6 +48,7 @@ def split_families(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     min_size: int = 1,
+    groups: dict[str, str] | None = None,
 ) -> FamilySplit:
     """Seeded leave-family-out split of family names into train/val/test.
 
@@ -56,6 +57,8 @@ def split_families(
         fractions: Shares of families (not items) for train, val and test; must sum to 1.
         seed: The same seed and families give the same split.
         min_size: Families with fewer items are left out of every split (``dropped``).
+        groups: family → group: families of one group land in the same split (e.g. one structure type
+            under two Wyckoff settings); the shares then count groups. None: every family its own group.
 
     Returns:
         A :class:`FamilySplit`. Validation and test get at least one family each when their
@@ -71,6 +74,15 @@ def split_families(
     dropped = tuple(sorted(f for f, n in sizes.items() if n < min_size))
     if not kept:
         raise ValueError(f"no family has at least {min_size} items")
+    if groups:
+        members: dict[str, list[str]] = {}
+        for family in kept:
+            members.setdefault(groups.get(family, family), []).append(family)
+        names = sorted(members)
+        shuffled = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+        split = split_families(shuffled, fractions, seed, 1)
+        pick = {name: [f for group in split.of(name) for f in members[group]] for name in ("train", "val", "test")}
+        return FamilySplit(*(tuple(sorted(pick[name])) for name in ("train", "val", "test")), dropped=dropped)
     order = [kept[i] for i in np.random.default_rng(seed).permutation(len(kept))]
     n = len(order)
     n_val = int(round(fractions[1] * n))

@@ -140,9 +140,7 @@ def test_a_trained_fold_is_reused_only_for_the_same_training_settings(random_gra
     assert load_trained(tmp_path / "missing.ckpt", key, table, 6.0) is None
     maml, stats = load_trained(path, key, table, 6.0)
     assert maml.model.config.open_shell_metal_offset == 6.0 and stats == fold_stats
-    torch.testing.assert_close(
-        table.y, fold_stats.encode(table.heat_ref, table.band_gap, table.n_atoms), equal_nan=True
-    )
+    torch.testing.assert_close(table.y, fold_stats.encode(table.energy, table.band_gap, table.n_atoms), equal_nan=True)
     for name, value in predictor.maml.state_dict().items():
         torch.testing.assert_close(maml.state_dict()[name], value)
 

@@ -163,7 +163,19 @@ def test_explain_cli_flags_a_wrong_measurement(tmp_path):
     out = tmp_path / "influence.csv"
     result = CliRunner().invoke(
         app,
-        ["explain", "--model", str(checkpoint), "--support", str(support), "--query", str(queries), "--out", str(out)],
+        [
+            "explain",
+            "--model",
+            str(checkpoint),
+            "--target",
+            "heat_ref",
+            "--support",
+            str(support),
+            "--query",
+            str(queries),
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 1, result.output  # the broken row is reported, the rest explained
     output = " ".join(result.output.split())  # rich wraps long lines
@@ -187,7 +199,18 @@ def test_explain_cli_refuses_too_few_support_points(tmp_path):
     query = tmp_path / "q.cif"
     query.write_text(structure_to_cif(structures[name]))
     result = CliRunner().invoke(
-        app, ["explain", "--model", str(_tiny_predictor(tmp_path)), "--support", str(support), "--query", str(query)]
+        app,
+        [
+            "explain",
+            "--model",
+            str(_tiny_predictor(tmp_path)),
+            "--target",
+            "heat_ref",
+            "--support",
+            str(support),
+            "--query",
+            str(query),
+        ],
     )
     assert result.exit_code != 0
     assert "explain needs ≥ 2" in str(result.exception)

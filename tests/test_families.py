@@ -20,7 +20,10 @@ def perovskite(a_site, b_site, anions=("O", "O", "O"), a=3.9, b_shift=(0, 0, 0))
 def test_srtio3_keys(srtio3):
     keys, errors = all_family_keys(srtio3)
     assert errors == {}
-    assert keys == {"anion_set": "O3", "chemsys": "O-Sr-Ti", "spacegroup": "Pm-3m", "a_site": "Sr", "b_site": "Ti"}
+    assert keys == {
+        "anion_set": "O3", "anion_class": "oxide", "cation": "Sr", "chemsys": "O-Sr-Ti", "spacegroup": "Pm-3m",
+        "prototype": "ABC3_221_abc", "a_site": "Sr", "b_site": "Ti",
+    }  # fmt: skip
 
 
 def test_b_site_is_geometric_not_chemical():

@@ -158,7 +158,7 @@ def test_message_audit_no_structure_label_or_family_name_reaches_the_server():
     labs = [_secret_lab(1), _secret_lab(2)]
     secrets = [f for lab in labs for f in lab.families] + [i for lab in labs for i in lab.table.ids]
     labels = np.concatenate(
-        [np.concatenate([lab.table.heat_ref, lab.table.band_gap[lab.table.band_gap > 0]]) for lab in labs]
+        [np.concatenate([lab.table.energy, lab.table.band_gap[lab.table.band_gap > 0]]) for lab in labs]
     )
     received: list[dict] = []
     state = open_state(new_model_state(recipe.model, recipe.maml_settings(), 0), None)

@@ -224,11 +224,11 @@ def test_pool_workers_start_with_the_default_sigterm_whatever_the_parent_holds()
     it instead of stopping on ``Pool.terminate()``, and the ingest hung in its final join."""
     import signal
 
-    from matmeta.store.ingest import _worker_pool
+    from matmeta.store.pool import worker_pool
 
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        pool = _worker_pool(2, "fork")
+        pool = worker_pool(2, "fork")
         try:
             handlers = pool.map(signal.getsignal, [signal.SIGTERM, signal.SIGTERM], chunksize=1)
         finally:

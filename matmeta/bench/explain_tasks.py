@@ -157,7 +157,7 @@ class PredictorTask:
         test = set(families["test"])
         self.family_members: dict[str, list[int]] = {}
         for i, family in enumerate(table.families):
-            if family in test and math.isfinite(table.heat_ref[i]):
+            if family in test and math.isfinite(table.energy[i]):
                 self.family_members.setdefault(family, []).append(i)
         self.families = sorted(self.family_members)
         known = torch.as_tensor(sorted(predictor.elements_seen), dtype=torch.long)
@@ -195,7 +195,7 @@ class PredictorTask:
 
         def item(i: int, shift: float = 0.0) -> tuple[Any, ...]:
             graph = self.graphs[i]
-            heat = np.array([self.table.heat_ref[i] + shift])
+            heat = np.array([self.table.energy[i] + shift])
             y = stats.encode(heat, np.array([np.nan]), np.array([float(graph[0].shape[0])]))[0]
             return (*graph, y)
 

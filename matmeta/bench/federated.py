@@ -187,7 +187,7 @@ def _mae(setup: Setup, recipe: Any, state: Any, episodes: list, finetune_lr: flo
 
     table = setup.data.table
     stats = TargetStats(**state.extra["stats"])
-    table.y = stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
+    table.y = stats.encode(table.energy, table.band_gap, table.n_atoms)
     maml = predictor_state(recipe, state)
     steps = maml.inner_steps
     maes = []
@@ -198,7 +198,7 @@ def _mae(setup: Setup, recipe: Any, state: Any, episodes: list, finetune_lr: flo
         else:
             out = predict_outputs(adam_finetune(maml.model, table, support, steps, finetune_lr), table, query)
         heat = stats.decode_heat(out[:, 0], torch.as_tensor(table.n_atoms[query], dtype=torch.float32)).numpy()
-        maes.append(float(np.mean(np.abs(heat - table.heat_ref[query]))))
+        maes.append(float(np.mean(np.abs(heat - table.energy[query]))))
     return mean_ci95(maes)
 
 

@@ -214,7 +214,7 @@ def score_maml(setup: Setup, results: Results, k: int, support: np.ndarray, quer
     mc = int(predictor.uncertainty.get("mc_samples", 32))
     s_batch, q_batch = table.batch(support), table.batch(query)
     n_atoms_q = q_batch.n_atoms
-    truth, gap_truth = table.heat_ref[query], table.band_gap[query]
+    truth, gap_truth = table.energy[query], table.band_gap[query]
     fast = maml.adapt(s_batch, loss_fn)
     with torch.no_grad():
         with head_features(maml.model) as adapted_features:
@@ -248,7 +248,7 @@ def score_baselines(
     from matmeta.models.gnn import CrystalGNN
 
     table, stats = setup.table, setup.predictor.stats
-    truth, gap_truth = table.heat_ref[query], table.band_gap[query]
+    truth, gap_truth = table.energy[query], table.band_gap[query]
     tuned = predict_outputs(adam_finetune(setup.pooled, table, support, setup.steps, setup.best_lr), table, query)
     results.score("fine-tune", k).add(tuned, table, stats, query)
     results.gaps.add_outputs("fine-tune", k, tuned, gap_truth)
@@ -258,7 +258,7 @@ def score_baselines(
     torch.manual_seed(config.seed * 100_003 + k * 1009 + number)
     scratch = adam_finetune(CrystalGNN(setup.model_config), table, support, config.scratch_steps, config.scratch_lr)
     results.score("scratch", k).add(predict_outputs(scratch, table, query), table, stats, query)
-    per_atom = np.mean(table.heat_ref[support] / table.n_atoms[support])  # support mean per atom x atom count
+    per_atom = np.mean(table.energy[support] / table.n_atoms[support])  # support mean per atom x atom count
     results.score("mean", k).add_heat(per_atom * table.n_atoms[query], truth)
     # linear recalibration of the unadapted checkpoint (and the support mean's band gap)
     results.score("recalibrated", k).add_heat(results.gaps.add_baselines(k, support, query, table), truth)

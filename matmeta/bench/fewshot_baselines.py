@@ -76,7 +76,7 @@ class Scores:
         """Record predictions (model outputs (G, 3)) for the structures at ``query``."""
         n_atoms = torch.as_tensor(table.n_atoms[query], dtype=torch.float32)
         heat = stats.decode_heat(outputs[:, 0], n_atoms).numpy()
-        self.add_heat(heat, table.heat_ref[query])
+        self.add_heat(heat, table.energy[query])
         self.p_metal.append(torch.sigmoid(outputs[:, 1]).numpy())
         self.gap_pred.append(stats.decode_gap(outputs[:, 2]).numpy())
         self.gap_true.append(table.band_gap[query])
@@ -179,14 +179,14 @@ def random_split(
     order = rng.permutation(len(table))
     cut = int(0.8 * len(table))
     train, test = order[:cut], order[cut:]
-    stats = TargetStats.fit(table.heat_ref[train], table.band_gap[train], table.n_atoms[train])
+    stats = TargetStats.fit(table.energy[train], table.band_gap[train], table.n_atoms[train])
     if quick:
         train, test = train[:64], test[:64]
-    local = dataclasses.replace(table, y=stats.encode(table.heat_ref, table.band_gap, table.n_atoms))
+    local = dataclasses.replace(table, y=stats.encode(table.energy, table.band_gap, table.n_atoms))
     key = {"split": "random80/20", "seed": seed, "epochs": epochs, "n": len(table),
            "model": training_fields(model_config), "lr": lr}  # fmt: skip
     model = pooled_model(local, train, model_config, epochs, lr, seed,
                          out_dir / "random_split.ckpt", key)  # fmt: skip
     outputs = predict_outputs(model, local, test)
     heat = stats.decode_heat(outputs[:, 0], torch.as_tensor(local.n_atoms[test], dtype=torch.float32)).numpy()
-    return float(np.mean(np.abs(heat - local.heat_ref[test]))), len(train)
+    return float(np.mean(np.abs(heat - local.energy[test]))), len(train)

@@ -106,19 +106,20 @@ class GapBench:
     def add_baselines(self, k: int, support: np.ndarray, query: np.ndarray, table: Any) -> np.ndarray:
         """Linear recalibration and support mean for both targets; returns the recalibrated heat (eV/cell)."""
         from matmeta.predict.adaptation import fit_choice, raw_outputs, transform
+        from matmeta.predict.data import ENERGY
 
         truth = table.band_gap[query]
         raw_s = raw_outputs(self.predictor, table.batch(support))
         raw_q = raw_outputs(self.predictor, table.batch(query))
         threshold = self.stats.metal_threshold_ev
-        heat_fit = fit_choice("recalibrated", raw_s, table.heat_ref[support], "heat_ref", threshold)
+        heat_fit = fit_choice("recalibrated", raw_s, table.energy[support], ENERGY, threshold)
         gap_s = table.band_gap[support]
         gap_q = transform(raw_q, fit_choice("recalibrated", raw_s, gap_s, "band_gap", threshold), "band_gap")
         p_nonmetal = 1.0 / (1.0 + np.exp(np.clip(gap_q["metal_logit"], -60, 60)))
         self.add_arrays("recalibrated", k, p_nonmetal, np.where(p_nonmetal >= self.cut, gap_q["gap"], 0.0), truth)
         mean = np.full(len(query), float(np.mean(gap_s)))
         self.add_arrays("mean", k, np.full(len(query), float(np.mean(gap_s > threshold))), mean, truth)
-        return transform(raw_q, heat_fit, "heat_ref")["heat_per_atom"] * raw_q["n_atoms"]
+        return transform(raw_q, heat_fit, ENERGY)["heat_per_atom"] * raw_q["n_atoms"]
 
     def add_intervals(
         self, mode: str, k: int, outputs: torch.Tensor, table: Any, query: np.ndarray, features: np.ndarray
@@ -136,7 +137,7 @@ class GapBench:
         half = self.conformal["zero_shot"] if mode == "zero_shot" else self.conformal["adapted"][str(k)]
         n_atoms = torch.as_tensor(table.n_atoms[query], dtype=torch.float32)
         heat = self.stats.decode_heat(outputs[:, 0], n_atoms).numpy()
-        inside = np.abs(heat - table.heat_ref[query]) <= half["heat_ref_per_atom"] * n_atoms.numpy()
+        inside = np.abs(heat - table.energy[query]) <= half["heat_ref_per_atom"] * n_atoms.numpy()
         self.hits.setdefault(f"heat_ref, {mode}", []).append(inside)
         nonmetal = table.band_gap[query] > self.stats.metal_threshold_ev
         gap = self.stats.decode_gap(outputs[:, 2]).numpy() + self.gap_offset(mode)
@@ -195,7 +196,7 @@ def family_coverage_rows(gaps: GapBench) -> list[tuple]:
 
 def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_measurements.csv")) -> list[tuple[str, float, str]]:
     """Leave-one-out MAE (eV) of every finetune candidate on the lab-measured oxide gaps."""
-    from matmeta.predict.data import read_support
+    from matmeta.predict.support import read_support
 
     if not csv_path.exists():
         return []

@@ -201,7 +201,7 @@ def throughput(
         writer = csv.writer(handle)
         writer.writerow(["name", "cif", "heat_ref"])
         for i in members:
-            writer.writerow([table.ids[i], structure_to_cif(recipe_store.structure(i)), table.heat_ref[i]])
+            writer.writerow([table.ids[i], structure_to_cif(recipe_store.structure(i)), table.energy[i]])
     command = [sys.executable, "-m", "matmeta.cli", "finetune", "--support", str(support), "--target", "heat_ref",
                "--out", str(out_dir / "finetune_bench.ckpt"), "--model", str(checkpoint)]  # fmt: skip
     start = time.perf_counter()

@@ -49,7 +49,12 @@ def explain(
     support: Path = typer.Option(..., "--support", help="CSV of labelled structures of one family."),
     query: list[str] = typer.Option(..., "--query", help="Structure file, directory or glob (repeatable)."),
     model: Path = typer.Option(None, "--model", help="Predictor checkpoint (default: the shipped one)."),
-    target: str = typer.Option("heat_ref", "--target", help="heat_ref (eV/cell) or band_gap (eV)."),
+    target: str = typer.Option(
+        "formation_energy_per_atom",
+        "--target",
+        help="The model's target: formation_energy_per_atom (eV/atom) or band_gap_pbe (eV); heat_ref / band_gap "
+        "with --model perovskites.",
+    ),
     value_column: str = typer.Option(None, "--value-column", help="Column with the values (default: TARGET)."),
     path_column: str = typer.Option("path", "--path-column", help="Column with structure file paths."),
     cif_column: str = typer.Option("cif", "--cif-column", help="Column with CIF text."),

@@ -13,7 +13,7 @@ def predict(
     out: Path = typer.Option(None, "--out", help="Also write the predictions to this .csv or .json file."),
     mc_samples: int = typer.Option(None, "--mc-samples", help="MC-dropout samples for the uncertainty."),
 ) -> None:
-    """Predict heat of formation (eV/cell) and band gap (eV, with P(metal)) with uncertainties."""
+    """Predict the formation energy and band gap (with P(metal)) of crystals, with 90% intervals."""
     from matmeta.atomic import writable_target, write_table
     from matmeta.console import print_table, report_error, warn
     from matmeta.errors import MatmetaInputError
@@ -24,19 +24,21 @@ def predict(
     if out is not None:
         writable_target(out)
     predictor, rows, bad = predict_files(sources, model, mc_samples)
+    energy, gap = predictor.names.names
     recalibrated = any(r.get("p_recalibrated") for r in rows)
-    note = f"; * = B site new to the model: P recalibrated, non-metal when ≥ {predictor.new_family_cut:.3f}"
+    note = f"; * = B site new to the model: P recalibrated, metal when > {1 - predictor.new_family_cut:.3f}"
+    pbe = f"; band_gap = {gap} (no measured-level gap in this model)" if gap != "band_gap" else ""
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
-        f"non-metal when P(non-metal) ≥ {predictor.nonmetal_cut:.3f}{note if recalibrated else ''})",
-        ["structure", "formula", "heat_ref eV/cell", "band gap eV", "P(non-metal)", "out of domain"],
+        f"metal when p_metal > {1.0 - predictor.nonmetal_cut:.3f}{note if recalibrated else ''}{pbe})",
+        ["structure", "formula", f"{energy} {predictor.names.unit(energy)}", f"{gap} eV", "p_metal", "out of domain"],
         [
             (
                 r["name"],
                 r["formula"],
-                f"{r['heat_ref']:.3f} {_interval(r['heat_ref_lo'], r['heat_ref_hi'], 3)}",
-                _gap_cell(r),
-                f"{1.0 - r['p_metal']:.3f}{'*' if r.get('p_recalibrated') else ''}",
+                f"{r[energy]:.3f} {_interval(r[f'{energy}_lo'], r[f'{energy}_hi'], 3)}",
+                _gap_cell(r, gap),
+                f"{r['p_metal']:.3f}{'*' if r.get('p_recalibrated') else ''}",
                 r["out_of_domain"] or "",
             )
             for r in rows
@@ -56,7 +58,12 @@ def predict(
 
 def finetune(
     support: Path = typer.Option(..., "--support", help="CSV of labelled structures of one family."),
-    target: str = typer.Option(..., "--target", help="heat_ref (eV/cell) or band_gap (eV)."),
+    target: str = typer.Option(
+        ...,
+        "--target",
+        help="The model's target: formation_energy_per_atom (eV/atom) or band_gap_pbe (eV); "
+        "heat_ref (eV/cell) or band_gap with --model perovskites.",
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write the adapted checkpoint."),
     model: Path = typer.Option(None, "--model", help="Start from this checkpoint (default: the shipped one)."),
     value_column: str = typer.Option(None, "--value-column", help="Column with the values (default: TARGET)."),
@@ -90,10 +97,10 @@ def _interval(lo: float | None, hi: float | None, digits: int) -> str:
     return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _gap_cell(row: dict) -> str:
-    if row["band_gap"] == 0.0:
+def _gap_cell(row: dict, gap: str) -> str:
+    if row[gap] == 0.0:
         return "metal (0)"
-    return f"{row['band_gap']:.2f} {_interval(row['gap_lo'], row['gap_hi'], 2)}"
+    return f"{row[gap]:.2f} {_interval(row['gap_lo'], row['gap_hi'], 2)}"
 
 
 def register(app: typer.Typer) -> None:

@@ -26,8 +26,9 @@ from matmeta.kinetics.api import read_curves_reporting
 from matmeta.kinetics.prior import load_prior
 from matmeta.models.gnn import collate
 from matmeta.models.jmak import log_time_at_fraction
-from matmeta.predict.data import TARGETS, per_example_loss, read_support
+from matmeta.predict.data import GAP, per_example_loss
 from matmeta.predict.predictor import Predictor
+from matmeta.predict.support import read_support
 
 
 def explain_structures(
@@ -35,7 +36,7 @@ def explain_structures(
     support: Sequence[Any],
     values: Sequence[float],
     queries: Sequence[Any],
-    target: str = "heat_ref",
+    target: str = "formation_energy_per_atom",
     support_names: Sequence[str] | None = None,
     query_names: Sequence[str] | None = None,
     steps: int | None = None,
@@ -51,9 +52,9 @@ def explain_structures(
     Args:
         predictor: a loaded :class:`matmeta.predict.Predictor`.
         support: n ≥ 2 pymatgen structures of one family.
-        values: their measured ``target`` (eV/cell for heat_ref, eV for band_gap).
+        values: their measured ``target``, in its unit (eV/atom, eV/cell or eV: part of the name).
         queries: structures whose adapted prediction is explained.
-        target: ``heat_ref`` or ``band_gap``.
+        target: one of the predictor's target names (``formation_energy_per_atom``, ``band_gap_pbe``, ...).
         support_names: labels of the support structures (default ``support 1`` …).
         query_names: labels of the query structures.
         steps: inner steps (default: the checkpoint's).
@@ -67,14 +68,13 @@ def explain_structures(
     Raises:
         MatmetaInputError: an unknown target, fewer than 2 support structures or an invalid value.
     """
-    if target not in TARGETS:
-        raise MatmetaInputError(f"--target {target!r}: the predictor explains {', '.join(TARGETS)}")
+    role = predictor.check_target(target)
     names = list(support_names) if support_names is not None else [f"support {i + 1}" for i in range(len(support))]
     values_arr = np.asarray(values, dtype=float)
     if len(support) < 2 or len(support) != len(values_arr):
         raise MatmetaInputError(f"support set: need ≥ 2 structures with one value each, got {len(support)}")
     for name, value in zip(names, values_arr, strict=True):
-        if not math.isfinite(value) or (target == "band_gap" and value < 0):
+        if not math.isfinite(value) or (role == GAP and value < 0):
             raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
     items = predictor.support_items(support, values_arr, target)
 
@@ -150,7 +150,7 @@ def explain_support_file(
     support: Path,
     queries: Sequence[str],
     model: Path | None = None,
-    target: str = "heat_ref",
+    target: str = "formation_energy_per_atom",
     value_column: str | None = None,
     path_column: str = "path",
     cif_column: str = "cif",
@@ -165,8 +165,8 @@ def explain_support_file(
     Raises:
         MatmetaInputError: unknown target, fewer than 2 usable support structures, or no readable query.
     """
-    if target not in TARGETS:
-        raise MatmetaInputError(f"--target {target!r}: choose {' or '.join(TARGETS)}")
+    predictor = Predictor.load(model)
+    predictor.check_target(target)  # before any structure is read
     names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column)
     named, bad_queries = read_structures(list(queries))
     bad += bad_queries
@@ -174,7 +174,6 @@ def explain_support_file(
         raise MatmetaInputError(f"{support}: {len(structures)} usable support structure(s); explain needs ≥ 2")
     if not named:
         raise MatmetaInputError("--query: no readable structure")
-    predictor = Predictor.load(model)
     query_names = [name for name, _ in named]
     queries_ = [structure for _, structure in named]
     explanation = explain_structures(

@@ -171,7 +171,7 @@ def _signal_handlers_kept() -> Iterator[None]:
     Flower installs its own "graceful exit" handlers and never removes them. In a process that goes on
     after the server (a notebook, a test run, an application calling :func:`serve`), they would outlive the
     server; a process forked later (an ingest's worker pool) would answer the SIGTERM that should stop it
-    with Flower's exit path instead (:func:`matmeta.store.ingest.default_signals`).
+    with Flower's exit path instead (:func:`matmeta.store.pool.default_signals`).
     """
     import signal
 

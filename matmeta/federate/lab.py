@@ -37,7 +37,7 @@ def stats_arrays(lab: LabData) -> list[np.ndarray]:
     """The lab's target moments ``(n, Σ, Σ²)`` of heat per atom and non-metal gap, and its element mask."""
     idx = lab.indices
     t = lab.table
-    heat = t.heat_ref[idx] / t.n_atoms[idx]
+    heat = t.energy[idx] / t.n_atoms[idx]
     heat = heat[np.isfinite(heat)]
     gap = t.band_gap[idx]
     gap = gap[np.isfinite(gap) & (gap > 0.0)]

@@ -73,7 +73,7 @@ class LabData:
     def normalise(self, stats: TargetStats) -> None:
         """Encode the targets with the federation's statistics."""
         t = self.table
-        t.y = stats.encode(t.heat_ref, t.band_gap, t.n_atoms)
+        t.y = stats.encode(t.energy, t.band_gap, t.n_atoms)
 
 
 def load_lab(
@@ -96,7 +96,7 @@ def load_lab(
 
     if not Path(store).exists():
         raise StoreError(f"{store}: no such graph store")
-    config = DataConfig(store=Path(store), family_by=family_by, heat_column=heat_column, gap_column=gap_column)
+    config = DataConfig(store=Path(store), family_by=family_by, energy_column=heat_column, gap_column=gap_column)
     table, graph_config = load_table(Path(store), config)
     sizes = Counter(table.families)
     if families is None:

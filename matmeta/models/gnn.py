@@ -80,6 +80,8 @@ class GraphBatch:
         batch: (N,) int64, graph of each atom.
         n_atoms: (G,) float32 atoms per graph.
         y: (G, 3) float32 normalised targets ``[heat per atom, is_metal, gap]``; NaN = unknown.
+        atom_features, graph_features: (N, 4), (G, 4) precomputed composition features, or None (the
+            model computes them).
     """
 
     atomic_numbers: Tensor
@@ -88,6 +90,8 @@ class GraphBatch:
     batch: Tensor
     n_atoms: Tensor
     y: Tensor
+    atom_features: Tensor | None = None
+    graph_features: Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -99,16 +103,23 @@ class GraphBatch:
         return self.atomic_numbers, self.edge_index, self.edge_dist, self.batch, self.num_graphs
 
     def extra(self) -> dict[str, Tensor]:
-        """Keyword arguments of :meth:`CrystalGNN.forward` (none: the model computes its composition features)."""
-        return {}
+        """Keyword arguments of :meth:`CrystalGNN.forward`: the composition features when precomputed."""
+        if self.atom_features is None or self.graph_features is None:
+            return {}
+        return {"atom_features": self.atom_features, "graph_features": self.graph_features}
 
     def reduce(self, per_graph: Tensor) -> Tensor:
         """Mean of a per-graph loss (G,) over the batch's graphs."""
         return per_graph.mean()
 
 
-def collate(graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBatch:
+def collate(
+    graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]],
+    features: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> GraphBatch:
     """Concatenate ``(atomic_numbers, edge_index, edge_dist, y)`` graphs into one :class:`GraphBatch`.
+
+    ``features``: each graph's precomputed composition features (atom (n, 4), graph (4,)), or None.
 
     Shapes:
         each graph: (n,), (2, e), (e,), (3,) → batch as in :class:`GraphBatch`.
@@ -125,6 +136,8 @@ def collate(graphs: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]]) -> GraphBat
         batch=torch.repeat_interleave(torch.arange(len(graphs)), sizes),
         n_atoms=sizes.to(torch.float32),
         y=torch.stack([g[3] for g in graphs]),
+        atom_features=None if features is None else torch.from_numpy(np.concatenate([f[0] for f in features])),
+        graph_features=None if features is None else torch.from_numpy(np.stack([f[1] for f in features])),
     )
 
 

@@ -11,7 +11,10 @@ For a labelled support set of one family (1–50 structures, one target), the ca
 * ``kriged``: the recalibration plus a Gaussian process on the support's recalibration residuals in the
   head's feature space (:mod:`matmeta.predict.kriging`): structures like a measured one inherit its
   residual (e.g. a family-specific offset between DFT and experiment), the weights stay untouched;
-* ``support_mean``: the support mean (per atom for heat_ref) for every structure.
+* ``support_mean``: the support mean (per atom for the energy) for every structure.
+
+Targets are roles here (:data:`matmeta.predict.data.ENERGY` in eV/cell, :data:`~matmeta.predict.data.GAP`);
+:meth:`matmeta.predict.predictor.Predictor.finetune` converts the public names and units.
 
 Each is scored by leave-one-out MAE on the support set and the best is kept; its choice and
 parameters go into the checkpoint metadata (``adapted``) and :meth:`Predictor._rows` applies them.
@@ -27,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from matmeta.predict.data import ENERGY
 
 CHOICES = ("unadapted", "recalibrated", "kriged", "adapted", "support_mean")  # order = preference on ties
 SLOPE_PRIOR = 1.0  # ridge weight pulling the recalibration slope to 1 (relative to the data's own weight)
@@ -74,7 +79,7 @@ def fit_logit_shift(metal_logits: np.ndarray, is_metal: np.ndarray) -> float:
 
 def recalibration(raw: dict[str, np.ndarray], values: np.ndarray, target: str, threshold: float) -> dict[str, float]:
     """Fit the ``recalibrated`` candidate on support outputs ``raw`` (see :func:`raw_outputs`)."""
-    if target == "heat_ref":
+    if target == ENERGY:
         scale, shift = fit_linear(raw["heat_per_atom"], values / raw["n_atoms"])
         return {"scale": scale, "shift": shift, "metal_logit_shift": 0.0}
     metal = values <= threshold
@@ -88,7 +93,7 @@ def kriging(raw: dict[str, np.ndarray], values: np.ndarray, target: str, thresho
     from matmeta.predict.kriging import fit_gp
 
     linear = recalibration(raw, values, target, threshold)
-    if target == "heat_ref":
+    if target == ENERGY:
         used = np.ones(len(values), dtype=bool)
         residuals = values / raw["n_atoms"] - (linear["scale"] * raw["heat_per_atom"] + linear["shift"])
     else:
@@ -108,7 +113,7 @@ def transform(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, target:
         from matmeta.predict.kriging import gp_mean
 
         correction = gp_mean(choice["gp"], raw["features"])  # type: ignore[index]
-    if target == "heat_ref":
+    if target == ENERGY:
         if kind == "support_mean":
             out["heat_per_atom"] = np.full_like(raw["heat_per_atom"], choice["mean"])  # type: ignore[index]
         else:
@@ -129,7 +134,7 @@ def apply_choice(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, targ
     ``p_cut`` is the P(non-metal) at or above which a structure is called a non-metal (gap > 0).
     """
     out = transform(raw, choice, target)
-    if target == "heat_ref":
+    if target == ENERGY:
         return out["heat_per_atom"] * out["n_atoms"]
     p_nonmetal = 1.0 / (1.0 + np.exp(np.clip(out["metal_logit"], -60, 60)))
     return np.where(p_nonmetal >= p_cut, out["gap"], 0.0)
@@ -142,7 +147,7 @@ def fit_choice(kind: str, raw: dict[str, np.ndarray], values: np.ndarray, target
     if kind == "recalibrated":
         return {"kind": kind, **recalibration(raw, values, target, threshold)}
     if kind == "support_mean":
-        mean = float(np.mean(values / raw["n_atoms"])) if target == "heat_ref" else float(np.mean(values))
+        mean = float(np.mean(values / raw["n_atoms"])) if target == ENERGY else float(np.mean(values))
         return {"kind": kind, "mean": mean}
     return {"kind": kind}
 
@@ -226,18 +231,26 @@ def batched_loo_outputs(predictor: Any, batch: Any, loss: Any, steps: int) -> di
     return _decoded(predictor, own, batch.n_atoms)
 
 
-def best_choice(loo: dict[str, np.ndarray], values: np.ndarray) -> tuple[str, dict[str, float]]:
-    """The candidate with the lowest finite leave-one-out MAE (ties: earlier in :data:`CHOICES`)."""
-    maes = {kind: float(np.mean(np.abs(pred - values))) for kind, pred in loo.items()}
+def best_choice(
+    loo: dict[str, np.ndarray], values: np.ndarray, scale: np.ndarray | float = 1.0
+) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest finite leave-one-out MAE (ties: earlier in :data:`CHOICES`).
+
+    ``scale`` turns errors into the public unit (1 / atoms for a per-atom energy).
+    """
+    maes = {kind: float(np.mean(np.abs(pred - values) * scale)) for kind, pred in loo.items()}
     finite = {kind: mae for kind, mae in maes.items() if math.isfinite(mae)}
     best = min(finite, key=lambda kind: (round(finite[kind], 12), CHOICES.index(kind)))
     return best, maes
 
 
 def finetune(
-    predictor: Any, items: list, values: np.ndarray, target: str, steps: int
+    predictor: Any, items: list, values: np.ndarray, target: str, steps: int, scale: np.ndarray | float = 1.0
 ) -> tuple[Any, dict, dict[str, np.ndarray]]:
     """Score the candidates, fit the best on the whole support set.
+
+    ``target`` is a role and ``values`` are in its internal unit; ``scale`` turns errors into the public
+    unit (1 / atoms for a per-atom energy), in which the candidates are compared.
 
     Returns:
         ``(fast, adapted, loo)``: the kept fast weights by name (None: the checkpoint's own), the
@@ -248,9 +261,12 @@ def finetune(
 
     predictor.maml.eval()
     loo = leave_one_out(predictor, items, values, target, steps, predictor.loss)
-    kept, maes = ("adapted", {kind: math.nan for kind in CHOICES}) if len(items) == 1 else best_choice(loo, values)
     if len(items) == 1:
-        maes["unadapted"] = float(np.mean(np.abs(loo["unadapted"] - values)))
+        kept, maes = "adapted", {kind: math.nan for kind in CHOICES}
+    else:
+        kept, maes = best_choice(loo, values, scale)
+    if len(items) == 1:
+        maes["unadapted"] = float(np.mean(np.abs(loo["unadapted"] - values) * scale))
     kept_fast: dict[str, torch.Tensor] | None = None
     choice: dict[str, Any] = {"kind": kept}
     if kept == "adapted":
@@ -263,11 +279,12 @@ def finetune(
         raw = raw_outputs(predictor, collate(items))
         choice = fit_choice(kept, raw, values, target, predictor.stats.metal_threshold_ev)
     residuals = np.abs(loo[kept] - values)
-    if target == "heat_ref":
+    if target == ENERGY:
         residuals = residuals / np.array([item[0].shape[0] for item in items], dtype=float)
     half = conformal_quantile(residuals, 0.9) if len(items) > 1 else math.inf
     adapted = {
         "target": target,
+        "role": target,
         "n_support": len(items),
         "steps": steps,
         "kept": kept,

@@ -27,7 +27,7 @@ def load(checkpoint: str | Path | None = None) -> Predictor:
 
 def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Predictions for named structures; structures that cannot become graphs are reported, not fatal."""
-    graphs, warnings, names, formulas, domains, bad, good = [], [], [], [], [], [], []
+    graphs, warnings, names, formulas, bad, good = [], [], [], [], [], []
     for name, structure in named:
         try:
             (graph,), (warning,) = predictor.graphs([structure])
@@ -38,12 +38,18 @@ def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[l
         warnings.append(warning)
         names.append(name)
         formulas.append(structure.composition.reduced_formula)
-        domains.append(predictor.out_of_domain(structure))
         good.append(structure)
     rows = predictor.new_family_rows(predictor.predict_graphs(graphs), good) if graphs else []
     out = [
-        {"name": n, "formula": f, **row, "out_of_domain": d, "warning": w}
-        for n, f, row, d, w in zip(names, formulas, rows, domains, warnings, strict=True)
+        {
+            "name": n,
+            "path": str(s.properties.get("source", "")),
+            "formula": f,
+            **row,
+            "out_of_domain": predictor.out_of_domain(s, row),
+            "warning": w,
+        }
+        for n, s, f, row, w in zip(names, good, formulas, rows, warnings, strict=True)
     ]
     return out, bad
 
@@ -79,7 +85,8 @@ def adapt(
 
     Args:
         support: the support CSV (see :mod:`matmeta.predict.support`).
-        target: ``heat_ref`` or ``band_gap``.
+        target: one of the model's target names (``formation_energy_per_atom``, ``band_gap_pbe``; ``heat_ref``,
+            ``band_gap`` for the perovskite model).
         model: the checkpoint to start from (None: the shipped one).
         value_column: column with the values (default: ``target``).
         path_column: column with structure paths.
@@ -97,6 +104,7 @@ def adapt(
         WorkLimitError: more support rows than the ceiling without ``yes``.
     """
     predictor = load(model)
+    predictor.check_target(target)  # before any structure is read
     max_rows = None if yes else MAX_SUPPORT_ROWS
     names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column, max_rows)
     if not structures:

@@ -81,6 +81,17 @@ def _composition(z: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return composition_features(z)
 
 
+def composition_of(atomic_numbers: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Composition features of one structure's site list (:func:`matmeta.elements.composition_features`).
+
+    Shapes:
+        atomic_numbers: (n,) → atom (n, 4) float32, graph (4,) float32.
+    """
+    from matmeta.elements import composition_features
+
+    return composition_features(atomic_numbers.tolist())
+
+
 def composition_arrays(batch: GraphBatch, needed: bool = True) -> tuple[Tensor, Tensor]:
     """Composition features of every graph of ``batch`` (cached per site list); zeros when not ``needed``.
 

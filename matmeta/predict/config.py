@@ -84,22 +84,45 @@ class DataConfig:
         store: graph store path (LMDB).
         source_csv: CSV to build the store from when it is missing, relative to the shared data
             directory (``$MATMETA_SHARED_DATA``, default ``../shared/data``).
-        family_by: family key (``b_site``, ``a_site``, ``anion_set``, ...).
-        heat_column: store target holding the heat of formation (eV/cell).
+        store_targets: the CSV's target columns the store is built with (in this order).
+        family_by: family key (``prototype``, ``b_site``, ``anion_set``, ...).
+        energy_column: store target holding the energy (in the unit of ``targets[0]``).
         gap_column: store target holding the band gap (eV).
-        split_fractions: train/val/test fractions of the families.
+        targets: the public names of the energy and the gap (:class:`matmeta.predict.data.TargetNames`):
+            the predict CSV's columns and finetune's ``--target``.
+        split_fractions: train/val/test fractions of the families (when no fixed split is given).
         split_seed: seed of the family split.
-        min_family_size: families with fewer structures are left out of every split.
+        min_family_size: families with fewer structures are no meta-learning task (and are left out of
+            every split of a seeded split).
+        val_families, test_families: a fixed split, stored in the recipe so that every run holds out the
+            same families; the training families are then every other family of ``min_family_size``.
+        pretrain_pool: ``"train_families"`` (pooled pretraining on the training families) or
+            ``"all_but_held_out"`` (every structure outside the validation and test families, small
+            families included).
     """
 
     store: Path = Path("out/perov.lmdb")
     source_csv: str = "perovskites/perovskites.csv"
+    store_targets: tuple[str, ...] = ("heat_ref", "ind_gap", "dir_gap")
     family_by: str = "b_site"
-    heat_column: str = "heat_ref"
+    energy_column: str = "heat_ref"
     gap_column: str = "ind_gap"
+    targets: tuple[str, str] = ("heat_ref", "band_gap")
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
     min_family_size: int = 50
+    val_families: tuple[str, ...] = ()
+    test_families: tuple[str, ...] = ()
+    pretrain_pool: str = "train_families"
+
+    def __post_init__(self) -> None:
+        if self.pretrain_pool not in ("train_families", "all_but_held_out"):
+            raise ValueError(f"pretrain_pool: 'train_families' or 'all_but_held_out', not {self.pretrain_pool!r}")
+        if bool(self.val_families) != bool(self.test_families):
+            raise ValueError("a fixed split needs both val_families and test_families")
+        for column in (self.energy_column, self.gap_column):
+            if column not in self.store_targets:
+                raise ValueError(f"{column!r} is not one of store_targets {list(self.store_targets)}")
 
 
 @dataclasses.dataclass(frozen=True)

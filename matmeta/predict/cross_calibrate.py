@@ -121,7 +121,7 @@ def load_trained(path: Path, key: str, table: Any, offset: float) -> tuple[Any, 
     predictor = Predictor.load(path)
     if predictor.metadata.get("fold_key") != key:
         return None
-    table.y = predictor.stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
+    table.y = predictor.stats.encode(table.energy, table.band_gap, table.n_atoms)
     set_hurdle(predictor.maml, predictor.metadata, offset)
     return predictor.maml, predictor.stats
 

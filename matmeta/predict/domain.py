@@ -42,6 +42,16 @@ def sites_seen(store_path: Path, train_families: Sequence[str], by: str = "b_sit
     return {site: sorted(values) for site, values in seen.items()}
 
 
+def unseen_elements(structure: Any, seen: set[int]) -> str | None:
+    """Which elements of ``structure`` are outside ``seen``, as a one-line reason, or None."""
+    from pymatgen.core.periodic_table import Element
+
+    new = sorted({int(z) for z in structure.atomic_numbers} - set(seen))
+    if not new:
+        return None
+    return f"element(s) {', '.join(Element.from_Z(z).symbol for z in new)} never seen in training"
+
+
 def domain_flags(structure: Any, seen: dict[str, Sequence[str]] | None) -> str | None:
     """A one-line reason why ``structure`` is outside the training domain, or None when it is inside.
 

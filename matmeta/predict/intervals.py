@@ -26,6 +26,14 @@ from typing import Any
 
 import numpy as np
 
+LEGACY_ROLES = {"heat_ref": "energy", "band_gap": "band_gap"}  # adapted checkpoints written before roles
+
+
+def adapted_role(adapted: dict[str, Any]) -> str | None:
+    """The role (``energy`` or ``band_gap``) an adapted checkpoint was fine-tuned on, None when not adapted."""
+    role = adapted.get("role")
+    return role if role is not None else LEGACY_ROLES.get(adapted.get("target", ""))
+
 
 def _table(uncertainty: dict[str, Any], adapted: dict[str, Any]) -> dict[str, Any]:
     """The calibration entry that applies: zero-shot, or adapted at the nearest calibrated support size."""
@@ -38,7 +46,7 @@ def _table(uncertainty: dict[str, Any], adapted: dict[str, Any]) -> dict[str, An
 
 
 def half_widths(uncertainty: dict[str, Any], adapted: dict[str, Any]) -> tuple[float, float, float]:
-    """Half-widths of the 90% intervals: heat_ref per atom (eV/atom), gap (eV) if called non-metal, if called metal."""
+    """Half-widths of the 90% intervals: energy per atom (eV/atom), gap (eV) if called non-metal, if called metal."""
     conformal = uncertainty.get("conformal")
     if not conformal:
         return math.nan, math.nan, math.nan
@@ -50,20 +58,25 @@ def half_widths(uncertainty: dict[str, Any], adapted: dict[str, Any]) -> tuple[f
     )
     own = adapted.get("loo_half_width")
     if own is not None and math.isfinite(own):
-        if adapted.get("target") == "heat_ref":
+        if adapted_role(adapted) == "energy":
             heat = float(own)
-        elif adapted.get("target") == "band_gap":
+        elif adapted_role(adapted) == "band_gap":
             called = uncalled = float(own)
     return heat, called, uncalled
 
 
 def gap_half_widths(
-    uncertainty: dict[str, Any], adapted: dict[str, Any], called_metal: np.ndarray, features: np.ndarray
+    uncertainty: dict[str, Any],
+    adapted: dict[str, Any],
+    called_metal: np.ndarray,
+    features: np.ndarray,
+    sigma: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-structure 90% half-widths (eV) of the gap if non-metal.
 
     Locally adaptive (``q_class · σ(x)``) when the checkpoint has a ``difficulty`` entry and no
     finetune leave-one-out width overrides it; otherwise the constant class widths of :func:`half_widths`.
+    ``sigma``: σ(x) of ``features`` when the caller has it (it is computed otherwise).
 
     Shapes:
         called_metal: (G,) bool; features: (G, H) head features of the predicting network → (G,).
@@ -72,11 +85,65 @@ def gap_half_widths(
     constant = np.where(called_metal, uncalled, called)
     difficulty = uncertainty.get("difficulty")
     own = adapted.get("loo_half_width")
-    overridden = adapted.get("target") == "band_gap" and own is not None and math.isfinite(own)
+    overridden = adapted_role(adapted) == "band_gap" and own is not None and math.isfinite(own)
     table = _table(uncertainty, adapted) if uncertainty.get("conformal") else {}
     if not difficulty or overridden or "band_gap_scaled_called" not in table:
         return constant
+    q = np.where(called_metal, float(table["band_gap_scaled_uncalled"]), float(table["band_gap_scaled_called"]))
+    return q * (sigma if sigma is not None else _sigma(uncertainty, features))
+
+
+def _sigma(uncertainty: dict[str, Any], features: np.ndarray) -> np.ndarray | None:
+    difficulty = uncertainty.get("difficulty")
+    if not difficulty:
+        return None
     from matmeta.predict.difficulty import sigma
 
-    q = np.where(called_metal, float(table["band_gap_scaled_uncalled"]), float(table["band_gap_scaled_called"]))
-    return q * sigma(difficulty, features)
+    return sigma(difficulty, features)
+
+
+def energy_half_widths(
+    uncertainty: dict[str, Any], adapted: dict[str, Any], features: np.ndarray, sigma: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-structure 90% half-widths of the energy per atom (eV/atom): ``q · σ(x)`` where calibrated so.
+
+    Checkpoints whose calibration has ``heat_ref_per_atom_scaled`` widen the interval with the distance to
+    the training data like the gap's; older ones (and a finetune leave-one-out width) state one width.
+
+    Shapes:
+        features: (G, H) head features → (G,).
+    """
+    constant = np.full(len(features), half_widths(uncertainty, adapted)[0])
+    own = adapted.get("loo_half_width")
+    overridden = adapted_role(adapted) == "energy" and own is not None and math.isfinite(own)
+    table = _table(uncertainty, adapted) if uncertainty.get("conformal") else {}
+    if overridden or "heat_ref_per_atom_scaled" not in table or not uncertainty.get("difficulty"):
+        return constant
+    sigma = sigma if sigma is not None else _sigma(uncertainty, features)
+    return float(table["heat_ref_per_atom_scaled"]) * sigma
+
+
+def reported_gap_half_widths(
+    uncertainty: dict[str, Any],
+    adapted: dict[str, Any],
+    called_metal: np.ndarray,
+    features: np.ndarray,
+    sigma: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-structure 90% half-widths (eV) of the reported gap (0 when called metal); NaN when not calibrated.
+
+    Calibrated on every structure of the calibration families (metals included), by predicted class.
+
+    Shapes:
+        called_metal: (G,) bool; features: (G, H) → (G,).
+    """
+    table = _table(uncertainty, adapted) if uncertainty.get("conformal") else {}
+    if "band_gap_reported_called" not in table:
+        return np.full(len(features), math.nan)
+    own = adapted.get("loo_half_width")
+    if adapted_role(adapted) == "band_gap" and own is not None and math.isfinite(own):
+        return np.full(len(features), float(own))
+    if "band_gap_reported_scaled_called" not in table or not uncertainty.get("difficulty"):
+        return np.where(called_metal, table["band_gap_reported_uncalled"], table["band_gap_reported_called"])
+    q = np.where(called_metal, table["band_gap_reported_scaled_uncalled"], table["band_gap_reported_scaled_called"])
+    return q * (sigma if sigma is not None else _sigma(uncertainty, features))

@@ -31,8 +31,9 @@ from matmeta.meta.maml import MAML
 from matmeta.models.gnn import CrystalGNN, GNNConfig, GraphBatch, collate
 from matmeta.predict.config import MAMLSettings, build_maml
 from matmeta.predict.data import (
-    TARGETS,
-    UNITS,
+    ENERGY,
+    GAP,
+    TargetNames,
     TargetStats,
     graph_from_structure,
     loss_fn,
@@ -49,7 +50,7 @@ class FinetuneReport:
     """What :meth:`Predictor.finetune` did.
 
     Attributes:
-        target: ``heat_ref`` or ``band_gap``.
+        target: the target's public name (``formation_energy_per_atom``, ``band_gap_pbe``, ``heat_ref``, …).
         unit: unit of the target.
         n_support: labelled structures used.
         steps: inner steps.
@@ -109,6 +110,7 @@ class Predictor:
         self.metadata = metadata
         self.path = path
         self.stats = TargetStats(**metadata["targets"]["stats"])
+        self.names = TargetNames.from_metadata(metadata["targets"])
         self.graph_config = GraphConfig(**metadata["graph_config"])
         self.elements_seen = {int(z) for z in metadata["elements_seen"]}
         self.uncertainty = dict(metadata.get("uncertainty", {}))
@@ -142,10 +144,10 @@ class Predictor:
         for key in ("model_config", "graph_config", "targets", "maml", "elements_seen"):
             if key not in metadata:
                 raise CheckpointError(f"{path}: predictor checkpoint without {key!r} in its metadata")
-        if list(metadata["targets"].get("names", [])) != list(TARGETS):
-            raise CheckpointError(
-                f"{path}: checkpoint predicts {metadata['targets'].get('names')}, this matmeta needs {list(TARGETS)}"
-            )
+        try:
+            TargetNames.from_metadata(metadata["targets"])
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: checkpoint predicts {metadata['targets'].get('names')}: {exc}") from None
         try:
             model_config = config_from_dict(GNNConfig, metadata["model_config"], f"{path}: model_config")
             settings = config_from_dict(MAMLSettings, metadata["maml"], f"{path}: maml")
@@ -176,11 +178,24 @@ class Predictor:
             graphs.append((map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist))
         return graphs, warnings
 
-    def out_of_domain(self, structure: Any) -> str | None:
-        """Why ``structure`` lies outside the training data (element at a new site, other structure type), or None."""
-        from matmeta.predict.domain import domain_flags
+    def out_of_domain(self, structure: Any, row: dict[str, Any] | None = None) -> str | None:
+        """Why ``structure`` lies outside the training data, or None.
 
-        return domain_flags(structure, self.sites_seen)
+        An element never seen in training (or, for a checkpoint with site labels, at a new A/B/X site or
+        another structure type: :func:`matmeta.predict.domain.domain_flags`); with its prediction ``row``,
+        also a distance to the training data in the network's features beyond the farthest structure of
+        the calibration families (``difficulty.domain_limit``): its interval is then an extrapolation.
+        """
+        from matmeta.predict.domain import domain_flags, unseen_elements
+
+        reasons = [domain_flags(structure, self.sites_seen) if self.sites_seen else unseen_elements(
+            structure, self.elements_seen
+        )]  # fmt: skip
+        limit = (self.uncertainty.get("difficulty") or {}).get("domain_limit")
+        distance = (row or {}).get("feature_distance")
+        if limit is not None and distance is not None and distance > float(limit):
+            reasons.append(f"feature distance {distance:.2f} beyond the calibration's {float(limit):.2f}")
+        return "; ".join(r for r in reasons if r) or None
 
     # ------------------------------------------------------------------ predict
     def predict_graphs(
@@ -210,7 +225,8 @@ class Predictor:
         """Predict every structure.
 
         Returns:
-            One dict per structure: ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
+            One dict per structure, keyed by the checkpoint's target names (see :meth:`_rows`; for the
+            perovskite checkpoint): ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
             ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV; with
             ``gap_shift`` eV added for a B site never seen in training, see :meth:`new_family_rows`),
             the 90% intervals ``heat_ref_lo``/``heat_ref_hi`` and ``gap_lo``/``gap_hi`` (gap if
@@ -220,7 +236,7 @@ class Predictor:
         graphs, warnings = self.graphs(structures)
         rows = self.new_family_rows(self.predict_graphs(graphs, mc_samples=mc_samples), structures)
         return [
-            {**row, "out_of_domain": self.out_of_domain(structure), "warning": warning}
+            {**row, "out_of_domain": self.out_of_domain(structure, row), "warning": warning}
             for row, warning, structure in zip(rows, warnings, structures, strict=True)
         ]
 
@@ -229,6 +245,9 @@ class Predictor:
         from matmeta.predict.domain import new_family_corrections
 
         adapted = self.metadata.get("adapted") or {}
+        keys = ("new_family_gap_shift", "new_family_gap_shift_adapted", "new_family_platt")
+        if not any(self.uncertainty.get(key) for key in keys):  # a checkpoint without new-family corrections
+            return rows
         if self.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
             blind = adapted.get("kept") == "adapted" and adapted.get("target") != "band_gap"
             shift = float(self.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
@@ -256,56 +275,84 @@ class Predictor:
         """P(non-metal) at or above which a structure is called a non-metal (chosen on the calibration families)."""
         return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
-    def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, float]]:
-        """Decode model outputs (point (G, 3), MC samples (S, G, 3), head features (G, H)) into rows in target units."""
+    def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, Any]]:
+        """Decode model outputs (point (G, 3), MC samples (S, G, 3), head features (G, H)) into rows.
+
+        Keys, for the checkpoint's targets E (energy) and G (gap): ``E``, ``E_std``, ``E_lo``, ``E_hi`` (90%
+        interval) in E's unit; ``G`` (0 when called metal), ``G_std``, ``G_lo``, ``G_hi``; ``p_metal``;
+        ``gap_if_nonmetal`` with ``gap_lo`` / ``gap_hi``; ``feature_distance`` (σ(x) − 1: distance to the
+        training data in units of the calibration's median, None without a difficulty entry). A checkpoint
+        whose gap is not ``band_gap`` also gets ``band_gap``, its gap until a measured-level one exists.
+        """
         from matmeta.predict.adaptation import transform
-        from matmeta.predict.intervals import gap_half_widths, half_widths
+        from matmeta.predict.intervals import (
+            _sigma,
+            adapted_role,
+            energy_half_widths,
+            gap_half_widths,
+            reported_gap_half_widths,
+        )
 
         adapted = self.metadata.get("adapted") or {}
         scale = self.uncertainty.get("adapted" if adapted.get("kept") == "adapted" else "zero_shot", {})
         n_atoms = batch.n_atoms
+        feats = features.numpy().astype(float)
         raw = {
             "heat_per_atom": (self.stats.decode_heat(point[:, 0], n_atoms) / n_atoms).numpy().astype(float),
             "metal_logit": point[:, 1].numpy().astype(float),
             "gap": self.stats.decode_gap(point[:, 2]).numpy().astype(float),
             "n_atoms": n_atoms.numpy().astype(float),
-            "features": features.numpy().astype(float),
+            "features": feats,
         }
-        if adapted.get("target") in TARGETS:
-            raw = transform(raw, adapted.get("choice"), adapted["target"])
-        heat = raw["heat_per_atom"] * raw["n_atoms"]
+        role = adapted_role(adapted)
+        if role is not None:
+            raw = transform(raw, adapted.get("choice"), role)
+        atoms = raw["n_atoms"]
+        per = 1.0 if self.names.energy_per_atom else atoms  # public energy = per_atom · per
+        energy = raw["heat_per_atom"] * per
         p_metal = 1.0 / (1.0 + np.exp(-np.clip(raw["metal_logit"], -60, 60)))
         gap = raw["gap"]
         if mc is not None:
-            heat_std = self.stats.decode_heat(mc[..., 0], n_atoms).std(0).numpy() * scale.get("heat_ref", 1.0)
+            energy_std = self.stats.decode_heat(mc[..., 0], n_atoms).std(0).numpy() / atoms * per
+            energy_std = energy_std * scale.get("heat_ref", 1.0)
             gap_std = self.stats.decode_gap(mc[..., 2]).std(0).numpy() * scale.get("band_gap", 1.0)
         else:
-            heat_std, gap_std = np.full_like(heat, math.nan), np.full_like(gap, math.nan)
+            energy_std, gap_std = np.full_like(energy, math.nan), np.full_like(gap, math.nan)
         metal = (1.0 - p_metal) < self.nonmetal_cut
         band_gap = np.where(metal, 0.0, gap)
         band_gap_std = np.where(metal, np.sqrt((1 - p_metal) * (gap_std**2 + gap**2)), gap_std)
-        heat_half = half_widths(self.uncertainty, adapted)[0]
-        gap_half = gap_half_widths(self.uncertainty, adapted, metal, features.numpy().astype(float))
-        return [
-            {
-                "heat_ref": float(heat[i]),
-                "heat_ref_std": float(heat_std[i]),
-                "heat_ref_lo": _finite(heat[i] - heat_half * raw["n_atoms"][i]),
-                "heat_ref_hi": _finite(heat[i] + heat_half * raw["n_atoms"][i]),
-                "band_gap": float(band_gap[i]),
-                "band_gap_std": float(band_gap_std[i]),
+        sigma = _sigma(self.uncertainty, feats)
+        energy_half = energy_half_widths(self.uncertainty, adapted, feats, sigma) * per
+        gap_half = gap_half_widths(self.uncertainty, adapted, metal, feats, sigma)
+        reported_half = reported_gap_half_widths(self.uncertainty, adapted, metal, feats, sigma)
+        e, g = self.names.names
+        rows = []
+        for i in range(point.shape[0]):
+            row: dict[str, Any] = {
+                e: float(energy[i]),
+                f"{e}_std": float(energy_std[i]),
+                f"{e}_lo": _finite(energy[i] - energy_half[i]),
+                f"{e}_hi": _finite(energy[i] + energy_half[i]),
+                g: float(band_gap[i]),
+                f"{g}_std": float(band_gap_std[i]),
+                f"{g}_lo": _finite(max(band_gap[i] - reported_half[i], 0.0)),
+                f"{g}_hi": _finite(band_gap[i] + reported_half[i]),
                 "p_metal": float(p_metal[i]),
                 "gap_if_nonmetal": float(gap[i]),
                 "gap_lo": _finite(max(gap[i] - gap_half[i], 0.0)),
                 "gap_hi": _finite(gap[i] + gap_half[i]),
+                "feature_distance": None if sigma is None else float(sigma[i] - 1.0),
             }
-            for i in range(point.shape[0])
-        ]
+            if g != "band_gap":
+                row["band_gap"] = row[g]  # the measured-level gap takes this name once it is predicted
+            rows.append(row)
+        return rows
 
     def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
-        """Model outputs (G, 3) → predictions of ``target`` in its unit, shape (G,) (differentiable; for explain)."""
-        if target == "heat_ref":
-            return self.stats.decode_heat(outputs[:, 0], batch.n_atoms)
+        """Model outputs (G, 3) → predictions of ``target`` in its public unit, shape (G,) (differentiable)."""
+        if self.names.role(target) == ENERGY:
+            energy = self.stats.decode_heat(outputs[:, 0], batch.n_atoms)
+            return energy / batch.n_atoms if self.names.energy_per_atom else energy
         metal = 1.0 - torch.sigmoid(outputs[:, 1]) < self.nonmetal_cut
         return torch.where(metal, 0.0, self.stats.decode_gap(outputs[:, 2]))
 
@@ -325,8 +372,9 @@ class Predictor:
 
         Args:
             structures: 1–50 pymatgen structures.
-            values: the measured ``target`` of each, in its unit (eV/cell or eV).
-            target: ``heat_ref`` or ``band_gap``.
+            values: the measured ``target`` of each, in its unit (the unit is part of the name: eV/atom,
+                eV/cell or eV).
+            target: one of the checkpoint's target names (:attr:`names`).
             steps: inner steps (default: the meta-learned number).
             names: labels of the structures for error messages.
 
@@ -339,24 +387,26 @@ class Predictor:
         """
         from matmeta.predict.adaptation import finetune
 
-        if target not in TARGETS:
-            raise CheckpointError(
-                f"{self.path}: checkpoint predicts {', '.join(TARGETS)}; it cannot be fine-tuned on {target!r}"
-            )
+        role = self.check_target(target)
         names = list(names) if names is not None else [f"structure {i + 1}" for i in range(len(structures))]
         values_arr = np.asarray(values, dtype=float)
         if len(structures) == 0 or len(structures) != len(values_arr):
             raise MatmetaInputError(f"support set: need ≥ 1 structure with one value each, got {len(structures)}")
         for name, value in zip(names, values_arr, strict=True):
-            if not math.isfinite(value) or (target == "band_gap" and value < 0):
+            if not math.isfinite(value) or (role == GAP and value < 0):
                 raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
         items = self.support_items(structures, values_arr, target)
+        n_atoms = np.array([item[0].shape[0] for item in items], dtype=float)
+        internal = self.names.to_cell(values_arr, n_atoms) if role == ENERGY else values_arr
+        public = 1.0 / n_atoms if role == ENERGY and self.names.energy_per_atom else 1.0  # errors in target's unit
         steps = self.maml.inner_steps if steps is None else int(steps)
-        fast, adapted, loo = finetune(self, items, values_arr, target, steps)
+        fast, adapted, loo = finetune(self, items, internal, role, steps, public)
         report = FinetuneReport(
-            target, UNITS[target], len(items), steps, adapted["loo_mae"], adapted["kept"],
-            [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
+            target, self.names.unit(target if role == ENERGY else self.names.gap), len(items), steps,
+            adapted["loo_mae"], adapted["kept"], [float(v) for v in loo["adapted"] * public],
+            {kind: [float(v) for v in p * public] for kind, p in loo.items()},
         )  # fmt: skip
+        adapted["target"] = self.names.energy if role == ENERGY else self.names.gap
         adapted["base_checkpoint"] = str(self.path.name if self.path else None)
         return Predictor(self.maml, {**self.metadata, "adapted": adapted}, None, fast=fast), report
 
@@ -368,13 +418,26 @@ class Predictor:
         Shapes:
             each item: atomic_numbers (n,), edge_index (2, e), edge_dist (e,), y (3,).
         """
+        role = self.check_target(target)
         graphs, _ = self.graphs(structures)
         n_atoms = np.array([g[0].shape[0] for g in graphs], dtype=float)
         nan = np.full(len(graphs), np.nan)
         values_arr = np.asarray(values, dtype=float)
-        heat, gap = (values_arr, nan) if target == "heat_ref" else (nan, values_arr)
-        y = self.stats.encode(heat, gap, n_atoms)
+        energy, gap = (self.names.to_cell(values_arr, n_atoms), nan) if role == ENERGY else (nan, values_arr)
+        y = self.stats.encode(energy, gap, n_atoms)
         return [(*g, y[i]) for i, g in enumerate(graphs)]
+
+    def check_target(self, target: str) -> str:
+        """The role of a public target name of this checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint does not predict ``target`` (the message names what it predicts).
+        """
+        role = self.names.role(target)
+        if role is None:
+            where = self.path.name if self.path else "this predictor"
+            raise CheckpointError(f"{where} predicts {' and '.join(self.names.names)}; it has no target {target!r}")
+        return role
 
     def save(self, path: str | Path) -> Path:
         """Write this predictor (weights incl. adapted ones, metadata) as a checkpoint."""

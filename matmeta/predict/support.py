@@ -23,6 +23,11 @@ from matmeta.io import parse_cif, read_csv, read_structure_file
 MAX_BAND_GAP_EV = 25.0
 #: Formation enthalpies are a few eV/atom; above this per atom a heat_ref value is a unit or typing error.
 MAX_HEAT_PER_ATOM_EV = 20.0
+#: Formation energies lie within about ±6 eV/atom (the Materials Project's span: −5.8 to +4.3); a value
+#: beyond this in a per-atom column is almost surely a per-cell number.
+MAX_FORMATION_ENERGY_PER_ATOM_EV = 10.0
+#: The unit of every target name a predictor may carry (the unit is part of the name).
+UNIT_OF = {"heat_ref": "eV/cell", "formation_energy_per_atom": "eV/atom", "band_gap": "eV", "band_gap_pbe": "eV"}
 #: Support rows read without ``--yes`` (finetune is meant for 1-50 structures; its check grows as rows²).
 MAX_SUPPORT_ROWS = 100
 
@@ -33,13 +38,19 @@ def check_value(value: float, target: str, n_atoms: int, where: str, column: str
     Raises:
         MatmetaInputError: ``"<where>: <column> <value> ...; row skipped"``.
     """
+    unit = UNIT_OF.get(target, "eV")
     if not math.isfinite(value):
         raise MatmetaInputError(f"{where}: {column} is {value}; row skipped")
-    if target == "band_gap" and value < 0:
+    if unit == "eV" and value < 0:
         raise MatmetaInputError(f"{where}: {column} {value:g} eV is negative; row skipped")
-    if target == "band_gap" and value > MAX_BAND_GAP_EV:
+    if unit == "eV" and value > MAX_BAND_GAP_EV:
         raise MatmetaInputError(f"{where}: {column} {value:g} eV is above {MAX_BAND_GAP_EV:g} eV; row skipped")
-    if target == "heat_ref" and abs(value) > MAX_HEAT_PER_ATOM_EV * n_atoms:
+    if unit == "eV/atom" and abs(value) > MAX_FORMATION_ENERGY_PER_ATOM_EV:
+        raise MatmetaInputError(
+            f"{where}: {column} {value:g} eV/atom is beyond ±{MAX_FORMATION_ENERGY_PER_ATOM_EV:g} eV/atom "
+            "(a per-cell value in a per-atom column?); row skipped"
+        )
+    if unit == "eV/cell" and abs(value) > MAX_HEAT_PER_ATOM_EV * n_atoms:
         raise MatmetaInputError(
             f"{where}: {column} {value:g} eV/cell is beyond ±{MAX_HEAT_PER_ATOM_EV:g} eV/atom for "
             f"{n_atoms} atoms; row skipped"
@@ -82,7 +93,7 @@ def read_support(
 
     Args:
         csv_path: the CSV.
-        target: ``heat_ref`` (eV/cell) or ``band_gap`` (eV): decides which values are possible.
+        target: the target's name (:data:`UNIT_OF`: its unit decides which values are possible).
         value_column: column with the values (default: ``target``).
         path_column: column with structure file paths (relative to the CSV).
         cif_column: column with CIF text.

@@ -30,14 +30,14 @@ from matmeta.predict.data import (
     TARGETS,
     UNITS,
     FamilyEpisodes,
+    TargetNames,
     TargetStats,
     ensure_store,
-    family_indices,
     load_table,
     loss_fn,
+    pretrain_indices,
     split,
 )
-from matmeta.predict.domain import sites_seen
 from matmeta.predict.pooled import _cached_pooled, pooled_key, train_pooled
 
 
@@ -48,6 +48,7 @@ def predictor_metadata(
     """The metadata every predictor checkpoint carries (the trainer adds its own ``training`` entry)."""
     from matmeta.recipes import config_to_dict
 
+    names = TargetNames(*recipe.data.targets)
     return {
         "kind": "predictor",
         "model_class": "CrystalGNN",
@@ -55,10 +56,10 @@ def predictor_metadata(
         "graph_config": graph_config.to_dict(),
         "maml": config_to_dict(recipe.maml),
         "targets": {
-            "names": list(TARGETS),
-            "units": UNITS,
+            "names": list(names.names),
+            "units": {name: names.unit(name) for name in names.names},
             "stats": stats.to_dict(),
-            "source_columns": {"heat_ref": recipe.data.heat_column, "band_gap": recipe.data.gap_column},
+            "source_columns": {names.energy: recipe.data.energy_column, names.gap: recipe.data.gap_column},
         },
         "families": {
             "by": recipe.data.family_by,
@@ -101,6 +102,22 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     family_split = split(table, cfg.data)
     trained = train_on_split(cfg, recipe, table, graph_config, family_split, work, trainer_cfg, phases)
     maml, stats, metadata, result, trainer = trained
+
+    def training_entry() -> dict[str, Any]:
+        return {
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "best_val_loss": result.best_val_loss,
+            "stopped_early": result.stopped_early,
+            "trainer": config_to_dict(trainer_cfg),
+            "phase_seconds": {name: round(seconds, 1) for name, seconds in phases.items()},
+        }
+
+    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
+        return out
+    metadata["training"] = training_entry()
+    metadata["uncertainty"] = {"method": "mc_dropout", "mc_samples": cfg.uncertainty.mc_samples}
+    save_checkpoint(out, maml.state_dict(), metadata)  # the trained network is kept whatever calibration does
     with timed(phases, "calibration"):
         metadata["uncertainty"] = calibrate(
             maml,
@@ -110,19 +127,13 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
             cfg.uncertainty.mc_samples,
             cfg.uncertainty.calibration_episodes,
             trainer_cfg.seed,
-            train_families=family_split.train,
+            train_families=pretrain_families(table, family_split, cfg.data),
         )
-        metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train)
-    metadata["training"] = {
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "best_val_loss": result.best_val_loss,
-        "stopped_early": result.stopped_early,
-        "trainer": config_to_dict(trainer_cfg),
-        "phase_seconds": {name: round(seconds, 1) for name, seconds in phases.items()},
-    }
-    if not trainer.info.is_main:  # under torchrun only rank 0 writes the checkpoint
-        return out
+        if cfg.data.family_by in ("b_site", "a_site"):  # site labels exist for ABX3 perovskite stores only
+            from matmeta.predict.domain import sites_seen
+
+            metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train, cfg.data.family_by)
+    metadata["training"] = training_entry()
     save_checkpoint(out, maml.state_dict(), metadata)
     console.print(
         f"best validation query loss {result.best_val_loss} at step {result.best_step}; "
@@ -156,20 +167,22 @@ def train_on_split(
     from matmeta.meta.trainer import MetaTrainer
     from matmeta.predict.config import build_maml
 
-    train_idx = family_indices(table, family_split.train)
-    stats = TargetStats.fit(table.heat_ref[train_idx], table.band_gap[train_idx], table.n_atoms[train_idx])
-    table.y = stats.encode(table.heat_ref, table.band_gap, table.n_atoms)
+    train_idx = pretrain_indices(table, family_split, cfg.data)
+    stats = TargetStats.fit(table.energy[train_idx], table.band_gap[train_idx], table.n_atoms[train_idx])
+    table.y = stats.encode(table.energy, table.band_gap, table.n_atoms)
     elements = table.elements(train_idx)
     console.print(
         f"{len(table)} structures, {len(set(table.families))} {cfg.data.family_by} families: "
-        f"{len(family_split.train)} train / {len(family_split.val)} val / {len(family_split.test)} test"
+        f"{len(family_split.train)} train / {len(family_split.val)} val / {len(family_split.test)} test; "
+        f"pooled pretraining on {len(train_idx)} structures"
     )
 
     maml = build_maml(cfg.model, cfg.maml)
     seed = trainer_cfg.seed
     if cfg.pretrain.epochs > 0:
         with timed(phases, "pooled pretraining"):
-            maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, family_split.train, stats, work, seed))
+            pool = pretrain_families(table, family_split, cfg.data)
+            maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, pool, stats, work, seed))
     train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
     val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
     metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)
@@ -204,6 +217,14 @@ def _pooled_state(
     state = pooled.state_dict()
     save_checkpoint(work / "pooled.ckpt", state, {"kind": "pooled-cache", "pooled_key": key})
     return state
+
+
+def pretrain_families(table: Any, family_split: Any, data: Any) -> list[str]:
+    """The families whose structures the network was trained on (the reference of σ(x) and the domain)."""
+    if data.pretrain_pool == "train_families":
+        return list(family_split.train)
+    held = set(family_split.val) | set(family_split.test)
+    return sorted({f for f in table.families if f not in held})
 
 
 def untrained_predictor(

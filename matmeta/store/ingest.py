@@ -7,9 +7,7 @@ transaction, so a reader or a resumed ingest never sees half a batch.
 
 from __future__ import annotations
 
-import gc
 import json
-import multiprocessing.pool
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any
 from matmeta.errors import StoreError
 from matmeta.graphs import GraphConfig
 from matmeta.store.plan import plan_items
+from matmeta.store.pool import default_signals, worker_pool  # noqa: F401 - default_signals: re-exported
 from matmeta.store.reader import (
     FAMILY_KINDS,
     FORMAT_NAME,
@@ -54,60 +53,6 @@ class IngestReport:
     def ok(self) -> bool:
         """True when no input was refused."""
         return not self.errors
-
-
-def _worker_pool(processes: int, start_method: str | None) -> Any:
-    """A process pool for :func:`matmeta.records.work_chunk`.
-
-    With ``fork`` the heavy modules the workers need are imported here first, once, and the
-    children inherit them; with ``spawn``/``forkserver`` each worker imports them itself.
-    """
-    import multiprocessing
-
-    method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    if method == "fork":
-        import pymatgen.core  # noqa: F401 - inherited by the forked workers
-        import pymatgen.optimization.neighbors  # noqa: F401
-        import spglib  # noqa: F401
-
-        import matmeta.families  # noqa: F401
-        import matmeta.io  # noqa: F401
-    context = multiprocessing.get_context(method)
-    if method != "fork" or gc.get_freeze_count():  # (a caller's own freeze is left as it is)
-        return _QuietPool(processes=processes, context=context, initializer=default_signals)
-    # forked workers inherit every object of this process (torch, pymatgen, a caller's data); frozen,
-    # their garbage collector leaves those alone instead of walking them (and copying their pages)
-    gc.freeze()
-    try:
-        return _QuietPool(processes=processes, context=context, initializer=default_signals)
-    finally:
-        gc.unfreeze()
-
-
-def default_signals() -> None:
-    """Pool-worker initializer: SIGTERM and SIGINT back to their defaults.
-
-    A forked worker inherits its parent's Python signal handlers. Where the parent holds its own SIGTERM
-    handler (Flower's ``start_server`` installs one that logs, sends telemetry and stops the parent's gRPC
-    server before exiting, and keeps it), the worker runs that instead of dying on ``Pool.terminate()``; in
-    a forked copy it can wait for ever, and the ingest hung in its final ``join()`` (seen in a test run).
-    """
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-class _QuietPool(multiprocessing.pool.Pool):
-    """``multiprocessing.Pool`` whose worker-handler thread does not wake on every result.
-
-    CPython's handler also waits on the result pipe, which the result-handler thread reads: while
-    a result sits there it spins (about 0.8 s of CPU in a 6,433-structure ingest on 2 cores, taken
-    from the workers). It needs to wake only when a worker exits or the pool changes state.
-    """
-
-    def _get_sentinels(self) -> list[Any]:
-        return [self._change_notifier._reader]  # type: ignore[attr-defined]
 
 
 def _new_metadata(config: GraphConfig, targets: Sequence[str], settings: IngestSettings) -> dict[str, Any]:
@@ -266,7 +211,7 @@ def _build_and_write(
     settings_dict = {k: getattr(settings, k) for k in IngestSettings.__dataclass_fields__}
     pool = None
     if workers > 1 and len(chunks) > 1:
-        pool = _worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
+        pool = worker_pool(min(workers, len(chunks)), start_method)  # before the progress thread starts
     try:
         with progress(disable=None if show_progress is None else not show_progress) as bar:
             task = bar.add_task("ingest", total=sum(len(c) for c in chunks))

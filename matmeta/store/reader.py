@@ -43,7 +43,7 @@ FORMAT_NAME = "matmeta-graph-store"
 FORMAT_VERSION = 1
 META_KEY = b"__meta__"
 MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows with the data
-FAMILY_KINDS = ("anion_set", "b_site", "a_site", "chemsys", "spacegroup")
+FAMILY_KINDS = ("anion_set", "anion_class", "cation", "b_site", "a_site", "chemsys", "spacegroup", "prototype")
 
 # ----------------------------------------------------------------------------- reading
 
@@ -281,37 +281,50 @@ class GraphStore(_DatasetBase):  # type: ignore[misc,valid-type]
             kinds.update(k for k in families if k.startswith("column:"))
         return sorted(kinds)
 
-    def _fill_spacegroups(self, index: dict[str, Any]) -> None:
-        """Space groups of the records that lack one, computed once from the stored cell (kept in memory).
+    def _fill_composition_keys(self, index: dict[str, Any]) -> None:
+        """``anion_class`` and ``cation`` of records stored before ingest wrote them (from their atomic numbers)."""
+        from matmeta.families import anion_class_of, cation_of
 
-        Ingest leaves out the one family key that needs a symmetry search (spglib, ~1,000 cells/s on
-        one core; about 70 % of the time of all keys) because few users group by it; stores written
-        before that keep theirs.
-        """
-        from matmeta.families import spacegroup_of
-
-        missing = [i for i, families in enumerate(index["families"]) if "spacegroup" not in families]
-        with self._txn_env().begin() as txn:
-            for i in missing:
-                raw = txn.get(str(i).encode("ascii"))
-                if raw is None:
-                    raise StoreError(f"{self.path}: record {i} missing (corrupt store)")
-                arrays, _ = decode_record(raw, ("lattice", "frac_coords", "atomic_numbers"), with_info=False)
+        for i, families in enumerate(index["families"]):
+            if "cation" not in families:
+                numbers = decode_record(self._raw(i), ("atomic_numbers",), with_info=False)[0]["atomic_numbers"]
                 index["families"][i] = {
-                    **index["families"][i],
-                    "spacegroup": spacegroup_of(arrays["lattice"], arrays["frac_coords"], arrays["atomic_numbers"]),
+                    **families,
+                    "anion_class": anion_class_of(numbers),
+                    "cation": cation_of(numbers),
                 }
 
-    def family_keys(self, by: str) -> list[str]:
+    def _fill_symmetry(self, index: dict[str, Any]) -> None:
+        """Space groups and prototypes of the records that lack them (:mod:`matmeta.store.symmetry`: cached)."""
+        from matmeta.store.symmetry import symmetry_keys
+
+        if all("prototype" in families for families in index["families"]):
+            return
+        found = symmetry_keys(self, index["ids"])
+        for i, families in enumerate(index["families"]):
+            index["families"][i] = {
+                "spacegroup": found["spacegroup"][i],
+                "prototype": found["prototype"][i],
+                "prototype_signature": found["prototype_signature"][i],
+                **families,  # a key stored at ingest (older stores' space groups) stays
+            }
+
+    def family_keys(self, by: str, undefined: str = "raise") -> list[str]:
         """The family of every record by one kind (``anion_set``, ``b_site``, …, ``column:<name>``).
 
+        Args:
+            by: the family kind.
+            undefined: ``"raise"`` when the kind does not apply to some records, or ``"empty"``: their key is "".
+
         Raises:
-            MatmetaInputError: an unknown kind, or records the kind does not apply to (e.g.
-                ``b_site`` of a non-perovskite; the message counts them and gives the first reason).
+            MatmetaInputError: an unknown kind, or (with ``undefined="raise"``) records the kind does not
+                apply to (e.g. ``b_site`` of a non-perovskite; the message counts them and gives the first reason).
         """
         index = self._load_index()
-        if by == "spacegroup":
-            self._fill_spacegroups(index)
+        if by in ("spacegroup", "prototype", "prototype_signature"):
+            self._fill_symmetry(index)
+        if by in ("anion_class", "cation"):
+            self._fill_composition_keys(index)
         keys: list[str] = []
         bad: list[str] = []
         for families, errors, rid in zip(index["families"], index["errors"], index["ids"], strict=True):
@@ -324,6 +337,6 @@ class GraphStore(_DatasetBase):  # type: ignore[misc,valid-type]
                 raise MatmetaInputError(
                     f"{self.path}: no family kind {by!r} (available: {', '.join(self.family_kinds())})"
                 )
-        if bad:
+        if bad and undefined == "raise":
             raise MatmetaInputError(f"{self.path}: {by} is undefined for {len(bad)} record(s); first: {bad[0]}")
         return keys
