@@ -50,6 +50,7 @@ def parse_cif_arrays(
     *,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     ordered_approximation: bool = False,
+    check_overlaps: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One validated crystal from CIF text as arrays (the ingest hot path: no ``Structure`` is built for P1 CIFs).
 
@@ -58,6 +59,8 @@ def parse_cif_arrays(
         name: Names the input in error messages (a file name, ``file.csv row 12``).
         max_atoms: Refuse larger cells.
         ordered_approximation: Replace partially occupied sites by their majority species instead of refusing.
+        check_overlaps: False leaves the overlap check of a P1 file to the caller
+            (:func:`matmeta.structure_checks.check_overlaps_from_pairs`, with its own neighbour search).
 
     Returns:
         ``(lattice, frac_coords, atomic_numbers)``.
@@ -98,7 +101,7 @@ def parse_cif_arrays(
     except Exception as exc:  # noqa: BLE001 - degenerate lattice and the like
         raise MatmetaInputError(f"{name}: invalid cell ({exc})") from None
     numbers = np.array([element_numbers()[s] for s in symbols], dtype=np.int64)
-    check_cell(lattice, frac, name)
+    check_cell(lattice, frac, name, overlaps=check_overlaps)
     return lattice, frac, numbers
 
 

@@ -13,7 +13,7 @@ from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
 TRAINERS = ("predictor", "generator", "jmak")
-BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain", "federated")
+BENCHMARKS = ("ingest", "engine", "fewshot", "fewshot_mp", "jmak", "generate", "explain", "federated")
 
 
 def _trainer(app_name: str) -> Callable[..., Path]:
@@ -33,6 +33,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.engine import run
     elif name == "fewshot":
         from matmeta.bench.fewshot import run
+    elif name == "fewshot_mp":
+        from matmeta.bench.fewshot_mp import run
     elif name == "jmak":
         from matmeta.bench.jmak import run
     elif name == "generate":

@@ -105,8 +105,11 @@ def check_species(structure: Structure, name: str) -> None:
                 raise MatmetaInputError(f"{name}: unknown element {symbol!r}")
 
 
-def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
+def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str, overlaps: bool = True) -> None:
     """The geometric checks of :func:`check_structure`: finite cell, volume per atom, no overlapping atoms.
+
+    ``overlaps=False`` leaves the overlap check to the caller (ingest: :func:`check_overlaps_from_pairs`
+    with the graph's own neighbour search).
 
     Shapes:
         lattice: (3, 3); frac_coords: (N, 3)
@@ -130,9 +133,28 @@ def check_cell(lattice: np.ndarray, frac_coords: np.ndarray, name: str) -> None:
             f"{name}: implausible volume per atom {per_atom:.3g} Å^3 "
             f"(allowed {MIN_VOLUME_PER_ATOM:g}–{MAX_VOLUME_PER_ATOM:g})"
         )
-    if _clearly_apart(matrix, frac):
+    if not overlaps or _clearly_apart(matrix, frac):
         return
     _check_overlaps_exact(matrix, frac, name)
+
+
+def check_overlaps_from_pairs(
+    lattice: np.ndarray, frac_coords: np.ndarray, distances: np.ndarray, name: str, radius: float
+) -> None:
+    """The overlap check of :func:`check_cell` from a neighbour search the caller already made within ``radius``.
+
+    The pairs' shortest distance decides when it is clearly above ``MIN_DISTANCE`` (by more than the
+    margin), the search reached past it and the cell is not huge; otherwise the exact search decides
+    and words the message.
+
+    Shapes:
+        lattice: (3, 3); frac_coords: (N, 3); distances: (P,) every pair within the search radius
+    """
+    matrix = np.asarray(lattice, dtype=np.float64)
+    if radius > MIN_DISTANCE + 2 * _MARGIN and float(np.abs(matrix).max()) <= _MAX_QUICK_LENGTH:
+        if not len(distances) or float(np.min(distances)) >= MIN_DISTANCE + _MARGIN:
+            return
+    _check_overlaps_exact(matrix, np.asarray(frac_coords, dtype=np.float64), name)
 
 
 def _clearly_apart(matrix: np.ndarray, frac: np.ndarray) -> bool:

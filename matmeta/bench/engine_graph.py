@@ -156,7 +156,7 @@ def load_bench_model(cfg: GraphBenchConfig) -> tuple[nn.Module, list]:
     from matmeta.predict.data import ensure_store, load_table
     from matmeta.predict.predictor import Predictor
 
-    predictor = Predictor.load(cfg.checkpoint)
+    predictor = Predictor.load(cfg.checkpoint or "perovskites")
     model = predictor.model
     model.head[2].p = 0.0  # dropout off: every implementation computes the same function
     store = ensure_store(dataclasses.replace(DataConfig(), store=Path(cfg.store)))

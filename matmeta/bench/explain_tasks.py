@@ -147,7 +147,7 @@ class PredictorTask:
         from matmeta.predict.data import ensure_store, load_table
         from matmeta.predict.predictor import Predictor
 
-        predictor = Predictor.load(cfg.predictor_checkpoint or None)
+        predictor = Predictor.load(cfg.predictor_checkpoint or "perovskites")
         families = predictor.metadata.get("families", {})
         if not families.get("test"):
             raise CheckpointError(f"{predictor.path}: no test-family split in its metadata")

@@ -262,7 +262,7 @@ def _setup(cfg: GenerateBenchConfig, root: Path, quick: bool) -> dict[str, Any]:
     check_temperature(cfg.temperature)
     store_path = cfg.store if cfg.store.is_absolute() else root / cfg.store
     gen = Generator.load(cfg.checkpoint or None)
-    predictor = Predictor.load(cfg.predictor or None)
+    predictor = Predictor.load(cfg.predictor or "perovskites")
     graphs = GraphStore(ensure_store(store_path))
     families = graphs.family_keys(gen.metadata["family_by"])
     train = set(gen.metadata["families"]["train"])

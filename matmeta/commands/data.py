@@ -96,7 +96,9 @@ def ingest_command(
 def families_command(
     store: Path = typer.Argument(..., help="Graph store directory."),
     by: str = typer.Option(
-        "b_site", "--by", help="anion_set | b_site | a_site | chemsys | spacegroup | column:<name>."
+        "prototype",
+        "--by",
+        help="prototype | anion_class | cation | chemsys | spacegroup | anion_set | b_site | a_site | column:<name>.",
     ),
     min_size: int = typer.Option(1, "--min-size", help="Hide families with fewer members."),
     out: Path = typer.Option(None, "--out", help="Also write the table as .csv or .json."),
@@ -108,7 +110,8 @@ def families_command(
 
     graph_store = GraphStore(store)
     names = graph_store.target_names
-    rows = family_statistics(graph_store.family_keys(by), graph_store.targets, names)
+    keys = [key or "(undefined)" for key in graph_store.family_keys(by, undefined="empty")]
+    rows = family_statistics(keys, graph_store.targets, names)
     shown = [r for r in rows if int(r["size"]) >= min_size]
     columns = ["family", "size"] + [f"{n} {s}" for n in names for s in ("mean", "std")]
     table_rows = [[r["family"], r["size"], *(r[f"{n}_{s}"] for n in names for s in ("mean", "std"))] for r in shown]
@@ -122,6 +125,21 @@ def families_command(
         from matmeta.atomic import write_table
 
         write_table(out, shown, list(shown[0]) if shown else ["family", "size"])
+
+
+@data_app.command("split")
+def split_command(
+    store: Path = typer.Argument(..., help="Graph store directory."),
+    by: str = typer.Option("prototype", "--by", help="Family kind (see `matmeta data families`)."),
+    min_size: int = typer.Option(30, "--min-size", help="Families with fewer members are no task."),
+    fractions: tuple[float, float, float] = typer.Option((0.7, 0.15, 0.15), "--fractions", help="Train val test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+) -> None:
+    """Print a seeded family-level split as the [data] lines that fix it in a recipe."""
+    from matmeta.store.splits import split_as_toml, store_family_split
+
+    split = store_family_split(store, by, min_size, fractions, seed)
+    typer.echo(split_as_toml(split, by, min_size), nl=False)
 
 
 @data_app.command("download")

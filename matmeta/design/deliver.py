@@ -159,7 +159,7 @@ def run_design(
     budget = FillBudget(max_draws=request.max_draws, max_predictor_calls=request.max_predictor_calls)
     budget_check(budget)
     mask = gen.element_mask(request.elements, request.exclude)
-    scorer = Predictor.load(predictor)
+    scorer = Predictor.load(predictor or "perovskites")  # the decoder designs ABX3 perovskites (issue 31: any family)
     criterion = StabilityCriterion() if request.cubic_window else StabilityCriterion(shape=None)
     reference = training_reference(gen, store)
     known = set(reference.by_formula) if (reference is not None and request.novel_only) else set()

@@ -266,7 +266,7 @@ def run_generate(
     gen = Generator.load(checkpoint)
     check_request(request.n, window, gen.gap_range)  # the rest of the request is checked once, in generate
     examples = [s for _, s in family_examples] if family_examples else None
-    scorer = Predictor.load(predictor)
+    scorer = Predictor.load(predictor or "perovskites")  # the decoder designs ABX3 perovskites
     reference = functools.partial(training_reference, gen, store)  # read once the request is checked
     return generate(
         request.n,

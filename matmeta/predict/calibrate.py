@@ -37,7 +37,7 @@ import torch
 
 from matmeta.conformal import balanced_threshold, conformal_quantile, family_held_out_coverage, mondrian_quantiles
 from matmeta.meta.maml import MAML
-from matmeta.predict.data import GraphTable, TargetStats, family_indices, loss_fn
+from matmeta.predict.data import GraphTable, TargetStats, families_of_size, family_indices, loss_fn
 
 Z90 = 1.6448536269514722
 LEVEL = 0.9
@@ -183,7 +183,10 @@ def calibration_parts(
     generator = torch.Generator().manual_seed(seed)
     by_k: dict[str, list[dict[str, np.ndarray]]] = {}
     for k in ADAPT_KS:
-        sampler = EpisodeSampler(table.families, list(families), k, 30, seed + k)
+        usable = families_of_size(table.families, families, k + 30)  # families that can give a k + 30 episode
+        if not usable:
+            continue
+        sampler = EpisodeSampler(table.families, usable, k, 30, seed + k)
         by_k[str(k)] = []
         for _ in range(episodes_per_k):
             episode = sampler.sample(generator)
@@ -289,7 +292,7 @@ def uncertainty_entry(
         pooled.update(_gap_only(_summary(_adapted_list(parts) + others)))
     for entry in adapted.values():
         entry.update(_gap_only(pooled))
-    ref = adapted["10"]
+    ref = adapted.get("10") or next(iter(adapted.values()))
     out = {
         "method": "split_conformal+mc_dropout",
         "mc_samples": mc_samples,

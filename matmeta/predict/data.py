@@ -312,7 +312,13 @@ class FamilyEpisodes:
         from matmeta.tasks import EpisodeSampler
 
         self.table = table
-        self.samplers = [EpisodeSampler(table.families, list(families), int(k), int(k_query), seed) for k in k_support]
+        self.samplers = []
+        for k in k_support:  # a family too small for k + k_query (a 34-member one at k = 20) joins the smaller k only
+            usable = families_of_size(table.families, families, int(k) + int(k_query))
+            if usable:
+                self.samplers.append(EpisodeSampler(table.families, usable, int(k), int(k_query), seed))
+        if not self.samplers:
+            raise ValueError(f"no family has {min(k_support)} + {k_query} structures for an episode")
 
     def sample(self, n_tasks: int, generator: torch.Generator) -> list[tuple[GraphBatch, GraphBatch]]:
         """``n_tasks`` tasks ``(support, query)``."""
@@ -322,6 +328,12 @@ class FamilyEpisodes:
             episode = sampler.sample(generator)
             tasks.append((self.table.batch(episode.support), self.table.batch(episode.query)))
         return tasks
+
+
+def families_of_size(keys: Sequence[str], families: Sequence[str], size: int) -> list[str]:
+    """The ``families`` with at least ``size`` members among ``keys`` (in the order given)."""
+    counts = Counter(keys)
+    return [f for f in families if counts[f] >= size]
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:

@@ -40,7 +40,26 @@ from matmeta.predict.data import (
     map_unknown,
 )
 
-DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-29-GapDescriptors.ckpt"
+#: The shipped predictors by name (``--model mp``, ``--model perovskites``); ``mp`` is the default.
+SHIPPED = {
+    "mp": CHECKPOINT_DIR / "CrystalGNN-MP-2026-12-07-PBE.ckpt",
+    "perovskites": CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-29-GapDescriptors.ckpt",
+}
+DEFAULT_CHECKPOINT = SHIPPED["mp"]
+
+
+def resolve_model(path: str | Path | None) -> Path:
+    """A checkpoint path from ``--model``: None → the default, a shipped name (``mp``, ``perovskites``) → its file.
+
+    A file of that name in the working folder wins over the shipped name.
+    """
+    if path is None:
+        return DEFAULT_CHECKPOINT
+    if str(path) in SHIPPED and not Path(path).exists():
+        return SHIPPED[str(path)]
+    return Path(path)
+
+
 MODEL_CLASS = "CrystalGNN"
 __all__ = ["Predictor", "FinetuneReport"]
 
@@ -128,7 +147,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Predictor:
-        """Read a predictor checkpoint (None: the shipped default).
+        """Read a predictor checkpoint: a path, a shipped name (``mp``, ``perovskites``), or None (the default).
 
         Raises:
             CheckpointError: missing, corrupt, pickled, another kind or model, or weights that do
@@ -137,7 +156,7 @@ class Predictor:
         from matmeta.graphs import GraphConfig
         from matmeta.recipes import config_from_dict
 
-        path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        path = resolve_model(path)
         tensors, metadata = load_checkpoint(path)
         expect(metadata, path, kind="predictor")
         expect(metadata, path, model_class=MODEL_CLASS)

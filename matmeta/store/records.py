@@ -176,11 +176,13 @@ def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) 
     from matmeta.geometry import neighbor_list, wrap_fractional
     from matmeta.graphs import graph_arrays, targets_array
     from matmeta.io import parse_cif_arrays, read_structure_file, structure_to_cif
+    from matmeta.structure_checks import check_overlaps_from_pairs
 
     options = {"max_atoms": settings.max_atoms, "ordered_approximation": settings.ordered_approximation}
     crystals: list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray], str]] = []
-    if item.kind == "cif_text":
-        crystals.append((item.id, parse_cif_arrays(item.payload, item.where, **options), item.payload))
+    if item.kind == "cif_text":  # overlaps are checked below, from the graph's own neighbour search
+        parsed = parse_cif_arrays(item.payload, item.where, check_overlaps=False, **options)
+        crystals.append((item.id, parsed, item.payload))
     else:
         text = Path(item.payload).read_text(errors="replace") if item.payload.lower().endswith(".cif") else None
         for name, s in read_structure_file(item.payload, **options):
@@ -194,7 +196,8 @@ def build_record(item: WorkItem, config: GraphConfig, settings: IngestSettings) 
     for rid, (lattice, raw_frac, numbers), cif_text in crystals:
         where = item.where if rid == item.id else f"{item.where} ({rid})"
         frac = wrap_fractional(raw_frac)
-        pairs = neighbor_list(lattice, frac @ lattice, config.cutoff_angstrom)  # shared by the graph and the families
+        pairs = neighbor_list(lattice, frac @ lattice, config.cutoff_angstrom)  # graph, overlap check, families
+        check_overlaps_from_pairs(lattice, frac, pairs[3], where, config.cutoff_angstrom)
         arrays, warnings = graph_arrays(
             lattice, frac, numbers, config, on_isolated_atoms=settings.on_isolated_atoms, name=where, pairs=pairs
         )  # type: ignore[arg-type]
