@@ -337,3 +337,20 @@ def test_repository_recipe_is_loadable():
     assert recipe["meta_train"]["app"] == "generator"
     cfg = config_from_dict(GeneratorTrainConfig, {k: v for k, v in recipe["meta_train"].items() if k != "app"})
     assert cfg.family_by == "b_site"
+
+
+def test_renamed_library_arguments_still_work_for_a_release():
+    from matmeta.bench.generate import RENAMED
+    from matmeta.design.deliver import run_design
+    from matmeta.design.request import DesignRequest
+    from matmeta.errors import RecipeError
+    from matmeta.recipes import renamed_keys
+
+    with pytest.warns(DeprecationWarning, match="tolerance= is deprecated: use gap_half_width="):
+        old = DesignRequest(band_gap="2.0", tolerance=0.7)
+    assert old == DesignRequest(band_gap="2.0", gap_half_width=0.7) and old.tolerance is None
+    with pytest.raises(TypeError, match="checkpoint= and generator="):
+        run_design(DesignRequest(), generator="a.ckpt", checkpoint="a.ckpt")  # refused before any work
+    assert renamed_keys({"tolerance": 0.4, "n": 3}, RENAMED, "r.toml[bench]") == {"gap_half_width": 0.4, "n": 3}
+    with pytest.raises(RecipeError, match="r.toml\\[bench\\]: predictor and model are the same setting"):
+        renamed_keys({"predictor": "", "model": ""}, RENAMED, "r.toml[bench]")

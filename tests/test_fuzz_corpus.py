@@ -90,7 +90,7 @@ def test_generate_options_are_refused_before_any_work(tmp_path: Path) -> None:
     cases = [
         (DesignRequest(guidance=float("nan")), "--guidance nan: must be a finite number"),
         (DesignRequest(elements=[]), "--elements: empty"),
-        (DesignRequest(tolerance=float("inf")), "--tolerance inf: must be a finite number"),
+        (DesignRequest(gap_half_width=float("inf")), "--gap-half-width inf: must be a finite number"),
         (DesignRequest(temperature=1e-30), "--temperature 1e-30: must be a finite number > 0"),
     ]
     for request, message in cases:

@@ -31,6 +31,7 @@ from matmeta.design.request import DesignRequest, check_options, check_request, 
 from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
 from matmeta.design.stability import StabilityCriterion
 from matmeta.errors import MatmetaInputError
+from matmeta.guards import renamed_argument
 
 
 @dataclass
@@ -125,41 +126,48 @@ def relax_and_recheck(
 def run_design(
     request: DesignRequest,
     family_examples: Sequence[tuple[str, Any]] | None = None,
-    checkpoint: str | Path | None = None,
-    predictor: str | Path | None = None,
+    generator: str | Path | None = None,
+    model: str | Path | None = None,
     store: str | Path | None = None,
     relax_settings: RelaxSettings | None = None,
     progress: Any | None = None,
     out_dir: str | Path | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    predictor: str | Path | None = None,
 ) -> DesignResult:
     """Fill, screen, relax and rank one request (module docstring).
 
     Args:
         request: the target, ``n``, the budget and options.
         family_examples: ``(name, structure)`` examples to adapt the decoder to first.
-        checkpoint: generator checkpoint (None: shipped).
-        predictor: predictor checkpoint (None: shipped).
+        generator: generator checkpoint (None: shipped).
+        model: predictor checkpoint (None: shipped).
         store: training store for novelty and the screen (None: the checkpoint's when present).
         relax_settings: the bounds of every relaxation.
         progress: a rich Progress to report on (None: silent).
         out_dir: the folder the result will be written to, checked before any work (None: not written).
+        checkpoint: deprecated spelling of ``generator`` (one more release).
+        predictor: deprecated spelling of ``model`` (one more release).
     """
     from matmeta.design.pipeline import training_reference
     from matmeta.predict.predictor import Predictor
 
+    generator = renamed_argument("checkpoint", "generator", checkpoint, generator)
+    model = renamed_argument("predictor", "model", predictor, model)
     check_options(request, out_dir)
     if not request.distinct:
         raise MatmetaInputError(
             "--allow-repeats: no longer supported; the fill loop returns each composition once "
             "(a repeat is never a new hit), drop the option"
         )
-    window = parse_gap_window(request.band_gap, request.tolerance)
-    gen = Generator.load(checkpoint)
+    window = parse_gap_window(request.band_gap, request.gap_half_width)
+    gen = Generator.load(generator)
     check_request(request.n, window, gen.gap_range)
     budget = FillBudget(max_draws=request.max_draws, max_predictor_calls=request.max_predictor_calls)
     budget_check(budget)
     mask = gen.element_mask(request.elements, request.exclude)
-    scorer = Predictor.load(predictor)
+    scorer = Predictor.load(model)
     criterion = StabilityCriterion() if request.cubic_window else StabilityCriterion(shape=None)
     reference = training_reference(gen, store)
     known = set(reference.by_formula) if (reference is not None and request.novel_only) else set()

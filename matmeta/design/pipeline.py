@@ -241,8 +241,8 @@ def training_reference(generator: Generator, store: str | Path | None = None) ->
 def run_generate(
     request: DesignRequest,
     family_examples: Sequence[tuple[str, Any]] | None = None,
-    checkpoint: str | Path | None = None,
-    predictor: str | Path | None = None,
+    generator: str | Path | None = None,
+    model: str | Path | None = None,
     store: str | Path | None = None,
     out_dir: str | Path | None = None,
 ) -> GenerationResult:
@@ -253,8 +253,8 @@ def run_generate(
     Args:
         request: the target and options.
         family_examples: ``(name, structure)`` examples to adapt to first.
-        checkpoint: generator checkpoint (None: shipped).
-        predictor: predictor checkpoint (None: shipped).
+        generator: generator checkpoint (None: shipped).
+        model: predictor checkpoint (None: shipped).
         store: training store for novelty (None: the checkpoint's when present).
         out_dir: the folder :func:`write_candidates` will write to, checked up front (None: not written).
     """
@@ -262,11 +262,11 @@ def run_generate(
     from matmeta.predict.predictor import Predictor
 
     check_options(request, out_dir)
-    window = parse_gap_window(request.band_gap, request.tolerance)
-    gen = Generator.load(checkpoint)
+    window = parse_gap_window(request.band_gap, request.gap_half_width)
+    gen = Generator.load(generator)
     check_request(request.n, window, gen.gap_range)  # the rest of the request is checked once, in generate
     examples = [s for _, s in family_examples] if family_examples else None
-    scorer = Predictor.load(predictor)
+    scorer = Predictor.load(model)
     reference = functools.partial(training_reference, gen, store)  # read once the request is checked
     return generate(
         request.n,
