@@ -116,6 +116,8 @@ def test_gap_window_and_impossible_requests():
 class FixedPredictor:
     """Test-only scorer: a fixed function of the composition (never used by the product)."""
 
+    nonmetal_cut = 0.5
+
     def predict_structures(self, structures):
         out = []
         for s in structures:

@@ -129,6 +129,8 @@ class _Memo:
 
     def __init__(self, predictor: Any) -> None:
         self.predictor, self.cache = predictor, {}
+        self.nonmetal_cut = predictor.nonmetal_cut  # the predictor's own metal call (design.judge.MetalCall)
+        self.new_family_cut = predictor.new_family_cut
 
     def predict_structures(self, structures: list[Any]) -> list[dict[str, Any]]:
         todo = [s for s in structures if id(s) not in self.cache]

@@ -25,7 +25,7 @@ from typing import Any
 
 from matmeta.design.fill import FillBudget, FillResult, decoder_proposer, fill
 from matmeta.design.generator import Generator
-from matmeta.design.judge import prediction_verdict
+from matmeta.design.judge import MetalCall, prediction_verdict
 from matmeta.design.relax import Relaxer, RelaxSettings, relax_status
 from matmeta.design.request import DesignRequest, check_options, check_request, parse_gap_window
 from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
@@ -62,6 +62,10 @@ class DesignResult:
     criterion: StabilityCriterion
     novelty_judged: bool = True
     notes: list[str] = field(default_factory=list)
+
+
+#: The verdicts predicted again on the relaxed structure (each as ``<name>_relaxed``).
+RECHECKED = ("band_gap_ev", "p_metal", "nonmetal", "heat_ev_per_atom", "stable")
 
 
 def rank_key(row: dict[str, Any], window: tuple[float, float]) -> tuple[float, float]:
@@ -106,6 +110,7 @@ def relax_and_recheck(
     ``relaxer`` (default: a CHGNet :class:`~matmeta.design.relax.Relaxer` with ``settings``) needs
     ``relax_all(structures, on_done) -> (relaxed structures or None, rows)``.
     """
+    call = MetalCall.of(predictor)
     relaxed, outcomes = (relaxer or Relaxer(settings)).relax_all(structures, on_done)
     again = [i for i, r in enumerate(relaxed) if r is not None and outcomes[i]["relaxed_valid"]]
     predictions = predictor.predict_structures([relaxed[i] for i in again]) if again else []
@@ -115,8 +120,8 @@ def relax_and_recheck(
         after = None
         if i in by_index:
             cubic = bool(row.get("cubic_by_tolerance", True))
-            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion, cubic)
-            row.update({f"{k}_relaxed": verdict[k] for k in ("band_gap_ev", "p_metal", "heat_ev_per_atom", "stable")})
+            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion, call, cubic)
+            row.update({f"{k}_relaxed": verdict[k] for k in RECHECKED})
             after = verdict["in_window"]
             row["in_window_relaxed"] = after
         row["relax_status"] = relax_status(outcome, after)
