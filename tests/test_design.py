@@ -1,4 +1,5 @@
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,22 @@ def test_renamed_library_arguments_still_work_for_a_release():
     assert renamed_keys({"tolerance": 0.4, "n": 3}, RENAMED, "r.toml[bench]") == {"gap_half_width": 0.4, "n": 3}
     with pytest.raises(RecipeError, match="r.toml\\[bench\\]: predictor and model are the same setting"):
         renamed_keys({"predictor": "", "model": ""}, RENAMED, "r.toml[bench]")
+
+
+def test_too_small_families_are_refused_naming_the_store_before_its_structures_are_read(tiny_store, monkeypatch):
+    from matmeta.design.data import DecoderEpisodes, load_design_data
+    from matmeta.errors import StoreError
+    from matmeta.store.reader import GraphStore
+
+    arrays, _, _ = load_design_data(tiny_store, "ind_gap", "b_site")
+    sizes = sorted(Counter(arrays.families).items(), key=lambda kv: (-kv[1], kv[0]))
+    too_many = sizes[0][1] + 1
+    with pytest.raises(StoreError, match=f"none of the 2 families has k_support \\+ k_query = {too_many} members"):
+        DecoderEpisodes(arrays, [f for f, _ in sizes[:2]], too_many - 1, 1, 0, 0.0, 4, 2.0, source=str(tiny_store))
+    with pytest.raises(StoreError, match=f"^{tiny_store}: none of"):
+        DecoderEpisodes(arrays, [f for f, _ in sizes[:2]], too_many - 1, 1, 0, 0.0, 4, 2.0, source=str(tiny_store))
+    read: list[int] = []
+    monkeypatch.setattr(GraphStore, "structure", lambda self, i: read.append(i))
+    with pytest.raises(StoreError, match=f"^{tiny_store}: no family has 100000 structures with a finite ind_gap"):
+        load_design_data(tiny_store, "ind_gap", "b_site", min_family_size=100_000)
+    assert read == []  # refused on the labels alone, before any structure is read
