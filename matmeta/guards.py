@@ -1,4 +1,4 @@
-"""Guards on what a user hands in: regular files only, finite numbers, a ceiling on work.
+"""Guards on what a user hands in: regular files only, finite numbers, a ceiling on work, renamed options.
 
 Every guard raises a :class:`~matmeta.errors.MatmetaError` subclass with one line naming the input,
 so a command refuses bad input before it starts work instead of failing (or hanging) in the middle.
@@ -10,6 +10,7 @@ import math
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from matmeta.errors import MatmetaInputError, WorkLimitError
 
@@ -101,3 +102,38 @@ def within_ceiling(what: str, amount: int, ceiling: int, override: str, estimate
         raise WorkLimitError(
             f"{what}: {amount} exceeds the ceiling of {ceiling}{cost}; pass {override} to run it anyway"
         )
+
+
+def renamed(old: str, new: str, old_value: Any, new_value: Any, default: Any = None) -> Any:
+    """The value of an option renamed from ``old`` to ``new``; the old spelling works for one more release.
+
+    ``None`` means "not given" for both. Given under the old name, one deprecation line naming the new
+    one goes to stderr; given under both names, it is refused (which one was meant is not known).
+
+    Raises:
+        MatmetaInputError: ``"--old and --new: ..."`` when both were given.
+    """
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise MatmetaInputError(f"{old} and {new}: the same option twice ({old} is its old name); give {new} only")
+    from matmeta.console import warn
+
+    warn(f"{old} is deprecated (removed in the next release): use {new}")
+    return old_value
+
+
+def renamed_argument(old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """A library argument renamed from ``old`` to ``new`` (kept for one release): a ``DeprecationWarning``.
+
+    Raises:
+        TypeError: both were given.
+    """
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise TypeError(f"{old}= and {new}=: the same argument twice ({old} is its old name); give {new}= only")
+    import warnings
+
+    warnings.warn(f"{old}= is deprecated (removed in the next release): use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value

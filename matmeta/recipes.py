@@ -45,6 +45,25 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def renamed_keys(values: dict[str, Any], renames: dict[str, str], where: str) -> dict[str, Any]:
+    """``values`` with old setting names replaced by new ones, one deprecation line each (one more release).
+
+    Raises:
+        RecipeError: a setting given under both its old and its new name.
+    """
+    out = dict(values)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise RecipeError(f"{where}: {old} and {new} are the same setting ({old} is its old name); keep {new}")
+        from matmeta.console import warn
+
+        warn(f"{where}: {old} is deprecated (removed in the next release): use {new}")
+        out[new] = out.pop(old)
+    return out
+
+
 def config_from_dict(cls: type[ConfigT], values: dict[str, Any] | None, where: str = "recipe") -> ConfigT:
     """Build the frozen dataclass ``cls`` from ``values``, refusing unknown keys by name."""
     values = dict(values or {})

@@ -43,7 +43,7 @@ matmeta explain --support data/lab_measurements.csv --target band_gap --query da
 echo
 echo "== 5. inverse design: candidates for a 2 eV band gap, checked and ranked"
 # a small request for the demo (-n 100 with the default 50,000-draw budget takes minutes on 2 cores)
-matmeta generate --band-gap 2.0 --tolerance 0.3 -n 20 --max-draws 10000 --seed 0 --out out/demo/candidates \
+matmeta generate --band-gap 2.0 --gap-half-width 0.3 -n 20 --max-draws 10000 --seed 0 --out out/demo/candidates \
   "${STORE_ARGS[@]}"
 
 echo

@@ -1,9 +1,11 @@
-"""``make fuzz``: the fuzz suite's properties with many more generated inputs; crashes are recorded, not fatal.
+"""``make fuzz``: the fuzz suite's properties with many more generated inputs; crashes are recorded and fail.
 
 Runs every hypothesis property of ``tests/test_fuzz_*.py`` in-process, ``--examples`` inputs in
 all shared out by :data:`WEIGHTS` (random, not derandomized), counts the inputs tried and the
 crashes (a non-``MatmetaError`` exception, a message over one line or not naming the input, or a
 broken property) and writes each crashing input to ``--record`` for ``tests/fuzz_corpus/``.
+A crash fails its property as it does in the test suite (hypothesis then shrinks it, so the
+recorded inputs include the shrunk ones); the run goes on with the next property.
 Exit status 1 when anything crashed.
 
     OMP_NUM_THREADS=1 nice -n 10 python scripts/fuzz.py --examples 100000 --record out/fuzz
@@ -76,17 +78,17 @@ def main() -> int:
                 failures.append(f"{name}: {''.join(traceback.format_exception_only(exc)).strip()}")
             print(f"{name}: {examples[name]} inputs in {time.perf_counter() - begun:.0f} s", flush=True)
     seconds = time.perf_counter() - started
-    crashes = fuzzing.COUNTS["crashes"] + len(failures)
     print(
         f"fuzz: {sum(examples.values())} generated inputs, {fuzzing.COUNTS['inputs']} reader calls "
         f"({fuzzing.COUNTS['accepted']} accepted, {fuzzing.COUNTS['refused']} refused in one line), "
-        f"{crashes} crashes, {seconds:.0f} s"
+        f"{len(failures)} properties failed, {fuzzing.COUNTS['crashes']} crashing reader calls "
+        f"(shrinking included), {seconds:.0f} s"
     )
     for failure in failures:
         print(f"property failed: {failure}")
     if fuzzing.COUNTS["crashes"]:
         print(f"crashing inputs recorded in {args.record}/")
-    return 1 if crashes else 0
+    return 1 if failures or fuzzing.COUNTS["crashes"] else 0
 
 
 if __name__ == "__main__":

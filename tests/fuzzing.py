@@ -1,9 +1,9 @@
 """Hostile-input strategies and the one oracle of the fuzz suite (``tests/test_fuzz_*.py``, ``make fuzz``).
 
 The oracle: a reader given any input either returns a valid result or raises a ``MatmetaError``
-whose message is one line naming the input; any other exception is a crash. Under ``make fuzz``
-(``MATMETA_FUZZ_RECORD=<folder>``) a crash is recorded there (input bytes and reason) and counted
-instead of stopping the run, and every input tried is counted.
+whose message is one line naming the input; any other exception is a crash, and a crash always fails the
+test. Recording is additive: with ``MATMETA_FUZZ_RECORD=<folder>`` (``make fuzz``) each crashing input is
+also written there (input bytes and reason) and counted, and every input tried is counted.
 """
 
 from __future__ import annotations
@@ -143,6 +143,9 @@ def _record(kind: str, payload: str | bytes, reason: str) -> None:
 def check(kind: str, payload: str | bytes, call: Callable[[], Any], names: str | None = None) -> Any:
     """Run ``call`` under the oracle; returns its result, or the ``MatmetaError`` it raised.
 
+    Raises:
+        AssertionError: a crash (also recorded under ``MATMETA_FUZZ_RECORD``).
+
     Args:
         kind: what is fuzzed (names recorded crashes).
         payload: the input (recorded with a crash).
@@ -172,10 +175,10 @@ def check(kind: str, payload: str | bytes, call: Callable[[], Any], names: str |
 
 
 def _crash(kind: str, payload: str | bytes, reason: str) -> None:
+    """Count and (with ``MATMETA_FUZZ_RECORD``) record a crash, then fail: recording never replaces failing."""
     COUNTS["crashes"] += 1
     if RECORD:
         _record(kind, payload, reason)
-        return None
     raise AssertionError(f"{kind}: {reason}")
 
 

@@ -1,4 +1,5 @@
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,8 @@ def test_gap_window_and_impossible_requests():
 
 class FixedPredictor:
     """Test-only scorer: a fixed function of the composition (never used by the product)."""
+
+    nonmetal_cut = 0.5
 
     def predict_structures(self, structures):
         out = []
@@ -337,3 +340,39 @@ def test_repository_recipe_is_loadable():
     assert recipe["meta_train"]["app"] == "generator"
     cfg = config_from_dict(GeneratorTrainConfig, {k: v for k, v in recipe["meta_train"].items() if k != "app"})
     assert cfg.family_by == "b_site"
+
+
+def test_renamed_library_arguments_still_work_for_a_release():
+    from matmeta.bench.generate import RENAMED
+    from matmeta.design.deliver import run_design
+    from matmeta.design.request import DesignRequest
+    from matmeta.errors import RecipeError
+    from matmeta.recipes import renamed_keys
+
+    with pytest.warns(DeprecationWarning, match="tolerance= is deprecated: use gap_half_width="):
+        old = DesignRequest(band_gap="2.0", tolerance=0.7)
+    assert old == DesignRequest(band_gap="2.0", gap_half_width=0.7) and old.tolerance is None
+    with pytest.raises(TypeError, match="checkpoint= and generator="):
+        run_design(DesignRequest(), generator="a.ckpt", checkpoint="a.ckpt")  # refused before any work
+    assert renamed_keys({"tolerance": 0.4, "n": 3}, RENAMED, "r.toml[bench]") == {"gap_half_width": 0.4, "n": 3}
+    with pytest.raises(RecipeError, match="r.toml\\[bench\\]: predictor and model are the same setting"):
+        renamed_keys({"predictor": "", "model": ""}, RENAMED, "r.toml[bench]")
+
+
+def test_too_small_families_are_refused_naming_the_store_before_its_structures_are_read(tiny_store, monkeypatch):
+    from matmeta.design.data import DecoderEpisodes, load_design_data
+    from matmeta.errors import StoreError
+    from matmeta.store.reader import GraphStore
+
+    arrays, _, _ = load_design_data(tiny_store, "ind_gap", "b_site")
+    sizes = sorted(Counter(arrays.families).items(), key=lambda kv: (-kv[1], kv[0]))
+    too_many = sizes[0][1] + 1
+    with pytest.raises(StoreError, match=f"none of the 2 families has k_support \\+ k_query = {too_many} members"):
+        DecoderEpisodes(arrays, [f for f, _ in sizes[:2]], too_many - 1, 1, 0, 0.0, 4, 2.0, source=str(tiny_store))
+    with pytest.raises(StoreError, match=f"^{tiny_store}: none of"):
+        DecoderEpisodes(arrays, [f for f, _ in sizes[:2]], too_many - 1, 1, 0, 0.0, 4, 2.0, source=str(tiny_store))
+    read: list[int] = []
+    monkeypatch.setattr(GraphStore, "structure", lambda self, i: read.append(i))
+    with pytest.raises(StoreError, match=f"^{tiny_store}: no family has 100000 structures with a finite ind_gap"):
+        load_design_data(tiny_store, "ind_gap", "b_site", min_family_size=100_000)
+    assert read == []  # refused on the labels alone, before any structure is read

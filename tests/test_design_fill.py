@@ -21,6 +21,8 @@ def _abx3(a, b, x=("O", "O", "O"), lattice=4.0):
 class GapByElement:
     """Test scorer: 2 eV non-metal for compositions with one of ``gapped`` elements, else a metal."""
 
+    nonmetal_cut = 0.5
+
     def __init__(self, gapped, heat=-1.0):
         self.gapped, self.heat, self.calls = set(gapped), heat, 0
 

@@ -97,6 +97,8 @@ def test_a_candidate_that_collapses_is_marked(srtio3):
             return after, rows
 
     class Scorer:
+        nonmetal_cut = 0.5
+
         def predict_structures(self, structures):
             return [{"band_gap": 3.0, "p_metal": 0.1, "heat_ref": 0.0} for _ in structures]
 

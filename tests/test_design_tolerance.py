@@ -53,6 +53,7 @@ def test_filter_rejects_a_composition_outside_the_window_before_the_predictor():
 
     class AlwaysGood:
         calls = 0
+        nonmetal_cut = 0.5
 
         def predict_structures(self, structures):
             self.calls += len(structures)

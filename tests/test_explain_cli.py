@@ -216,6 +216,28 @@ def test_explain_cli_refuses_too_few_support_points(tmp_path):
     assert "explain needs ≥ 2" in str(result.exception)
 
 
+def test_unreadable_queries_are_refused_by_name_before_the_support_is_read(tmp_path, monkeypatch):
+    from matmeta.cli import app
+    from matmeta.errors import MatmetaInputError
+    from matmeta.explain import adapters
+
+    broken, missing = tmp_path / "broken.cif", tmp_path / "missing.cif"
+    broken.write_text("data_x\n_cell_length_a 4\n")
+    read: list = []
+    monkeypatch.setattr(adapters, "read_support", lambda *args: read.append(args))
+    with pytest.raises(MatmetaInputError) as info:
+        adapters.explain_support_file(tmp_path / "support.csv", [str(broken), str(missing)], target="heat_ref")
+    message = str(info.value)
+    assert message.startswith(f"--query {broken}, {missing}: no readable structure ({broken}: ")
+    assert message.endswith("; 1 more unreadable)") and "\n" not in message
+    assert read == []  # refused before any work: the support CSV was never read
+    unwritable = CliRunner().invoke(
+        app,
+        ["explain", "--support", "s.csv", "--query", str(broken), "--target", "heat_ref", "--out", "/proc/x.csv"],
+    )
+    assert "/proc/x.csv: cannot write" in str(unwritable.exception) and read == []
+
+
 def test_bench_quick_runs_and_writes_episodes(tmp_path):
     from matmeta.runs import bench as run_bench
 

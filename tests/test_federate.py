@@ -113,15 +113,23 @@ def test_privacy_budget_and_clipping():
     assert math.sqrt(sum(float((a**2).sum()) for a in clipped)) == pytest.approx(2.0, rel=1e-5)
 
 
-def test_dp_noise_is_added_with_the_configured_scale():
+def _noise_of_one_round(labs: int) -> torch.Tensor:
+    """What one DP round adds to the shared weights when every one of ``labs`` labs sends a zero update."""
     cfg = FederateConfig(rounds=2, server_optimizer="avg", dp_clip=1.0, dp_noise=2.0)
-    c = _coordinator(cfg)
-    start = {k: v.clone() for k, v in c.state.params.items()}
-    zero = [Update(x, [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)], 1) for x in "ab"]
-    c.finish_round(zero, [])
-    moved = torch.cat([(start[n] - c.state.params[n]).flatten() for n in c.state.names])
-    assert 0.3 < float(moved.std()) < 2.5  # σ · C / n_labs = 1.0
-    assert c.privacy_budget() == pytest.approx(epsilon(1, 2.0, 1e-5))
+    initial = {"a.weight": torch.zeros(40, 50), "b.bias": torch.zeros(2000)}  # 4,000 draws: std to ±2.3 %
+    c = Coordinator(cfg, open_state(initial, None), log=lambda m: None)
+    zero = [Update(f"lab{i}", [np.zeros((40, 50), np.float32), np.zeros(2000, np.float32)], 1) for i in range(labs)]
+    report = c.finish_round(zero, [])
+    assert len(report.accepted) == labs and c.privacy_budget() == pytest.approx(epsilon(1, 2.0, 1e-5))
+    return torch.cat([(initial[n] - c.state.params[n]).flatten() for n in c.state.names])
+
+
+def test_dp_noise_is_added_with_the_configured_scale():
+    # σ · C / n_labs on the mean of n_labs updates: 2 · 1 / 2 = 1.0 and 2 · 1 / 8 = 0.25
+    two, eight = _noise_of_one_round(2), _noise_of_one_round(8)
+    assert float(two.std()) == pytest.approx(1.0, rel=0.07) and abs(float(two.mean())) < 0.07
+    assert float(eight.std()) == pytest.approx(0.25, rel=0.07)
+    torch.testing.assert_close(eight * 4, two)  # the same draws (same seed), scaled by 1 / n_labs exactly
 
 
 def test_labs_are_chemically_contiguous_and_disjoint():

@@ -23,7 +23,8 @@ from matmeta.meta.trainer import MetaTrainer, TrainerConfig  # noqa: E402
 
 STEPS, BATCH = 6, 4
 # One bound for every wait below (labs connecting, the server waiting for them, a round, the labs ending).
-# All waits are event-driven: they end when the event happens, so only a real hang runs into this bound.
+# All waits are event-driven: they end when the event happens (the server listens, a lab connects or answers,
+# a thread ends), so only a real hang runs into this bound; nothing polls a port or sleeps.
 TIMEOUT_S = 120.0
 
 
@@ -34,21 +35,40 @@ def _port() -> int:
 
 
 def _run(coordinator: Coordinator, handlers: list, audit=None) -> None:
-    """Server in this thread, one Flower client thread per handler, all on 127.0.0.1."""
-    from matmeta.federate.flower import join, serve
+    """Server in this thread, one Flower client thread per handler, all on 127.0.0.1.
+
+    The labs wait on the server's ``on_listening`` event, so each connects at its first attempt (no port
+    polling, no retry back-off): checked through ``wait_for_server``, which each lab calls once.
+    """
+    from matmeta.federate import flower
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     address = f"127.0.0.1:{_port()}"
-    threads = [
-        threading.Thread(target=join, args=(h, address), kwargs={"max_wait_s": TIMEOUT_S}, daemon=True)
-        for h in handlers
-    ]
-    for t in threads:
-        t.start()  # labs retry until the server listens
-    serve(coordinator, address, len(handlers), wait_s=TIMEOUT_S, round_timeout_s=TIMEOUT_S, audit=audit)
-    for t in threads:
-        t.join(timeout=TIMEOUT_S)
+    listening = threading.Event()
+    seen_listening: list[bool] = []
+
+    def lab(handler) -> None:
+        assert listening.wait(TIMEOUT_S), "the server never listened"
+        flower.join(handler, address, max_wait_s=TIMEOUT_S)
+
+    def first_probe(address: str, max_wait_s: float) -> None:
+        seen_listening.append(listening.is_set())
+        probe(address, max_wait_s)
+
+    probe = flower.wait_for_server
+    threads = [threading.Thread(target=lab, args=(h,), daemon=True) for h in handlers]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flower, "wait_for_server", first_probe)
+        for t in threads:
+            t.start()
+        flower.serve(
+            coordinator, address, len(handlers), wait_s=TIMEOUT_S, round_timeout_s=TIMEOUT_S, audit=audit,
+            on_listening=listening.set,
+        )  # fmt: skip
+        for t in threads:
+            t.join(timeout=TIMEOUT_S)
     assert not any(t.is_alive() for t in threads)  # the server's end reached every lab still there
+    assert seen_listening == [True] * len(handlers)  # every lab started once the server listened
 
 
 class FixedTasks:
@@ -226,6 +246,28 @@ def test_a_server_without_labs_stops_with_a_reason_instead_of_skipping_rounds():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert coordinator.state.round == 0 and coordinator.reports == []
+
+
+def test_the_server_says_when_it_listens_and_simulate_waits_for_the_exit_not_a_clock(tmp_path):
+    import subprocess
+    import sys
+
+    from matmeta.federate.flower import MetaStrategy
+    from matmeta.federate.run import _wait
+
+    coordinator = Coordinator(FederateConfig(rounds=1), open_state({"w": torch.zeros(3)}, None), log=lambda m: None)
+    called: list[int] = []
+    strategy = MetaStrategy(coordinator, 1, 1.0, on_listening=lambda: called.append(1))
+    strategy.initialize_parameters(None)  # what Flower calls right after its gRPC server started
+    assert called == [1]
+    log = tmp_path / "server.log"
+    log.write_text("")
+    code = "import sys; sys.stdin.read(); sys.exit(0)"  # exits as soon as its stdin closes: an event, no clock
+    server = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    lab = subprocess.Popen([sys.executable, "-c", "pass"])
+    server.stdin.close()
+    result = _wait([("server", server, log), ("lab0", lab, log)], timeout_s=TIMEOUT_S)
+    assert result["returncodes"] == {"server": 0, "lab0": 0}
 
 
 def test_a_lab_waits_for_the_server_to_listen_and_gives_up_with_a_reason():

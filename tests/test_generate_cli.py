@@ -34,7 +34,7 @@ def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatabl
     from matmeta.design.stability import StabilityCriterion
 
     common = ("-n", "4", "--seed", "4", "--max-draws", "4000", "--no-relax", "--store", str(no_store))
-    first = _run("--band-gap", "2.5", "--tolerance", "1.5", *common, "--out", "c1", cwd=tmp_path)
+    first = _run("--band-gap", "2.5", "--gap-half-width", "1.5", *common, "--out", "c1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "requested candidates found in" in first.stdout and "gap in window" in first.stdout
     assert "exhaustive screen: not run (no training store" in first.stdout
@@ -45,7 +45,7 @@ def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatabl
     assert len({r["formula"] for r in rows}) == len(rows)
     for row in rows:
         assert row["source"] == "decoder" and row["cif"] == "" and row["relax_status"] == ""
-        assert 1.0 <= float(row["band_gap_ev"]) <= 4.0 and float(row["p_metal"]) < 0.5
+        assert 1.0 <= float(row["band_gap_ev"]) <= 4.0 and row["nonmetal"] == "True"
         assert float(row["heat_ev_per_atom"]) <= 0.2 and row["stable"] == "True" and row["valid"] == "True"
         assert row["heat_stable"] == "True" and row["cubic_by_tolerance"] == "True"
         assert shape.t_min <= float(row["tolerance_factor"]) <= shape.t_max
@@ -54,22 +54,39 @@ def test_generate_returns_only_candidates_that_meet_the_request_and_is_repeatabl
     second = _run("--band-gap", "1:4", *common, "--out", "c2", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "c2" / "candidates.csv").read_text() == (tmp_path / "c1" / "candidates.csv").read_text()
+    # the old spellings still work for a release: same candidates, one deprecation line each naming the new option
+    shipped = REPO / "matmeta" / "checkpoints"
+    old = _run(
+        "--band-gap", "2.5", "--tolerance", "1.5", *common, "--out", "c3",
+        "--checkpoint", str(shipped / "CrystalCVAE-Perovskites-2026-11-26-BandGap.ckpt"),
+        "--predictor", str(shipped / "CrystalGNN-Perovskites-2026-11-29-GapDescriptors.ckpt"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert old.returncode == 0, old.stderr
+    assert (tmp_path / "c3" / "candidates.csv").read_text() == (tmp_path / "c1" / "candidates.csv").read_text()
+    deprecations = [line for line in old.stderr.splitlines() if "deprecated" in line]
+    assert deprecations == [
+        "warning: --tolerance is deprecated (removed in the next release): use --gap-half-width",
+        "warning: --checkpoint is deprecated (removed in the next release): use --generator",
+        "warning: --predictor is deprecated (removed in the next release): use --model",
+    ]
+    assert "deprecated" not in first.stderr
 
 
 def test_no_cubic_window_falls_back_to_the_heat_criterion(tmp_path, no_store):
     from matmeta.design.stability import StabilityCriterion
 
     shape = StabilityCriterion().shape
-    common = ("-n", "12", "--seed", "4", "--max-draws", "1500", "--no-relax", "--store", str(no_store))
+    common = ("-n", "25", "--seed", "4", "--max-draws", "1500", "--no-relax", "--store", str(no_store))
     found = {}
     for flag in ("--cubic-window", "--no-cubic-window"):
-        result = _run("--band-gap", "2.5", "--tolerance", "1.5", *common, flag, "--out", flag, cwd=tmp_path)
+        result = _run("--band-gap", "2.5", "--gap-half-width", "1.5", *common, flag, "--out", flag, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         found[flag] = _rows(tmp_path / flag / "candidates.csv")
     assert "cubic by tolerance (not required)" in result.stdout and shape.describe() not in result.stdout
     assert all(r["stable"] == "True" and r["heat_stable"] == "True" for r in found["--no-cubic-window"])
     # the decoder's proposals mostly fall outside the window: without it the same budget fills the request
-    assert len(found["--no-cubic-window"]) == 12 > len(found["--cubic-window"])
+    assert len(found["--no-cubic-window"]) == 25 > len(found["--cubic-window"])
 
 
 def test_generate_stops_at_its_budget_and_says_so(tmp_path, no_store):
@@ -115,6 +132,11 @@ def test_zero_candidates_and_impossible_gap_give_one_line(tmp_path):
     assert cold.stderr.strip().count("\n") == 0 and "--temperature 0: must be a finite number > 0" in cold.stderr
     broke = _run("--band-gap", "2.0", "--max-draws", "0", cwd=tmp_path)
     assert broke.returncode == 1 and "--max-draws 0: must be >= 1" in broke.stderr
+    twice = _run("--band-gap", "2.0", "--tolerance", "0.2", "--gap-half-width", "0.2", cwd=tmp_path)
+    assert twice.returncode == 1 and twice.stderr.strip() == (
+        "error: --tolerance and --gap-half-width: the same option twice (--tolerance is its old name); "
+        "give --gap-half-width only"
+    )
     repeats = _run("--band-gap", "2.0", "--allow-repeats", cwd=tmp_path)
     assert repeats.returncode == 1 and repeats.stderr.strip().count("\n") == 0
     assert "--allow-repeats: no longer supported" in repeats.stderr
@@ -132,7 +154,7 @@ def test_element_constraints_and_family_examples(tmp_path, srtio3, no_store):
     (examples / "broken.cif").write_text("data_x\n_cell_length_a 4\n")
     allowed = {"Sr", "Ba", "Ca", "Ti", "Zr", "Hf", "O"}
     result = _run(
-        "--band-gap", "3.0", "--tolerance", "1.0", "-n", "3", "--max-draws", "1500", "--no-relax",
+        "--band-gap", "3.0", "--gap-half-width", "1.0", "-n", "3", "--max-draws", "1500", "--no-relax",
         "--family-examples", str(examples), "--elements", ",".join(sorted(allowed)),
         "--out", "fam", "--store", str(no_store),
         cwd=tmp_path,

@@ -1,6 +1,6 @@
 """``matmeta bench recipes/generate.toml``: does inverse design deliver? Fill n, screen, relax — one table.
 
-For every target gap (default 1, 2, 3, 4 eV, window ± tolerance) and ``n`` candidates wanted, each
+For every target gap (default 1, 2, 3, 4 eV, window ± gap_half_width) and ``n`` candidates wanted, each
 method searches for candidates that meet the request (valid, unique, novel, predicted non-metal,
 predicted gap in the window, stable: :mod:`matmeta.design.stability`):
 
@@ -64,12 +64,12 @@ class GenerateBenchConfig:
 
     Attributes:
         name: "generate".
-        checkpoint: generator checkpoint ("" = the shipped one).
-        predictor: predictor checkpoint ("" = the shipped one).
+        generator: generator checkpoint ("" = the shipped one; old name ``checkpoint``).
+        model: predictor checkpoint ("" = the shipped one; old name ``predictor``).
         store: the perovskite graph store.
         n: candidates wanted per method and target.
         targets: band-gap targets (eV).
-        tolerance: half-width of each window (eV).
+        gap_half_width: half-width of each window (eV; old name ``tolerance``).
         temperature: the decoder's species temperature.
         guidance: classifier-free guidance weight.
         max_draws: the decoder fill loop's draw budget.
@@ -93,12 +93,12 @@ class GenerateBenchConfig:
     """
 
     name: str = "generate"
-    checkpoint: str = ""
-    predictor: str = ""
+    generator: str = ""
+    model: str = ""
     store: Path = Path("out/perov.lmdb")
     n: int = 100
     targets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
-    tolerance: float = 0.5
+    gap_half_width: float = 0.5
     temperature: float = 1.0
     guidance: float = 0.0
     max_draws: int = 50_000
@@ -120,11 +120,17 @@ class GenerateBenchConfig:
     out_dir: Path = Path("out/bench/generate")
 
 
+#: Old setting names of ``[bench]`` (one more release) → their names now, as on ``matmeta generate``.
+RENAMED = {"checkpoint": "generator", "predictor": "model", "tolerance": "gap_half_width"}
+
+
 class _Memo:
     """Predictions of the same structure objects once (the screen is judged for every target)."""
 
     def __init__(self, predictor: Any) -> None:
         self.predictor, self.cache = predictor, {}
+        self.nonmetal_cut = predictor.nonmetal_cut  # the predictor's own metal call (design.judge.MetalCall)
+        self.new_family_cut = predictor.new_family_cut
 
     def predict_structures(self, structures: list[Any]) -> list[dict[str, Any]]:
         todo = [s for s in structures if id(s) not in self.cache]
@@ -180,7 +186,7 @@ def _target_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
     from matmeta.design.fill import FillBudget, decoder_proposer, fill, substitution_proposer
     from matmeta.design.screen import ScreenSummary, screen
 
-    window = (max(target - cfg.tolerance, 0.0), target + cfg.tolerance)
+    window = (max(target - cfg.gap_half_width, 0.0), target + cfg.gap_half_width)
     ctx["window"] = window
     crit, pred, gen = ctx["criterion"], ctx["predictor"], ctx["generator"]
     seed = cfg.seed + int(round(100 * target))
@@ -226,7 +232,7 @@ def _double_rows(target: float, cfg: GenerateBenchConfig, ctx: dict) -> list[lis
     from matmeta.design.double import decoder_double_proposer, random_double_proposer
     from matmeta.design.fill import FillBudget, fill
 
-    window = (max(target - cfg.tolerance, 0.0), target + cfg.tolerance)
+    window = (max(target - cfg.gap_half_width, 0.0), target + cfg.gap_half_width)
     seed = cfg.seed + int(round(100 * target))
     budget = FillBudget(max_draws=cfg.double_max_draws, max_predictor_calls=cfg.double_calls, patience=10)
     options = {"element_mask": ctx["mask"], "temperature": cfg.temperature, "guidance": cfg.guidance}
@@ -261,8 +267,8 @@ def _setup(cfg: GenerateBenchConfig, root: Path, quick: bool) -> dict[str, Any]:
 
     check_temperature(cfg.temperature)
     store_path = cfg.store if cfg.store.is_absolute() else root / cfg.store
-    gen = Generator.load(cfg.checkpoint or None)
-    predictor = Predictor.load(cfg.predictor or "perovskites")
+    gen = Generator.load(cfg.generator or None)
+    predictor = Predictor.load(cfg.model or "perovskites")
     graphs = GraphStore(ensure_store(store_path))
     families = graphs.family_keys(gen.metadata["family_by"])
     train = set(gen.metadata["families"]["train"])
@@ -292,12 +298,13 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
     """Run the benchmark and print its table (also ``results.csv`` in ``out_dir``)."""
     from matmeta.atomic import write_table
     from matmeta.console import print_table, progress
-    from matmeta.recipes import config_from_dict
+    from matmeta.recipes import config_from_dict, renamed_keys
 
     torch.set_num_threads(1)
     section = {k: v for k, v in recipe.get("bench", {}).items() if k != "quick"}
     if quick:
         section.update(recipe.get("bench", {}).get("quick", {}))
+    section = renamed_keys(section, RENAMED, f"{recipe_path}[bench]")
     cfg = config_from_dict(GenerateBenchConfig, section, f"{recipe_path}[bench]")
     root = Path(recipe_path).resolve().parent.parent
     start = time.perf_counter()
@@ -314,7 +321,7 @@ def run(recipe: dict, recipe_path: Path, quick: bool = False) -> None:
             bar.advance(task)
     gen, predictor = ctx["generator"], ctx["predictor"]
     print_table(
-        f"inverse design delivers? n = {cfg.n} per request, window ±{cfg.tolerance:g} eV, "
+        f"inverse design delivers? n = {cfg.n} per request, window ±{cfg.gap_half_width:g} eV, "
         f"{ctx['criterion'].describe()}; decoder budget {cfg.max_draws} draws / {cfg.max_predictor_calls} calls; "
         f"{len(ctx['space'])} novel ABX3 substitutions; relaxed {cfg.relax_n} per row (CHGNet, <= "
         f"{cfg.relax_max_steps} steps) ({'quick' if quick else 'full'}; {time.perf_counter() - start:.0f} s; "

@@ -16,7 +16,9 @@ def _split_elements(values: list[str] | None) -> list[str] | None:
 
 def generate_cmd(
     band_gap: str = typer.Option(..., "--band-gap", help="Target gap in eV (2.0) or a window (1.5:2.5)."),
-    tolerance: float = typer.Option(0.3, "--tolerance", help="Half-width of the window around a single value (eV)."),
+    gap_half_width: float = typer.Option(
+        None, "--gap-half-width", help="Half-width (eV) of the window around a single --band-gap value [default: 0.3]."
+    ),
     n: int = typer.Option(200, "-n", "--n", help="Candidates wanted (all meeting the request)."),
     out: Path = typer.Option(None, "--out", help="Folder for CIFs and candidates.csv (default: print only)."),
     family_examples: Path = typer.Option(
@@ -58,13 +60,16 @@ def generate_cmd(
         help="Stable also needs the tolerance factor in the window chosen for cubic stability; "
         "--no-cubic-window: predicted heat of formation alone.",
     ),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Generator checkpoint (default: the shipped one)."),
-    predictor: Path = typer.Option(None, "--predictor", help="Predictor checkpoint (default: the shipped one)."),
+    generator: Path = typer.Option(None, "--generator", help="Generator checkpoint (default: the shipped one)."),
+    model: Path = typer.Option(None, "--model", help="Predictor checkpoint (default: the shipped one)."),
     store: Path = typer.Option(
         None, "--store", help="Training store for novelty and the screen (default: the checkpoint's, when present)."
     ),
     top: int = typer.Option(10, "--top", help="Rows of the ranked table to print."),
     yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 5000 candidates."),
+    tolerance: float = typer.Option(None, "--tolerance", hidden=True, help="Deprecated: --gap-half-width."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", hidden=True, help="Deprecated: --generator."),
+    predictor: Path = typer.Option(None, "--predictor", hidden=True, help="Deprecated: --model."),
 ) -> None:
     """Generate up to n candidate crystals meeting a band-gap request: fill, screen, relax, rank, write.
 
@@ -73,7 +78,11 @@ def generate_cmd(
     from matmeta.console import progress, report_error
     from matmeta.design.deliver import run_design
     from matmeta.design.request import DesignRequest, read_family_examples
+    from matmeta.guards import renamed
 
+    gap_half_width = renamed("--tolerance", "--gap-half-width", tolerance, gap_half_width, default=0.3)
+    generator = renamed("--checkpoint", "--generator", checkpoint, generator)
+    model = renamed("--predictor", "--model", predictor, model)
     examples, bad = None, []
     if family_examples is not None:
         examples, bad = read_family_examples(family_examples)
@@ -81,7 +90,7 @@ def generate_cmd(
             report_error(message)
     request = DesignRequest(
         band_gap=band_gap,
-        tolerance=tolerance,
+        gap_half_width=gap_half_width,
         n=n,
         seed=seed,
         elements=_split_elements(elements),
@@ -99,7 +108,7 @@ def generate_cmd(
     )
     with progress() as bar:
         result = run_design(
-            request, examples, checkpoint=checkpoint, predictor=predictor, store=store, progress=bar, out_dir=out
+            request, examples, generator=generator, model=model, store=store, progress=bar, out_dir=out
         )
     _render(result, seed, top)
     if out is not None:

@@ -65,11 +65,15 @@ def explain(
     plot: Path = typer.Option(None, "--plot", help="Bar chart per query (png/pdf/svg)."),
 ) -> None:
     """Rank the support measurements by their influence on each query's adapted prediction."""
+    from matmeta.atomic import writable_target
     from matmeta.console import report_error
     from matmeta.explain.adapters import explain_support_file
     from matmeta.explain.plot import plot_explanation
     from matmeta.predict.data import UNITS
 
+    for target_path in (out, plot):
+        if target_path is not None:
+            writable_target(target_path)  # before any work: no explanation for an output that cannot be written
     explanation, bad = explain_support_file(
         support, query, model, target, value_column, path_column, cif_column, steps, first_order
     )
@@ -95,10 +99,14 @@ def jmak_explain(
     plot: Path = typer.Option(None, "--plot", help="Bar chart per curve (png/pdf/svg)."),
 ) -> None:
     """Rank each curve's timepoints by their influence on its fitted t50 (the meta-learned prior, adapted)."""
+    from matmeta.atomic import writable_target
     from matmeta.explain.adapters import explain_points_file
     from matmeta.explain.plot import plot_explanation
     from matmeta.explain.report import Table
 
+    for target_path in (out, plot):
+        if target_path is not None:
+            writable_target(target_path)
     explanations, errors = explain_points_file(points, prior, noise, steps)
     for explanation in explanations:
         _print_explanation(explanation, "s", top=len(explanation.support_names))

@@ -23,19 +23,23 @@ def meta_train(
 
 def calibrate(
     recipe: Path = typer.Argument(..., help="The predictor's recipe TOML (its split, settings and checkpoint)."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Predictor to recalibrate (default: the recipe's)."),
+    model: Path = typer.Option(None, "--model", help="Predictor checkpoint to recalibrate (default: the recipe's)."),
     folds: int = typer.Option(None, "--folds", help="Family folds of the training families (default: the recipe's)."),
     fold: int = typer.Option(None, "--fold", help="Compute only this fold (0-based), e.g. to run folds in parallel."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", hidden=True, help="Deprecated: --model."),
 ) -> None:
     """Calibrate a predictor's gap intervals across families (out-of-fold residuals of the training families)."""
+    from matmeta.guards import renamed
     from matmeta.predict.cross_calibrate import cross_calibrate, run_fold
+
+    model = renamed("--checkpoint", "--model", checkpoint, model)
 
     if fold is not None:
         parts = run_fold(recipe, fold, folds)
         nonmetals = int(parts.zero["nonmetal"].sum())
         typer.echo(f"fold {fold}: {len(parts.zero['gap'])} structures, {nonmetals} non-metals; residuals cached")
         return
-    result = cross_calibrate(recipe, checkpoint, folds, on_fold=lambda i: typer.echo(f"fold {i} ready"))
+    result = cross_calibrate(recipe, model, folds, on_fold=lambda i: typer.echo(f"fold {i} ready"))
     zero, adapted = result["conformal"]["zero_shot"], result["conformal"]["adapted"]["10"]
     typer.echo(
         f"gap intervals from {zero['n_gap']} zero-shot / {adapted['n_gap']} adapted non-metal residuals of "

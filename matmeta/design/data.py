@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from matmeta.errors import MatmetaError, MatmetaInputError, RecipeError
+from matmeta.errors import MatmetaInputError, RecipeError, StoreError
 from matmeta.families import electronegativity
 from matmeta.models.decoder import COND_DIM
 
@@ -168,7 +168,11 @@ def collate(items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def load_design_data(
-    source: str | Path, gap_target: str, family_by: str, elements: Sequence[str] | None = None
+    source: str | Path,
+    gap_target: str,
+    family_by: str,
+    elements: Sequence[str] | None = None,
+    min_family_size: int = 1,
 ) -> tuple[CellArrays, list[Any], tuple[str, ...]]:
     """Structures, gaps and family keys from a graph store (``.lmdb``), as decoder tensors.
 
@@ -177,9 +181,15 @@ def load_design_data(
         gap_target: the store's band-gap target column (e.g. ``ind_gap``).
         family_by: family key (``b_site``, ``anion_set``, ...).
         elements: vocabulary (default: every element in the store, sorted by Z).
+        min_family_size: at least one family needs this many usable cells (an episode's support + query);
+            checked on the labels before any structure is read, and again on the 5-atom cells.
 
     Returns:
         ``(arrays, structures, elements)``.
+
+    Raises:
+        RecipeError: the store has no ``gap_target``.
+        StoreError: naming the store: no usable cell, or no family large enough for an episode.
     """
     from matmeta.store.reader import GraphStore
 
@@ -189,14 +199,33 @@ def load_design_data(
         raise RecipeError(f"{source}: no target {gap_target!r} in the store (has {', '.join(names)})")
     gaps = np.asarray(store.targets, dtype=np.float64)[:, names.index(gap_target)]
     families = list(store.family_keys(family_by))
+    labelled = [i for i in range(len(store)) if np.isfinite(gaps[i])]
+    what = f"with a finite {gap_target}"
+    check_family_sizes([families[i] for i in labelled], min_family_size, source, f"structures {what}")
     structures = [store.structure(i) for i in range(len(store))]
     ids = list(store.ids)
-    keep = [i for i, s in enumerate(structures) if len(s) == N_SITES and np.isfinite(gaps[i])]
+    keep = [i for i in labelled if len(structures[i]) == N_SITES]
+    check_family_sizes([families[i] for i in keep], min_family_size, source, f"5-atom cells {what}")
     structures = [structures[i] for i in keep]
     arrays, elements = arrays_from_structures(
         structures, gaps[keep], [families[i] for i in keep], [ids[i] for i in keep], elements, str(source)
     )
     return arrays, structures, elements
+
+
+def check_family_sizes(families: Sequence[str], needed: int, source: str | Path, what: str) -> None:
+    """Refuse data in which no family has ``needed`` members, naming ``source`` and the largest family.
+
+    Raises:
+        StoreError: ``"<source>: no family has <needed> <what> (largest: <family> with <n>) ..."``.
+    """
+    from collections import Counter
+
+    sizes = Counter(families)
+    if sizes and max(sizes.values()) >= needed:
+        return
+    largest = f"largest: {sizes.most_common(1)[0][0]} with {sizes.most_common(1)[0][1]}" if sizes else "none at all"
+    raise StoreError(f"{source}: no family has {needed} {what} ({largest}); an episode needs {needed}")
 
 
 def arrays_from_structures(
@@ -245,6 +274,10 @@ class DecoderEpisodes:
             meta-initialisation itself is a good generator when no family examples are given.
         latent_dim: size of the reparameterisation noise.
         gap_scale_ev: the condition's gap scale.
+        source: names the data (the store's path) in the error.
+
+    Raises:
+        StoreError: ``"<source>: none of the <n> families ... has <k> members for episodes ..."``.
     """
 
     def __init__(
@@ -258,6 +291,7 @@ class DecoderEpisodes:
         latent_dim: int,
         gap_scale_ev: float,
         zero_shot_prob: float = 0.0,
+        source: str = "data",
     ) -> None:
         self.arrays = arrays
         by_family: dict[str, list[int]] = {}
@@ -265,7 +299,12 @@ class DecoderEpisodes:
             by_family.setdefault(fam, []).append(i)
         self.families = [f for f in families if len(by_family.get(f, ())) >= k_support + k_query]
         if not self.families:
-            raise MatmetaError(f"no family has {k_support + k_query} members for episodes")
+            sizes = sorted((len(by_family.get(f, ())), f) for f in families)
+            largest = f"largest: {sizes[-1][1]} with {sizes[-1][0]}" if sizes else "no family given"
+            raise StoreError(
+                f"{source}: none of the {len(sizes)} families has k_support + k_query = {k_support + k_query} "
+                f"members for episodes ({largest})"
+            )
         self.members = {f: torch.tensor(by_family[f]) for f in self.families}
         gap = arrays.gap
         self.nonmetals = {f: m[gap[m] > 0] for f, m in self.members.items()}

@@ -25,12 +25,13 @@ from typing import Any
 
 from matmeta.design.fill import FillBudget, FillResult, decoder_proposer, fill
 from matmeta.design.generator import Generator
-from matmeta.design.judge import prediction_verdict
+from matmeta.design.judge import MetalCall, prediction_verdict
 from matmeta.design.relax import Relaxer, RelaxSettings, relax_status
 from matmeta.design.request import DesignRequest, check_options, check_request, parse_gap_window
 from matmeta.design.screen import ScreenSummary, canonical_structures, screen_request
 from matmeta.design.stability import StabilityCriterion
 from matmeta.errors import MatmetaInputError
+from matmeta.guards import renamed_argument
 
 
 @dataclass
@@ -61,6 +62,10 @@ class DesignResult:
     criterion: StabilityCriterion
     novelty_judged: bool = True
     notes: list[str] = field(default_factory=list)
+
+
+#: The verdicts predicted again on the relaxed structure (each as ``<name>_relaxed``).
+RECHECKED = ("band_gap_ev", "p_metal", "nonmetal", "heat_ev_per_atom", "stable")
 
 
 def rank_key(row: dict[str, Any], window: tuple[float, float]) -> tuple[float, float]:
@@ -105,6 +110,7 @@ def relax_and_recheck(
     ``relaxer`` (default: a CHGNet :class:`~matmeta.design.relax.Relaxer` with ``settings``) needs
     ``relax_all(structures, on_done) -> (relaxed structures or None, rows)``.
     """
+    call = MetalCall.of(predictor)
     relaxed, outcomes = (relaxer or Relaxer(settings)).relax_all(structures, on_done)
     again = [i for i, r in enumerate(relaxed) if r is not None and outcomes[i]["relaxed_valid"]]
     predictions = predictor.predict_structures([relaxed[i] for i in again]) if again else []
@@ -114,8 +120,8 @@ def relax_and_recheck(
         after = None
         if i in by_index:
             cubic = bool(row.get("cubic_by_tolerance", True))
-            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion, cubic)
-            row.update({f"{k}_relaxed": verdict[k] for k in ("band_gap_ev", "p_metal", "heat_ev_per_atom", "stable")})
+            verdict = prediction_verdict(by_index[i], len(structures[i]), window, criterion, call, cubic)
+            row.update({f"{k}_relaxed": verdict[k] for k in RECHECKED})
             after = verdict["in_window"]
             row["in_window_relaxed"] = after
         row["relax_status"] = relax_status(outcome, after)
@@ -125,41 +131,48 @@ def relax_and_recheck(
 def run_design(
     request: DesignRequest,
     family_examples: Sequence[tuple[str, Any]] | None = None,
-    checkpoint: str | Path | None = None,
-    predictor: str | Path | None = None,
+    generator: str | Path | None = None,
+    model: str | Path | None = None,
     store: str | Path | None = None,
     relax_settings: RelaxSettings | None = None,
     progress: Any | None = None,
     out_dir: str | Path | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    predictor: str | Path | None = None,
 ) -> DesignResult:
     """Fill, screen, relax and rank one request (module docstring).
 
     Args:
         request: the target, ``n``, the budget and options.
         family_examples: ``(name, structure)`` examples to adapt the decoder to first.
-        checkpoint: generator checkpoint (None: shipped).
-        predictor: predictor checkpoint (None: shipped).
+        generator: generator checkpoint (None: shipped).
+        model: predictor checkpoint (None: shipped).
         store: training store for novelty and the screen (None: the checkpoint's when present).
         relax_settings: the bounds of every relaxation.
         progress: a rich Progress to report on (None: silent).
         out_dir: the folder the result will be written to, checked before any work (None: not written).
+        checkpoint: deprecated spelling of ``generator`` (one more release).
+        predictor: deprecated spelling of ``model`` (one more release).
     """
     from matmeta.design.pipeline import training_reference
     from matmeta.predict.predictor import Predictor
 
+    generator = renamed_argument("checkpoint", "generator", checkpoint, generator)
+    model = renamed_argument("predictor", "model", predictor, model)
     check_options(request, out_dir)
     if not request.distinct:
         raise MatmetaInputError(
             "--allow-repeats: no longer supported; the fill loop returns each composition once "
             "(a repeat is never a new hit), drop the option"
         )
-    window = parse_gap_window(request.band_gap, request.tolerance)
-    gen = Generator.load(checkpoint)
+    window = parse_gap_window(request.band_gap, request.gap_half_width)
+    gen = Generator.load(generator)
     check_request(request.n, window, gen.gap_range)
     budget = FillBudget(max_draws=request.max_draws, max_predictor_calls=request.max_predictor_calls)
     budget_check(budget)
     mask = gen.element_mask(request.elements, request.exclude)
-    scorer = Predictor.load(predictor or "perovskites")  # the decoder designs ABX3 perovskites (issue 31: any family)
+    scorer = Predictor.load(model or "perovskites")  # the decoder designs ABX3 perovskites (issue 31: any family)
     criterion = StabilityCriterion() if request.cubic_window else StabilityCriterion(shape=None)
     reference = training_reference(gen, store)
     known = set(reference.by_formula) if (reference is not None and request.novel_only) else set()

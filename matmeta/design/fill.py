@@ -94,7 +94,7 @@ def fill(
     Args:
         n: hits wanted.
         proposer: proposes new structures avoiding the given compositions.
-        predictor: ``predict_structures(structures) -> list[dict]``.
+        predictor: ``predict_structures(structures) -> list[dict]`` and ``nonmetal_cut`` (its metal call).
         window: band-gap window (eV).
         criterion: the stability criterion.
         budget: draws / predictor calls / round size (default :class:`FillBudget`).

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from matmeta.design.generator import Generator
+from matmeta.design.judge import MetalCall
 from matmeta.design.request import DesignRequest, check_request, check_temperature, parse_gap_window, target_gaps
 from matmeta.design.train import CHECKPOINT_DIR
 from matmeta.design.validity import count_repeats, judge_candidates
@@ -89,7 +90,8 @@ def generate(
         n: candidates to sample.
         window: band-gap window (eV).
         generator: the decoder (``Generator.load()``).
-        predictor: anything with ``predict_structures(structures) -> list[dict]`` (``matmeta.predict.Predictor``).
+        predictor: anything with ``predict_structures(structures) -> list[dict]`` and ``nonmetal_cut``
+            (``matmeta.predict.Predictor``; the non-metal call is its own, :class:`~matmeta.design.judge.MetalCall`).
         seed: the one seed (same seed, same candidates).
         elements: allowed elements (None: all the decoder knows).
         exclude: forbidden elements.
@@ -150,19 +152,21 @@ def candidate_rows(
     structures: Sequence[Any], judged: Sequence[dict[str, Any]], predictor: Any, window: tuple[float, float]
 ) -> list[dict[str, Any]]:
     """One row per candidate: id, formula, the predictor's numbers, the judge's verdicts, in the window or not."""
+    call = MetalCall.of(predictor)
     rows = []
     preds = predictor.predict_structures(list(structures))
     for i, (s, j, p) in enumerate(zip(structures, judged, preds, strict=True)):
         gap = float(p["band_gap"])
-        metal = float(p["p_metal"])
-        in_window = bool(j["valid"] and metal < 0.5 and window[0] <= gap <= window[1])
+        nonmetal = call.nonmetal(p)
+        in_window = bool(j["valid"] and nonmetal and window[0] <= gap <= window[1])
         rows.append(
             {
                 "id": f"cand-{i:05d}",
                 "formula": s.composition.reduced_formula,
                 "band_gap_ev": gap,
                 "band_gap_std_ev": float(p.get("band_gap_std", float("nan"))),
-                "p_metal": metal,
+                "p_metal": float(p["p_metal"]),
+                "nonmetal": nonmetal,
                 "heat_ref_ev_per_cell": float(p["heat_ref"]),
                 "heat_ref_std_ev": float(p.get("heat_ref_std", float("nan"))),
                 **j,
@@ -199,7 +203,7 @@ def filter_counts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
         ("compositionally valid", lambda r: r["comp_valid"]),
         ("unique", lambda r: r["unique"]),
         ("novel", lambda r: r.get("novel") is not False),
-        ("predicted non-metal", lambda r: r["p_metal"] < 0.5),
+        ("predicted non-metal", lambda r: r["nonmetal"]),
         ("gap in window", lambda r: r["in_window"]),
     ]
     if rows and all(r.get("novel") is None for r in rows):
@@ -241,8 +245,8 @@ def training_reference(generator: Generator, store: str | Path | None = None) ->
 def run_generate(
     request: DesignRequest,
     family_examples: Sequence[tuple[str, Any]] | None = None,
-    checkpoint: str | Path | None = None,
-    predictor: str | Path | None = None,
+    generator: str | Path | None = None,
+    model: str | Path | None = None,
     store: str | Path | None = None,
     out_dir: str | Path | None = None,
 ) -> GenerationResult:
@@ -253,8 +257,8 @@ def run_generate(
     Args:
         request: the target and options.
         family_examples: ``(name, structure)`` examples to adapt to first.
-        checkpoint: generator checkpoint (None: shipped).
-        predictor: predictor checkpoint (None: shipped).
+        generator: generator checkpoint (None: shipped).
+        model: predictor checkpoint (None: shipped).
         store: training store for novelty (None: the checkpoint's when present).
         out_dir: the folder :func:`write_candidates` will write to, checked up front (None: not written).
     """
@@ -262,11 +266,11 @@ def run_generate(
     from matmeta.predict.predictor import Predictor
 
     check_options(request, out_dir)
-    window = parse_gap_window(request.band_gap, request.tolerance)
-    gen = Generator.load(checkpoint)
+    window = parse_gap_window(request.band_gap, request.gap_half_width)
+    gen = Generator.load(generator)
     check_request(request.n, window, gen.gap_range)  # the rest of the request is checked once, in generate
     examples = [s for _, s in family_examples] if family_examples else None
-    scorer = Predictor.load(predictor or "perovskites")  # the decoder designs ABX3 perovskites
+    scorer = Predictor.load(model or "perovskites")  # the decoder designs ABX3 perovskites
     reference = functools.partial(training_reference, gen, store)  # read once the request is checked
     return generate(
         request.n,
@@ -292,6 +296,7 @@ CSV_COLUMNS = (
     "band_gap_ev",
     "band_gap_std_ev",
     "p_metal",
+    "nonmetal",
     "heat_ref_ev_per_cell",
     "heat_ref_std_ev",
     "in_window",

@@ -29,8 +29,8 @@ TEMPERATURE_RANGE = (1e-2, 1e2)
 MAX_GUIDANCE = 50.0
 
 
-def parse_gap_window(band_gap: str | float, tolerance: float = 0.3) -> tuple[float, float]:
-    """``"2.0"`` with a tolerance, or ``"1.5:2.5"``, as a window (lo, hi) in eV."""
+def parse_gap_window(band_gap: str | float, half_width: float = 0.3) -> tuple[float, float]:
+    """``"2.0"`` with a half-width (``--gap-half-width``), or ``"1.5:2.5"``, as a window (lo, hi) in eV."""
     text = str(band_gap).strip()
     try:
         if ":" in text:
@@ -38,9 +38,9 @@ def parse_gap_window(band_gap: str | float, tolerance: float = 0.3) -> tuple[flo
             lo, hi = float(lo_s), float(hi_s)
         else:
             centre = float(text)
-            if tolerance < 0:
-                raise MatmetaInputError(f"--tolerance {tolerance}: must be >= 0")
-            lo, hi = centre - tolerance, centre + tolerance
+            if half_width < 0:
+                raise MatmetaInputError(f"--gap-half-width {half_width}: must be >= 0")
+            lo, hi = centre - half_width, centre + half_width
     except ValueError:
         raise MatmetaInputError(f"--band-gap {text!r}: expected a number (2.0) or a window (1.5:2.5) in eV") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
@@ -80,7 +80,7 @@ def estimate(n: int) -> str:
 def check_options(request: DesignRequest, out_dir: str | Path | None = None) -> None:
     """Refuse a request whose options are unusable, with one line; above the ceiling only with ``yes``.
 
-    Checks: finite ``--guidance`` in [0, 50] and ``--tolerance`` >= 0, a temperature in range,
+    Checks: finite ``--guidance`` in [0, 50] and ``--gap-half-width`` >= 0, a temperature in range,
     ``--elements`` / ``--exclude-elements`` that name at least one element when given,
     ``n`` <= :data:`MAX_CANDIDATES` unless ``request.yes``, and a writable ``out_dir`` (when given).
 
@@ -89,7 +89,7 @@ def check_options(request: DesignRequest, out_dir: str | Path | None = None) -> 
         WorkLimitError: ``n`` above the ceiling without ``yes``.
     """
     finite_number("--guidance", request.guidance, low=0.0, high=MAX_GUIDANCE)
-    finite_number("--tolerance", request.tolerance, low=0.0)
+    finite_number("--gap-half-width", request.gap_half_width, low=0.0)
     check_temperature(request.temperature)
     for flag, group in (("--elements", request.elements), ("--exclude-elements", request.exclude)):
         if group is not None and not [sym for sym in group if str(sym).strip()]:
@@ -119,7 +119,8 @@ class DesignRequest:
 
     Attributes:
         band_gap: a value ("2.0") or a window ("1.5:2.5"), eV.
-        tolerance: half-width around a single value, eV.
+        gap_half_width: half-width of the window around a single ``band_gap`` value, eV (not the
+            Goldschmidt tolerance factor, which the stability criterion uses).
         n: candidates to sample.
         seed: the one seed.
         elements: allowed elements (None: all).
@@ -135,10 +136,11 @@ class DesignRequest:
         cubic_window: stability also needs the tolerance factor in the window chosen for cubic
             stability (:mod:`matmeta.design.tolerance`); False: the heat criterion alone.
         yes: accept ``n`` above :data:`MAX_CANDIDATES`.
+        tolerance: deprecated spelling of ``gap_half_width`` (kept for one release; warns).
     """
 
     band_gap: str = "2.0"
-    tolerance: float = 0.3
+    gap_half_width: float = 0.3
     n: int = 200
     seed: int = 0
     elements: Sequence[str] | None = None
@@ -153,6 +155,15 @@ class DesignRequest:
     cubic_window: bool = True
     relax: bool = True
     yes: bool = False
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tolerance is not None:
+            import warnings
+
+            warnings.warn("tolerance= is deprecated: use gap_half_width=", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "gap_half_width", float(self.tolerance))
+            object.__setattr__(self, "tolerance", None)
 
 
 MIN_FAMILY_EXAMPLES = 3

@@ -109,7 +109,9 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     from matmeta.store.datasets import ensure_store
 
     store = ensure_store(_resolve(cfg.store, recipe_path))
-    arrays, _, elements = load_design_data(store, cfg.gap_target, cfg.family_by)
+    arrays, _, elements = load_design_data(
+        store, cfg.gap_target, cfg.family_by, min_family_size=cfg.k_support + cfg.k_query
+    )
     model_section = {**model_section, "elements": list(elements), "element_features": element_features(elements)}
     mcfg = config_from_dict(DecoderConfig, model_section, f"{recipe_path}[model]")
     split = family_split(arrays, cfg)
@@ -122,6 +124,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
         k_nonmetal=cfg.k_nonmetal,
         latent_dim=mcfg.latent_dim,
         gap_scale_ev=mcfg.gap_scale_ev,
+        source=str(store),
     )
     train_src = DecoderEpisodes(
         arrays, split.train, null_prob=cfg.null_prob, zero_shot_prob=cfg.zero_shot_prob, **common

@@ -163,23 +163,31 @@ def explain_support_file(
         The explanation and one message per bad support row or query input (those are skipped).
 
     Raises:
-        MatmetaInputError: unknown target, fewer than 2 usable support structures, or no readable query.
+        MatmetaInputError: unknown target, no readable query (named, before the support is read), or fewer
+            than 2 usable support structures.
     """
     predictor = Predictor.load(model)
     predictor.check_target(target)  # before any structure is read
+    named, bad_queries = read_structures(list(queries))  # before the support: no work for an unusable query
+    if not named:
+        raise MatmetaInputError(no_readable_query(queries, bad_queries))
     names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column)
-    named, bad_queries = read_structures(list(queries))
     bad += bad_queries
     if len(structures) < 2:
         raise MatmetaInputError(f"{support}: {len(structures)} usable support structure(s); explain needs ≥ 2")
-    if not named:
-        raise MatmetaInputError("--query: no readable structure")
     query_names = [name for name, _ in named]
     queries_ = [structure for _, structure in named]
     explanation = explain_structures(
         predictor, structures, values, queries_, target, names, query_names, steps, first_order
     )
     return explanation, bad
+
+
+def no_readable_query(queries: Sequence[str], bad: Sequence[str]) -> str:
+    """The one-line refusal of ``--query`` inputs none of which gave a structure: each input, the first reason."""
+    shown = ", ".join(str(q) for q in list(queries)[:3]) + (f" and {len(queries) - 3} more" if len(queries) > 3 else "")
+    reason = f" ({bad[0]}{f'; {len(bad) - 1} more unreadable' if len(bad) > 1 else ''})" if bad else ""
+    return f"--query {shown or '(none)'}: no readable structure{reason}"
 
 
 def explain_points_file(

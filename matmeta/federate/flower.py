@@ -39,6 +39,8 @@ class MetaStrategy(Strategy):
         wait_s: longest wait for them (and for any lab at all, later).
         audit: called with every reply the server receives (raw tensors bytes, metrics, count).
         log: where the server's waiting notes go.
+        on_listening: called once the gRPC server listens (an event for labs in the same process to wait on,
+            instead of polling the port).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class MetaStrategy(Strategy):
         wait_s: float,
         audit: Audit | None = None,
         log: Callable[[str], None] | None = None,
+        on_listening: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.coordinator = coordinator
@@ -55,11 +58,18 @@ class MetaStrategy(Strategy):
         self.wait_s = wait_s
         self.audit = audit
         self.log = log or coordinator.log
+        self.on_listening = on_listening
         self.stopped: str | None = None
         self._asked: list[str] = []
 
     def initialize_parameters(self, client_manager: Any) -> Parameters | None:
-        """The shared weights at the start (fresh or resumed)."""
+        """The shared weights at the start (fresh or resumed).
+
+        Flower's ``start_server`` asks for them right after its gRPC server has started listening, so this is
+        where ``on_listening`` is called.
+        """
+        if self.on_listening is not None:
+            self.on_listening()
         return ndarrays_to_parameters(self.coordinator.state.arrays())
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
@@ -139,8 +149,11 @@ def serve(
     wait_s: float,
     round_timeout_s: float,
     audit: Audit | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Run the Flower server until the coordinator's rounds are done (blocking).
+
+    ``on_listening`` is called once the server accepts labs (e.g. ``threading.Event.set``).
 
     Raises:
         FederationError: no lab was connected when a round was due (after ``wait_s``).
@@ -153,7 +166,7 @@ def serve(
     rounds = coordinator.rounds_left()
     if rounds <= 0:
         return
-    strategy = MetaStrategy(coordinator, min_labs, wait_s, audit)
+    strategy = MetaStrategy(coordinator, min_labs, wait_s, audit, on_listening=on_listening)
     with _signal_handlers_kept():
         start_server(
             server_address=address,
@@ -189,7 +202,9 @@ def wait_for_server(address: str, max_wait_s: float) -> None:
     """Block until ``address`` (``host:port``) accepts TCP connections, checking with a growing interval.
 
     Flower's gRPC-bidi client gives up at once when no server listens yet, so a lab started
-    before the server waits here instead.
+    before the server waits here instead. A lab in another process has no event to wait on, hence the
+    probe; one in the server's own process waits on :func:`serve`'s ``on_listening`` instead, and its
+    first probe here succeeds.
 
     Only "not there yet" (refused, reset, timed out, host unreachable) is waited out; any other
     socket error (a bad host name, no file descriptors left) is raised at once.

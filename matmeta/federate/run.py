@@ -144,12 +144,11 @@ def simulate(
 
 
 def _wait(procs: list[tuple[str, subprocess.Popen, Path]], timeout_s: float) -> dict[str, Any]:
-    """Wait for the server (then the labs); kill everything left at the deadline."""
+    """Wait for the server's exit (then the labs'), no polling; kill everything left at the deadline."""
     deadline = time.monotonic() + timeout_s
     server = procs[0][1]
     try:
-        while server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        server.wait(timeout=max(deadline - time.monotonic(), 0.0))  # returns when the server exits
         for _, proc, _ in procs[1:]:
             proc.wait(timeout=max(1.0, min(60.0, deadline - time.monotonic())))
     except subprocess.TimeoutExpired:
