@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "matmeta.graphs",
         "matmeta.families",
         "matmeta.prototypes",
+        "matmeta.perovskite_network",
         "matmeta.tasks",
         "matmeta.elements",
         "matmeta.conformal",

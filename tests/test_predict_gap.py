@@ -192,6 +192,7 @@ def test_threshold_maximises_balanced_accuracy_with_a_precision_floor():
 def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
     predictor = _tiny()
     predictor.sites_seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    predictor.metadata["families"] = {"by": "b_site", "train": ["Ti"]}
     rows = predictor.predict_structures([_perovskite("Sr", "Ti"), _perovskite("Ba", "Zr"), _perovskite("Ti", "Sr")])
     assert rows[0]["out_of_domain"] is None
     assert "Zr never seen at the B site" in rows[1]["out_of_domain"]
@@ -203,23 +204,42 @@ def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
 def test_new_family_gap_shift_moves_only_new_b_sites_and_keeps_the_interval_width():
     from matmeta.predict.domain import new_family_corrections
 
-    seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    families = {"by": "b_site", "train": ["Ti"]}  # the checkpoint's own family kind and training families
     structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf"), _perovskite("Ba", "Hf"), _cscl("Cu", "Zn")]
     row = {"band_gap": 3.0, "gap_if_nonmetal": 3.0, "gap_lo": 0.2, "gap_hi": 4.5, "p_metal": 0.1}
     metal = {**row, "band_gap": 0.0, "p_metal": 0.9}
-    rows = new_family_corrections([row, row, metal, row], structures, seen, 0.5)
+    rows = new_family_corrections([row, row, metal, row], structures, families, 0.5)
     assert [r["gap_shift"] for r in rows] == [0.0, 0.5, 0.5, 0.0]  # Ti seen; Hf new; CsCl is no perovskite
     assert rows[0] == {**row, "gap_shift": 0.0, "p_recalibrated": False} and rows[3]["gap_if_nonmetal"] == 3.0
     hf = rows[1]
     assert (hf["band_gap"], hf["gap_if_nonmetal"]) == (3.5, 3.5)
     assert hf["gap_hi"] - hf["gap_if_nonmetal"] == pytest.approx(1.5) and hf["gap_lo"] == pytest.approx(2.0)
     assert rows[2]["band_gap"] == 0.0 and rows[2]["gap_if_nonmetal"] == 3.5  # still called a metal
-    assert new_family_corrections([row], structures[1:2], None, 0.5)[0]["gap_shift"] == 0.0  # no record: no shift
+    assert new_family_corrections([row], structures[1:2], {"by": None}, 0.5)[0]["gap_shift"] == 0.0  # no record
+    # keyed on the checkpoint's kind: with prototype families the Hf perovskite is the Ti one's prototype
+    prototype = {"by": "prototype", "train": ["ABC3_221_abc"]}
+    assert [r["gap_shift"] for r in new_family_corrections([row, row], structures[:2], prototype, 0.5)] == [0.0, 0.0]
+
+
+def test_composition_alone_does_not_make_a_perovskite():
+    from pymatgen.core import Lattice, Structure
+
+    from matmeta.predict.domain import domain_flags
+
+    seen = {"A": ["Fe", "Sr"], "B": ["Ti"], "X": ["O"]}
+    # ilmenite-like FeTiO3: the right composition, edge- and face-sharing octahedra (no corner-sharing network)
+    ilmenite = Structure.from_spacegroup(
+        "R-3", Lattice.hexagonal(5.09, 14.09), ["Fe", "Ti", "O"],
+        [[0, 0, 0.3553], [0, 0, 0.1464], [0.3174, 0.0208, 0.2466]],
+    )  # fmt: skip
+    assert "structure type" in domain_flags(ilmenite, seen)
+    assert domain_flags(_perovskite("Sr", "Ti"), seen) is None
 
 
 def test_predict_adds_the_new_family_shift_zero_shot_only():
     predictor = _tiny()
     predictor.sites_seen = {"A": ["Sr"], "B": ["Ti"], "X": ["O"]}
+    predictor.metadata["families"] = {"by": "b_site", "train": ["Ti"]}
     structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf")]
     plain = predictor.predict_structures(structures, mc_samples=1)
     predictor.uncertainty["new_family_gap_shift"] = 0.7
@@ -237,6 +257,7 @@ def test_new_family_platt_recalibrates_p_only_for_new_b_sites_and_keeps_every_ca
 
     predictor = _tiny()
     predictor.sites_seen = {"A": ["Sr", "Ba"], "B": ["Ti"], "X": ["O"]}
+    predictor.metadata["families"] = {"by": "b_site", "train": ["Ti"]}
     structures = [_perovskite(a, b) for a in ("Sr", "Ba") for b in ("Ti", "Hf", "Zr", "Sn")]
     raw = predictor.predict_structures(structures, mc_samples=1)
     predictor.uncertainty["new_family_platt"] = {"a": 0.33, "b": -0.75}
@@ -258,6 +279,7 @@ def test_new_family_platt_recalibrates_p_only_for_new_b_sites_and_keeps_every_ca
 def test_the_adapted_offset_applies_only_after_an_adaptation_without_gap_labels():
     predictor = _tiny()
     predictor.sites_seen = {"A": ["Sr"], "B": ["Ti"], "X": ["O"]}
+    predictor.metadata["families"] = {"by": "b_site", "train": ["Ti"]}
     predictor.uncertainty.update({"new_family_gap_shift": 0.7, "new_family_gap_shift_adapted": 0.2})
     structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf")]
     predictor.metadata["adapted"] = {"target": "heat_ref", "kept": "adapted"}  # the gap head saw no labels

@@ -27,7 +27,6 @@ def report(
 ) -> dict[str, Any]:
     """Print every table and write ``summary.json`` / ``per_family.csv``; returns the summary."""
     from matmeta.atomic import write_table
-    from matmeta.bench.fewshot_mp import write_summary
     from matmeta.console import print_table
 
     summary: dict[str, Any] = {"checkpoint": str(setup.checkpoint), "test_families": setup.test_families,
@@ -114,3 +113,14 @@ def throughput(setup: Any, n: int) -> dict[str, float]:
         _, rows, _ = predict_files([folder], setup.checkpoint)
         seconds = time.perf_counter() - start
     return {"n": len(rows), "seconds": seconds, "per_second": len(rows) / seconds if seconds > 0 else float("nan")}
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """``summary.json`` (atomic)."""
+    import json
+
+    from matmeta.atomic import write_text_atomic
+
+    path = Path(out_dir) / "summary.json"
+    write_text_atomic(path, json.dumps(summary, indent=2, default=float))
+    return path

@@ -86,7 +86,7 @@ def prepare(config: Any, quick: bool) -> Setup:
 def random_split_scores(setup: Setup, config: Any, quick: bool) -> dict[str, Any]:
     """The recipe's pooled network on a random 80 / 10 / 10 split of every structure: validation and test metrics."""
     from matmeta.bench.fewshot_baselines import predict_outputs
-    from matmeta.bench.fewshot_mp import Predictions, network_predictions
+    from matmeta.bench.fewshot_mp_scores import Predictions, network_predictions
 
     model, local, stats, splits = random_split_model(setup.table, setup.recipe, config.seed, config.out_dir, quick)
     scores = {}

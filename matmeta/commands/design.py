@@ -107,9 +107,7 @@ def generate_cmd(
         yes=yes,
     )
     with progress() as bar:
-        result = run_design(
-            request, examples, generator=generator, model=model, store=store, progress=bar, out_dir=out
-        )
+        result = run_design(request, examples, generator=generator, model=model, store=store, progress=bar, out_dir=out)
     _render(result, seed, top)
     if out is not None:
         from matmeta.design.output import write_design

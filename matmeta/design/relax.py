@@ -31,12 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from matmeta import geometry
 from matmeta.design.validity import structural_validity
-from matmeta.families import anion_elements
-
-OCTAHEDRON_STRETCH = 1.5  # longest / shortest of the six B-X bonds at most (PbTiO3: 2.4 / 1.78 = 1.35)
-SHELL_GAP = 1.2  # the seventh anion at least this much farther than the sixth
+from matmeta.perovskite_network import keeps_perovskite_connectivity
 
 
 @dataclass(frozen=True)
@@ -87,45 +83,6 @@ def displacement_rmsd(before: Any, after: Any) -> float:
     cart = diff @ np.asarray(after.lattice.matrix, dtype=np.float64)
     cart -= cart.mean(axis=0)
     return float(np.sqrt((cart**2).sum(axis=1).mean()))
-
-
-def keeps_perovskite_connectivity(structure: Any) -> bool:
-    """True when the cell is still a corner-sharing BX6 perovskite network (ABX3 or A2BB'X6 cells).
-
-    A cell with 3k anions and 2k cations (by the anion rule of :mod:`matmeta.families`) has k B sites:
-    the k cations with the shortest mean distance to their six nearest anions (periodic images
-    included). The network holds when, over the k octahedra, every anion site is a corner of exactly
-    two (corner sharing: in ABX3 the anion bridges B and its image, in A2BB'X6 B and B'), no
-    octahedron is torn apart (its sixth bond at most ``OCTAHEDRON_STRETCH`` x its first, which admits
-    polar off-centring like PbTiO3's) and the next anion is clearly farther (at least ``SHELL_GAP`` x
-    the sixth bond: six-fold, not more). Any other composition fails.
-    """
-    symbols = [site.specie.symbol for site in structure]
-    anions = anion_elements(symbols)
-    is_anion = np.array([s in anions for s in symbols])
-    n_b = int(is_anion.sum()) // 3
-    if n_b < 1 or int(is_anion.sum()) != 3 * n_b or len(symbols) != 5 * n_b:
-        return False
-    lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
-    if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) < 1e-6:
-        return False
-    cutoff = 3.0 * (abs(np.linalg.det(lattice)) / len(symbols)) ** (1 / 3)
-    centers, neighbors, _, dist = geometry.neighbor_list(lattice, np.asarray(structure.cart_coords), cutoff)
-    shells = {}
-    for c in np.flatnonzero(~is_anion):
-        mine = np.flatnonzero((centers == c) & is_anion[neighbors])
-        order = mine[np.argsort(dist[mine], kind="stable")]
-        shells[int(c)] = (dist[order], neighbors[order])
-    if any(len(d) < 7 for d, _ in shells.values()):
-        return False
-    b_sites = sorted(shells, key=lambda c: shells[c][0][:6].mean())[:n_b]
-    corners = np.concatenate([shells[b][1][:6] for b in b_sites])
-    twice = np.all(np.bincount(corners, minlength=len(symbols))[is_anion] == 2)
-    octahedra = all(
-        shells[b][0][5] <= OCTAHEDRON_STRETCH * shells[b][0][0] and shells[b][0][6] >= SHELL_GAP * shells[b][0][5]
-        for b in b_sites
-    )
-    return bool(twice and octahedra)
 
 
 def describe_relaxation(before: Any, after: Any, energies: np.ndarray, max_steps: int) -> dict[str, Any]:

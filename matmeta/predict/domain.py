@@ -52,6 +52,28 @@ def unseen_elements(structure: Any, seen: set[int]) -> str | None:
     return f"element(s) {', '.join(Element.from_Z(z).symbol for z in new)} never seen in training"
 
 
+def perovskite_sites_checked(structure: Any) -> tuple[str, str]:
+    """The (A, B) cations of a structure that is an ABX3 perovskite by composition AND by geometry.
+
+    Composition alone calls ilmenite FeTiO3 a perovskite and a Ga2O3 cell one with A = B = Ga; here A and B
+    must differ and the BX6 octahedra must share corners
+    (:func:`matmeta.perovskite_network.keeps_perovskite_connectivity`).
+
+    Raises:
+        MatmetaInputError: the reason it is not one.
+    """
+    from matmeta.errors import MatmetaInputError
+    from matmeta.families import perovskite_sites
+    from matmeta.perovskite_network import keeps_perovskite_connectivity
+
+    a_site, b_site = perovskite_sites(structure)
+    if a_site == b_site:
+        raise MatmetaInputError(f"{structure.composition.reduced_formula}: A and B are both {a_site}, not ABX3")
+    if not keeps_perovskite_connectivity(structure):
+        raise MatmetaInputError(f"{structure.composition.reduced_formula}: no corner-sharing BX6 network")
+    return a_site, b_site
+
+
 def domain_flags(structure: Any, seen: dict[str, Sequence[str]] | None) -> str | None:
     """A one-line reason why ``structure`` is outside the training domain, or None when it is inside.
 
@@ -60,12 +82,12 @@ def domain_flags(structure: Any, seen: dict[str, Sequence[str]] | None) -> str |
         seen: the checkpoint's ``sites_seen`` (None: an older checkpoint; nothing is checked).
     """
     from matmeta.errors import MatmetaInputError
-    from matmeta.families import anion_elements, perovskite_sites
+    from matmeta.families import anion_elements
 
     if not seen:
         return None
     try:
-        a_site, b_site = perovskite_sites(structure)
+        a_site, b_site = perovskite_sites_checked(structure)
     except MatmetaInputError as exc:
         return f"structure type: {str(exc).split(': ', 1)[-1]} (trained on ABX3 perovskites only)"
     anions = anion_elements({site.specie.symbol for site in structure})
@@ -77,28 +99,39 @@ def domain_flags(structure: Any, seen: dict[str, Sequence[str]] | None) -> str |
     return "; ".join(reasons) or None
 
 
-def b_site_unseen(structure: Any, seen: dict[str, Sequence[str]] | None) -> bool:
-    """True when ``structure`` is an ABX3 perovskite whose B-site element was never a B site in training."""
-    from matmeta.errors import MatmetaInputError
-    from matmeta.families import perovskite_sites
+def family_unseen(structure: Any, by: str | None, train_families: Sequence[str]) -> bool:
+    """True when ``structure``'s family of the checkpoint's kind ``by`` is none of its training families.
 
-    if not seen:
+    For ``b_site`` / ``a_site`` the structure must be a perovskite (:func:`perovskite_sites_checked`);
+    a structure whose family is undefined (no perovskite, no kind) is not called new.
+    """
+    from matmeta.errors import MatmetaInputError
+    from matmeta.families import family_key
+
+    if not by or not train_families:
         return False
     try:
-        _, b_site = perovskite_sites(structure)
+        if by in ("a_site", "b_site"):
+            a_site, b_site = perovskite_sites_checked(structure)
+            key = b_site if by == "b_site" else a_site
+        else:
+            key = family_key(structure, by)
     except MatmetaInputError:
         return False
-    return b_site not in set(seen.get("B", ()))
+    return key not in set(train_families)
 
 
 def new_family_corrections(
     rows: Sequence[dict[str, Any]],
     structures: Sequence[Any],
-    seen: dict[str, Sequence[str]] | None,
+    families: dict[str, Any],
     shift: float,
     platt: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Prediction rows corrected where the structure's B site is new: gap + ``shift`` eV, P(non-metal) recalibrated.
+    """Prediction rows corrected where the structure's family is new: gap + ``shift`` eV, P(non-metal) recalibrated.
+
+    ``families``: the checkpoint's ``families`` entry (``by``: the kind the corrections were fitted for,
+    ``train``: its training families); the shipped perovskite checkpoint's kind is the B site.
 
     Why: on families the network never saw (held out, out of fold) zero-shot gaps come out low by
     about half an eV and P(non-metal) is over-confident (of the calls with P ≥ 0.8, 56 % are
@@ -114,7 +147,7 @@ def new_family_corrections(
 
     out = []
     for row, structure in zip(rows, structures, strict=True):
-        new = bool((shift or platt) and b_site_unseen(structure, seen))
+        new = bool((shift or platt) and family_unseen(structure, families.get("by"), families.get("train", ())))
         applied = float(shift) if new and shift else 0.0
         row = {**row, "gap_shift": applied, "p_recalibrated": bool(new and platt)}
         if applied:

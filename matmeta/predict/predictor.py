@@ -268,11 +268,13 @@ class Predictor:
         if not any(self.uncertainty.get(key) for key in keys):  # a checkpoint without new-family corrections
             return rows
         if self.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
-            blind = adapted.get("kept") == "adapted" and adapted.get("target") != "band_gap"
+            from matmeta.predict.intervals import adapted_role
+
+            blind = adapted.get("kept") == "adapted" and adapted_role(adapted) != GAP
             shift = float(self.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
-            return new_family_corrections(rows, structures, self.sites_seen, shift)
+            return new_family_corrections(rows, structures, self.metadata["families"], shift)
         shift = float(self.uncertainty.get("new_family_gap_shift", 0.0))
-        return new_family_corrections(rows, structures, self.sites_seen, shift, self.new_family_platt)
+        return new_family_corrections(rows, structures, self.metadata["families"], shift, self.new_family_platt)
 
     @property
     def new_family_platt(self) -> dict[str, float] | None:
