@@ -10,8 +10,8 @@ SHARED="${MATMETA_SHARED_DATA:-../shared/data}"
 echo "== 1. graph stores: ingest structures and show their families"
 rm -rf out/demo/examples.lmdb out/demo/other.lmdb
 matmeta data ingest data/structures --targets-csv data/lab_measurements.csv --id-column name \
-  --target band_gap --out out/demo/examples.lmdb
-matmeta data families out/demo/examples.lmdb --by b_site
+  --target band_gap --allow-missing-targets --out out/demo/examples.lmdb
+matmeta data families out/demo/examples.lmdb --by prototype
 matmeta data ingest data/structures_other --targets-csv data/structures_other/targets.csv \
   --target band_gap --out out/demo/other.lmdb
 matmeta data families out/demo/other.lmdb --by anion_set
@@ -27,18 +27,20 @@ else
 fi
 
 echo
-echo "== 2. predict formation energy and band gap with the shipped meta-learned checkpoint"
+echo "== 2. predict formation energy and PBE band gap of common materials with the shipped Materials Project model"
 matmeta predict data/structures --out out/demo/predictions.csv
 
 echo
-echo "== 3. few-shot: adapt to lab-measured band gaps of 13 oxide perovskites, then predict again"
-matmeta finetune --support data/lab_measurements.csv --target band_gap --out out/demo/oxides.ckpt
-matmeta predict data/structures --model out/demo/oxides.ckpt --out out/demo/predictions_adapted.csv
+echo "== 3. few-shot: adapt the perovskite model to lab-measured band gaps of 13 oxide perovskites, predict again"
+LAB=$(tail -n +2 data/lab_measurements.csv | cut -d, -f2 | sed 's#^#data/#')
+matmeta finetune --model perovskites --support data/lab_measurements.csv --target band_gap --out out/demo/oxides.ckpt
+# shellcheck disable=SC2086
+matmeta predict $LAB --model out/demo/oxides.ckpt --out out/demo/predictions_adapted.csv
 
 echo
 echo "== 4. which lab measurements steered the adapted band gap of SrTiO3"
-matmeta explain --support data/lab_measurements.csv --target band_gap --query data/structures/SrTiO3.cif \
-  --top 5 --plot out/demo/influence.png
+matmeta explain --model perovskites --support data/lab_measurements.csv --target band_gap \
+  --query data/structures/SrTiO3.cif --top 5 --plot out/demo/influence.png
 
 echo
 echo "== 5. inverse design: candidates for a 2 eV band gap, checked and ranked"

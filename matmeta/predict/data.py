@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from matmeta.errors import StoreError
+from matmeta.errors import MatmetaInputError, StoreError
 from matmeta.models.gnn import GraphBatch, collate
 from matmeta.predict.config import DataConfig
 
@@ -125,7 +125,10 @@ class TargetStats:
         per_atom = per_atom[np.isfinite(per_atom)]
         gaps = band_gap[np.isfinite(band_gap) & (band_gap > 0.0)]
         if per_atom.size < 2 or gaps.size < 2:
-            raise ValueError("need at least two energies and two non-metal band gaps to normalise")
+            raise MatmetaInputError(
+                f"training targets: need at least two energies and two non-metal band gaps to normalise "
+                f"(found {per_atom.size} and {gaps.size})"
+            )
 
         def spread(values: np.ndarray) -> float:
             std = float(values.std())
@@ -318,7 +321,7 @@ class FamilyEpisodes:
             if usable:
                 self.samplers.append(EpisodeSampler(table.families, usable, int(k), int(k_query), seed))
         if not self.samplers:
-            raise ValueError(f"no family has {min(k_support)} + {k_query} structures for an episode")
+            raise StoreError(f"no family has {min(k_support)} + {k_query} structures for an episode")
 
     def sample(self, n_tasks: int, generator: torch.Generator) -> list[tuple[GraphBatch, GraphBatch]]:
         """``n_tasks`` tasks ``(support, query)``."""
@@ -398,9 +401,12 @@ def split(table: GraphTable, config: DataConfig) -> Any:
 
     keyed = [f for f in table.families if f]
     if not config.val_families:
-        return split_families(
-            keyed, fractions=config.split_fractions, seed=config.split_seed, min_size=config.min_family_size
-        )
+        try:
+            return split_families(
+                keyed, fractions=config.split_fractions, seed=config.split_seed, min_size=config.min_family_size
+            )
+        except ValueError as exc:  # too few families of the kind and size
+            raise StoreError(f"{config.store}: {config.family_by} families: {exc}") from None
     sizes = Counter(keyed)
     missing = sorted((set(config.val_families) | set(config.test_families)) - set(sizes))
     if missing:
