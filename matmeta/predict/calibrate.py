@@ -28,6 +28,7 @@ other models' out-of-fold residuals on the training families can join the gap's 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ Z90 = 1.6448536269514722
 LEVEL = 0.9
 MIN_PRECISION = 0.3  # a non-metal call should be right at least 3 times in 10 (the issue's operating point)
 ADAPT_KS = (5, 10, 20)
+CALIBRATION_QUERY = 30  # query structures per adapted calibration episode (fewer where no family has k + 30)
 
 
 def _residuals(
@@ -183,10 +185,12 @@ def calibration_parts(
     generator = torch.Generator().manual_seed(seed)
     by_k: dict[str, list[dict[str, np.ndarray]]] = {}
     for k in ADAPT_KS:
-        usable = families_of_size(table.families, families, k + 30)  # families that can give a k + 30 episode
+        largest = max(Counter(f for f in table.families if f in set(families)).values(), default=0)
+        query = min(CALIBRATION_QUERY, largest - k)  # small calibration families: shorter queries
+        usable = families_of_size(table.families, families, k + query) if query >= 1 else []
         if not usable:
             continue
-        sampler = EpisodeSampler(table.families, usable, k, 30, seed + k)
+        sampler = EpisodeSampler(table.families, usable, k, query, seed + k)
         by_k[str(k)] = []
         for _ in range(episodes_per_k):
             episode = sampler.sample(generator)
