@@ -13,6 +13,12 @@ On the shared perovskites (CIF text in a CSV column), one table:
 5. Store reads: ``GraphStore[i]`` → ``Data``, in order and shuffled in the benchmark process, and
    in order in a fresh interpreter that imports only the store (as a DataLoader worker would).
 
+A second table gives what a structure costs: bytes per record in the LMDB file and in memory as the
+model's graph tensors, edges per atom, and the share of atoms whose neighbour list the cap of
+``max_neighbors`` cut (the graph rule: every atom within ``cutoff_angstrom``, at most the
+``max_neighbors`` nearest). The symmetry family keys (prototype, space group), which ingest leaves to
+the first reader, are timed as that reader computes them (``workers`` processes).
+
 The machine's 1-minute load average is printed with the table: the benchmark shares the CPUs
 with whatever else runs, and every rate is a wall-clock rate.
 """
@@ -170,8 +176,10 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
     for row in _full_ingest(rows, cfg, config, quick):
         add(*row)
     out_dir = Path(cfg.out_dir)
-    for row in _reads(out_dir / f"bench-{cfg.workers}.lmdb", cfg, quick):
+    store_path = out_dir / f"bench-{cfg.workers}.lmdb"
+    for row in _reads(store_path, cfg, quick):
         add(*row)
+    add(*_symmetry_pass(store_path, cfg.workers))
 
     load_end = os.getloadavg()[0]
     columns = ["stage", "implementation", "structures", "seconds", "structures/s", "note"]
@@ -180,6 +188,8 @@ def run(recipe: dict[str, Any], recipe_path: Path, quick: bool) -> None:
         f"{load_end:.1f} after (this run included), {os.cpu_count()} CPUs"
     )
     print_table(title, columns, table, digits=4)
+    print_table(f"what a structure costs ({config.cutoff_angstrom:g} Å, at most {config.max_neighbors} neighbours)",
+                ["quantity", "value"], _costs(store_path, config), digits=4)  # fmt: skip
     lines = [",".join(columns)] + [",".join(f'"{v}"' if isinstance(v, str) else f"{v}" for v in row) for row in table]
     write_text_atomic(out_dir / "results.csv", "\n".join(lines) + "\n")
 
@@ -225,6 +235,47 @@ def _full_ingest(
         note = f"{kind}, CSV → LMDB, all included; best of {rounds} interleaved"
         out.append(("full ingest", f"matmeta ingest (workers={workers})", added, seconds, note))
     return out
+
+
+def _symmetry_pass(store_path: Path, workers: int) -> tuple[str, str, int, float, str]:
+    """The symmetry keys of every record, computed as the first reader of a fresh store does (the cache removed)."""
+    from matmeta.store.reader import GraphStore
+    from matmeta.store.symmetry import CACHE_NAME
+
+    (store_path / CACHE_NAME).unlink(missing_ok=True)
+    store = GraphStore(store_path)
+    _, seconds = _timed(lambda: store.family_keys("prototype"))
+    return ("family keys", "prototype + space group (first reader)", len(store), seconds,
+            f"{workers} processes; spglib at 0.1 Å; cached in the store after")  # fmt: skip
+
+
+def _costs(store_path: Path, config: Any) -> list[list[Any]]:
+    """Bytes per structure on disk and as model tensors, edges per atom, share of atoms the neighbour cap cut."""
+    from matmeta.geometry import neighbor_list
+    from matmeta.store.reader import GraphStore
+
+    store = GraphStore(store_path)
+    n = len(store)
+    disk = (store_path / "data.mdb").stat().st_size
+    tensor_bytes, atoms, edges, capped = 0, 0, 0, 0
+    for i in range(n):
+        arrays, _ = store.record(i)
+        z, edge_index = arrays["atomic_numbers"], arrays["edge_index"]
+        tensor_bytes += z.nbytes + edge_index.nbytes + arrays["edge_dist"].nbytes  # what training holds
+        atoms, edges = atoms + len(z), edges + edge_index.shape[1]
+        if i % 10 == 0:  # every tenth structure: how many atoms had more neighbours than the cap
+            centers = neighbor_list(arrays["lattice"], arrays["frac_coords"] @ arrays["lattice"],
+                                    config.cutoff_angstrom)[0]  # fmt: skip
+            capped += int((np.bincount(centers, minlength=len(z)) > config.max_neighbors).sum())
+    sampled = sum(len(store.record(i)[0]["atomic_numbers"]) for i in range(0, n, 10))
+    return [
+        ["structures", n],
+        ["LMDB file, bytes per structure (graph, cell, CIF text, keys)", disk / n],
+        ["model graph tensors in memory, bytes per structure", tensor_bytes / n],
+        ["atoms per structure (mean)", atoms / n],
+        ["edges per atom (mean)", edges / atoms],
+        ["atoms with more than max_neighbors within the cutoff (share, every 10th structure)", capped / sampled],
+    ]
 
 
 def _reads(store_path: Path, cfg: Any, quick: bool) -> list[tuple[str, str, int, float, str]]:
