@@ -19,7 +19,12 @@ from matmeta.atomic import write_table
 from matmeta.checkpoint import load_checkpoint
 from matmeta.errors import MatmetaError, MatmetaInputError, WorkLimitError
 from matmeta.kinetics.data import MAX_TIME_S, read_curves
-from matmeta.predict.support import MAX_BAND_GAP_EV, MAX_HEAT_PER_ATOM_EV, read_support
+from matmeta.predict.support import (
+    MAX_BAND_GAP_EV,
+    MAX_FORMATION_ENERGY_PER_ATOM_EV,
+    MAX_HEAT_PER_ATOM_EV,
+    read_support,
+)
 
 GOOD_SUPPORT_ABS = GOOD_SUPPORT.replace("structures/", str(REPO / "data" / "structures") + "/")
 
@@ -42,7 +47,7 @@ POINTS_TEXT = mutated_text(GOOD_POINTS)
 CHECKPOINT = REPO / "matmeta" / "checkpoints" / "JMAK-SynthArrhenius-2026-11-26-MetaSGDPrior.ckpt"
 
 
-@given(SUPPORT_TEXT, st.sampled_from(["band_gap", "heat_ref"]))
+@given(SUPPORT_TEXT, st.sampled_from(["band_gap", "band_gap_pbe", "heat_ref", "formation_energy_per_atom"]))
 def test_support_rows_are_used_or_skipped_by_row(text: str, target: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "support.csv"
@@ -53,8 +58,10 @@ def test_support_rows_are_used_or_skipped_by_row(text: str, target: str) -> None
         names, structures, values, bad = result
         assert len(names) == len(structures) == len(values)
         assert all(math.isfinite(v) for v in values)
-        if target == "band_gap":
+        if target in ("band_gap", "band_gap_pbe"):
             assert all(0 <= v <= MAX_BAND_GAP_EV for v in values)
+        elif target == "formation_energy_per_atom":  # eV/atom: whatever the structure's size
+            assert all(abs(v) <= MAX_FORMATION_ENERGY_PER_ATOM_EV for v in values)
         else:  # heat_ref is eV/cell: a few eV per atom of the row's own structure
             assert all(abs(v) <= MAX_HEAT_PER_ATOM_EV * len(s) for v, s in zip(values, structures, strict=True))
         assert len({id(s) for s in structures}) == len(structures)

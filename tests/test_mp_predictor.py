@@ -186,3 +186,29 @@ def test_meta_training_on_a_store_of_general_crystals_saves_a_usable_checkpoint(
     structure = GraphStore(store).structure(0)
     (row,) = predictor.predict_structures([structure])
     assert math.isfinite(row["formation_energy_per_atom"]) and row["formation_energy_per_atom_lo"] is not None
+
+
+def test_predict_refuses_a_too_large_and_a_disordered_cell_in_one_line_and_predicts_the_rest(tmp_path, nacl):
+    from pymatgen.core import Lattice, Structure
+    from typer.testing import CliRunner
+
+    from matmeta.cli import app
+    from matmeta.io import write_cif
+
+    checkpoint = _mp_like().save(tmp_path / "mp_like.ckpt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_cif(nacl, folder / "good.cif")
+    write_cif(nacl * (6, 6, 4), folder / "huge.cif")  # 1,152 atoms, above the 500-site limit
+    alloy = Structure(Lattice.cubic(3.6), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
+    (folder / "alloy.cif").write_text(alloy.to(fmt="cif"))
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "huge.cif: 1152 atoms exceed max_atoms=500" in text
+    assert "alloy.cif" in text and "partial" in text
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == ["good"] and rows[0]["path"].endswith("good.cif")
+    assert {"formation_energy_per_atom", "formation_energy_per_atom_lo", "band_gap_pbe_hi", "p_metal"} <= set(rows[0])

@@ -98,9 +98,13 @@ def _interval(lo: float | None, hi: float | None, digits: int) -> str:
 
 
 def _gap_cell(row: dict, gap: str) -> str:
+    """The reported gap with its interval (the checkpoint's all-structure interval where it has one)."""
+    lo, hi = (row.get(f"{gap}_lo"), row.get(f"{gap}_hi")) if row.get(f"{gap}_hi") is not None else (None, None)
     if row[gap] == 0.0:
-        return "metal (0)"
-    return f"{row[gap]:.2f} {_interval(row['gap_lo'], row['gap_hi'], 2)}"
+        return "metal (0)" + (f" [0, {hi:.2f}]" if hi else "")
+    if lo is None:
+        lo, hi = row["gap_lo"], row["gap_hi"]
+    return f"{row[gap]:.2f} {_interval(lo, hi, 2)}"
 
 
 def register(app: typer.Typer) -> None:
