@@ -75,8 +75,14 @@ def ratio_rows(episodes: dict[int, dict[str, dict[str, float]]]) -> list[tuple[i
     for k, m in episodes.items():
         for name, a, b in (("MAML / fine-tune", "MAML", "fine-tune"), ("MAML / zero-shot", "MAML", "zero-shot"),
                            ("fine-tune / zero-shot", "fine-tune", "zero-shot")):  # fmt: skip
-            rows.append((k, name, m[a]["energy_mae"] / m[b]["energy_mae"], m[a]["gap_mae"] / m[b]["gap_mae"]))
+            rows.append(
+                (k, name, _ratio(m[a]["energy_mae"], m[b]["energy_mae"]), _ratio(m[a]["gap_mae"], m[b]["gap_mae"]))
+            )
     return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
 
 
 def per_family_rows(zero: Any, by_k: dict[int, dict[str, Any]], k_ref: int = 10) -> list[dict[str, Any]]:
