@@ -63,7 +63,7 @@ def test_shipped_predictor_states_the_adaptive_gap_interval_of_the_predicted_cla
     from matmeta.predict.kriging import head_features
     from matmeta.predict.predictor import Predictor
 
-    predictor = Predictor.load()
+    predictor = Predictor.load("perovskites")
     widths = predictor.uncertainty["conformal"]["zero_shot"]
     folder = Path(__file__).parents[1] / "data" / "structures"
     structures = [read_structure_file(folder / f"{name}.cif")[0][1] for name in ("SrTiO3", "LaFeO3")]

@@ -84,7 +84,7 @@ def test_shipped_checkpoint_round_trips_its_difficulty_and_old_metadata_keeps_co
     from matmeta.predict.difficulty import decode_features
     from matmeta.predict.predictor import Predictor
 
-    predictor = Predictor.load()
+    predictor = Predictor.load("perovskites")
     entry = predictor.uncertainty["difficulty"]
     reference = decode_features(entry["reference"])
     assert reference.shape[1] == predictor.model.config.hidden and len(reference) > 1000

@@ -323,6 +323,7 @@ class CrystalGNN(nn.Module):
         mc_seed: int = 0,
         atom_features: Tensor | None = None,
         graph_features: Tensor | None = None,
+        include_point: bool = False,
     ) -> Tensor:
         """Per-graph outputs ``[heat per atom (norm.), metal logit, gap (norm.)]``.
 
@@ -342,9 +343,11 @@ class CrystalGNN(nn.Module):
                 computes itself when None); needed under ``torch.func.vmap``, where the model cannot
                 read atomic numbers back into Python.
             graph_features: the per-graph composition features, likewise.
+            include_point: with ``mc_samples``, also the deterministic output, as row 0 (one pass of the
+                graph part for both: prediction runs the network once).
 
         Shapes:
-            → (G, 3), or (mc_samples, G, 3) when ``mc_samples > 0``.
+            → (G, 3), or (mc_samples, G, 3) when ``mc_samples > 0`` ((1 + mc_samples, G, 3) with ``include_point``).
         """
         h, graph_features = self.atom_inputs(atomic_numbers, batch, num_graphs, atom_features, graph_features)
         e = self.edge_embedding(self.rbf(edge_dist))
@@ -361,6 +364,8 @@ class CrystalGNN(nn.Module):
         generator = torch.Generator(device=hidden.device).manual_seed(mc_seed)
         keep = torch.rand(mc_samples, 1, hidden.shape[1], generator=generator, device=hidden.device)
         masks = (keep >= self.config.dropout).to(hidden.dtype) / (1.0 - self.config.dropout)
+        if include_point:  # row 0: no dropout (eval-mode head)
+            masks = torch.cat([torch.ones_like(masks[:1]), masks])
         return self.hurdle(self.head[3](hidden * masks), graph_features)
 
     def hurdle(self, out: Tensor, graph_features: Tensor | None) -> Tensor:

@@ -235,8 +235,11 @@ class Predictor:
             for begin in range(0, len(graphs), chunk):
                 batch = collate([(*g, nan_y) for g in graphs[begin : begin + chunk]])
                 with head_features(self.model) as captured:
-                    point = self.forward(*batch.inputs())
-                mc = self.forward(*batch.inputs(), mc_samples=samples, mc_seed=seed) if samples > 1 else None
+                    if samples > 1:  # the point and the MC samples from one pass of the graph part
+                        both = self.forward(*batch.inputs(), mc_samples=samples, mc_seed=seed, include_point=True)
+                        point, mc = both[0], both[1:]
+                    else:
+                        point, mc = self.forward(*batch.inputs()), None
                 rows.extend(self._rows(point, mc, batch, captured["features"]))
         return rows
 
