@@ -287,3 +287,13 @@ def test_the_adapted_offset_applies_only_after_an_adaptation_without_gap_labels(
     for adapted in ({"target": "band_gap", "kept": "adapted"}, {"target": "heat_ref", "kept": "recalibrated"}):
         predictor.metadata["adapted"] = adapted  # gap labels, or a fit on the user's data: no offset
         assert [r["gap_shift"] for r in predictor.predict_structures(structures, mc_samples=1)] == [0.0, 0.0]
+
+
+def test_an_energy_interval_that_cannot_widen_is_dropped_out_of_domain():
+    predictor = _tiny()
+    predictor.sites_seen = {"A": ["Sr"], "B": ["Ti"], "X": ["O"]}
+    predictor.uncertainty["conformal"] = {"zero_shot": {"heat_ref_per_atom": 0.1, "band_gap_nonmetal": 1.0}}
+    inside, outside = predictor.predict_structures([_perovskite("Sr", "Ti"), _perovskite("Sr", "Zr")])
+    assert inside["out_of_domain"] is None and inside["heat_ref_lo"] is not None
+    assert "Zr never seen at the B site" in outside["out_of_domain"]
+    assert outside["heat_ref_lo"] is None and outside["heat_ref_hi"] is None

@@ -45,8 +45,7 @@ def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[l
             "name": n,
             "path": str(s.properties.get("source", "")),
             "formula": f,
-            **row,
-            "out_of_domain": predictor.out_of_domain(s, row),
+            **predictor.with_domain(s, row),
             "warning": w,
         }
         for n, s, f, row, w in zip(names, good, formulas, rows, warnings, strict=True)

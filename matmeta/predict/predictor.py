@@ -258,9 +258,24 @@ class Predictor:
         graphs, warnings = self.graphs(structures)
         rows = self.new_family_rows(self.predict_graphs(graphs, mc_samples=mc_samples), structures)
         return [
-            {**row, "out_of_domain": self.out_of_domain(structure, row), "warning": warning}
+            {**self.with_domain(structure, row), "warning": warning}
             for row, warning, structure in zip(rows, warnings, structures, strict=True)
         ]
+
+    def with_domain(self, structure: Any, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its ``out_of_domain`` reason; an energy interval that cannot widen is dropped out of domain.
+
+        A checkpoint calibrated with distance-scaled energy widths widens the interval itself; an older one
+        (the perovskite checkpoint) states one width for every structure, which is uncalibrated for a structure
+        unlike its training data: ``E_lo`` / ``E_hi`` become None there.
+        """
+        reason = self.out_of_domain(structure, row)
+        out = {**row, "out_of_domain": reason}
+        table = (self.uncertainty.get("conformal") or {}).get("zero_shot", {})
+        if reason and "heat_ref_per_atom_scaled" not in table:
+            energy = self.names.energy
+            out[f"{energy}_lo"] = out[f"{energy}_hi"] = None
+        return out
 
     def new_family_rows(self, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
         """``rows`` with the new-family corrections (zero-shot only: none once the checkpoint is adapted)."""
