@@ -12,7 +12,7 @@ from typing import Any
 from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
-TRAINERS = ("predictor", "generator", "jmak")
+TRAINERS = ("predictor", "generator", "jmak", "measured_gap")
 BENCHMARKS = ("ingest", "engine", "fewshot", "fewshot_mp", "jmak", "generate", "explain", "federated")
 
 
@@ -21,6 +21,8 @@ def _trainer(app_name: str) -> Callable[..., Path]:
         from matmeta.predict.train import meta_train_from_recipe
     elif app_name == "generator":
         from matmeta.design.train import meta_train_from_recipe
+    elif app_name == "measured_gap":
+        from matmeta.predict.measured_train import meta_train_measured as meta_train_from_recipe
     else:
         from matmeta.kinetics.prior import meta_train_from_recipe
     return meta_train_from_recipe

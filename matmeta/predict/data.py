@@ -32,6 +32,7 @@ from matmeta.predict.config import DataConfig
 
 Graph = tuple[Tensor, Tensor, Tensor]  # atomic_numbers (n,), edge_index (2, e), edge_dist (e,)
 ENERGY, GAP = "energy", "band_gap"  # the two target roles inside the app (energy in eV per cell)
+MEASURED = "measured_gap"  # the measured-level gap of a checkpoint with a fidelity head (matmeta.predict.measured)
 ROLES = (ENERGY, GAP)
 TARGETS = ("heat_ref", "band_gap")  # the perovskite checkpoint's public names (older checkpoints)
 UNITS = {"heat_ref": "eV/cell", "band_gap": "eV"}

@@ -162,3 +162,22 @@ def new_family_corrections(
             row["p_metal"] = 1.0 - float(recalibrated(1.0 - row["p_metal"], platt["a"], platt["b"]))
         out.append(row)
     return out
+
+
+def corrected_rows(predictor: Any, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
+    """``rows`` of ``predictor`` with its new-family corrections (zero-shot only: none once adapted).
+
+    Only a checkpoint calibrated with them (the perovskite one) has any; others get their rows back.
+    """
+    from matmeta.predict.intervals import adapted_role
+
+    adapted = predictor.metadata.get("adapted") or {}
+    keys = ("new_family_gap_shift", "new_family_gap_shift_adapted", "new_family_platt")
+    if not any(predictor.uncertainty.get(key) for key in keys):  # a checkpoint without new-family corrections
+        return rows
+    if predictor.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
+        blind = adapted.get("kept") == "adapted" and adapted_role(adapted) != "band_gap"
+        shift = float(predictor.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
+        return new_family_corrections(rows, structures, predictor.metadata["families"], shift)
+    shift = float(predictor.uncertainty.get("new_family_gap_shift", 0.0))
+    return new_family_corrections(rows, structures, predictor.metadata["families"], shift, predictor.new_family_platt)

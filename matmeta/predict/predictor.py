@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,12 +32,14 @@ from matmeta.predict.config import MAMLSettings, build_maml
 from matmeta.predict.data import (
     ENERGY,
     GAP,
+    MEASURED,
     TargetNames,
     TargetStats,
     graph_from_structure,
     loss_fn,
     map_unknown,
 )
+from matmeta.predict.report import FinetuneReport
 
 #: The shipped predictors by name (``--model mp``, ``--model perovskites``); ``mp`` is the default.
 SHIPPED = {
@@ -64,55 +65,6 @@ MODEL_CLASS = "CrystalGNN"
 __all__ = ["Predictor", "FinetuneReport"]
 
 
-@dataclasses.dataclass
-class FinetuneReport:
-    """What :meth:`Predictor.finetune` did.
-
-    Attributes:
-        target: the target's public name (``formation_energy_per_atom``, ``band_gap_pbe``, ``heat_ref``, …).
-        unit: unit of the target.
-        n_support: labelled structures used.
-        steps: inner steps.
-        loo_mae: leave-one-out MAE of every candidate (:data:`matmeta.predict.adaptation.CHOICES`; NaN
-            where it cannot be computed, e.g. one structure). ``unadapted`` is its plain MAE.
-        kept: the candidate kept (lowest leave-one-out MAE).
-        loo_predictions: the leave-one-out predictions of the adapted model.
-        loo_by_candidate: the leave-one-out predictions of every candidate.
-    """
-
-    target: str
-    unit: str
-    n_support: int
-    steps: int
-    loo_mae: dict[str, float]
-    kept: str
-    loo_predictions: list[float]
-    loo_by_candidate: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-
-    @property
-    def loo_mae_adapted(self) -> float:
-        """Leave-one-out MAE of the adapted model."""
-        return self.loo_mae["adapted"]
-
-    @property
-    def loo_mae_unadapted(self) -> float:
-        """MAE of the unadapted model."""
-        return self.loo_mae["unadapted"]
-
-    def message(self) -> str:
-        """One human-readable summary line: which candidate was kept and by how much it beat the others."""
-        maes = ", ".join(f"{kind} {mae:.4g}" for kind, mae in self.loo_mae.items() if math.isfinite(mae))
-        base = f"leave-one-out MAE on {self.n_support} support structures ({self.unit}): {maes}"
-        if self.n_support == 1:
-            return base + "; one structure: no leave-one-out check possible, adapted weights kept"
-        others = {k: v for k, v in self.loo_mae.items() if k != self.kept and math.isfinite(v)}
-        runner = min(others, key=others.get) if others else None  # type: ignore[arg-type]
-        margin = f", {others[runner] - self.loo_mae[self.kept]:.3g} {self.unit} better than {runner}" if runner else ""
-        adapted, unadapted = self.loo_mae_adapted, self.loo_mae_unadapted
-        worse = "; adaptation made it worse (or diverged)" if not adapted <= unadapted else ""
-        return f"{base}; kept: {self.kept}{margin}{worse}"
-
-
 class Predictor:
     """A loaded predictor checkpoint: the model, its graph settings, target statistics and engine.
 
@@ -120,12 +72,20 @@ class Predictor:
     """
 
     def __init__(
-        self, maml: MAML, metadata: dict[str, Any], path: Path | None = None, fast: dict[str, Tensor] | None = None
+        self,
+        maml: MAML,
+        metadata: dict[str, Any],
+        path: Path | None = None,
+        fast: dict[str, Tensor] | None = None,
+        measured: MAML | None = None,
+        measured_fast: dict[str, Tensor] | None = None,
     ) -> None:
         from matmeta.graphs import GraphConfig
 
         self.maml = maml
         self.fast = fast  # adapted weights by name (the engine's fast weights); None: the checkpoint's own
+        self.measured = measured  # the measured-level gap head (engine-wrapped), or None
+        self.measured_fast = measured_fast  # its adapted weights after a finetune on measured gaps
         self.metadata = metadata
         self.path = path
         self.stats = TargetStats(**metadata["targets"]["stats"])
@@ -177,9 +137,19 @@ class Predictor:
         if abs(model_config.cutoff_angstrom - float(metadata["graph_config"]["cutoff_angstrom"])) > 1e-9:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
         maml = build_maml(model_config, settings, inference=True)
-        load_state_strict(maml, tensors, path)
+        from matmeta.predict.measured import PREFIX, build_head
+
+        load_state_strict(maml, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, path)
         maml.eval()
-        return cls(maml, metadata, path)
+        measured = None
+        if "measured_gap" in metadata:  # the measured-level gap head (matmeta.predict.measured)
+            try:
+                measured = build_head(metadata["measured_gap"])
+            except Exception as exc:  # noqa: BLE001 - RecipeError, KeyError, TypeError: a config this code cannot build
+                raise CheckpointError(f"{path}: unusable measured_gap entry ({exc})") from None
+            own = {k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+            load_state_strict(measured, own, path)
+        return cls(maml, metadata, path, measured=measured)
 
     # ------------------------------------------------------------------ graphs
     def graphs(self, structures: Sequence[Any]) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[str | None]]:
@@ -278,21 +248,10 @@ class Predictor:
         return out
 
     def new_family_rows(self, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
-        """``rows`` with the new-family corrections (zero-shot only: none once the checkpoint is adapted)."""
-        from matmeta.predict.domain import new_family_corrections
+        """``rows`` with the checkpoint's new-family corrections (:func:`matmeta.predict.domain.corrected_rows`)."""
+        from matmeta.predict.domain import corrected_rows
 
-        adapted = self.metadata.get("adapted") or {}
-        keys = ("new_family_gap_shift", "new_family_gap_shift_adapted", "new_family_platt")
-        if not any(self.uncertainty.get(key) for key in keys):  # a checkpoint without new-family corrections
-            return rows
-        if self.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
-            from matmeta.predict.intervals import adapted_role
-
-            blind = adapted.get("kept") == "adapted" and adapted_role(adapted) != GAP
-            shift = float(self.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
-            return new_family_corrections(rows, structures, self.metadata["families"], shift)
-        shift = float(self.uncertainty.get("new_family_gap_shift", 0.0))
-        return new_family_corrections(rows, structures, self.metadata["families"], shift, self.new_family_platt)
+        return corrected_rows(self, rows, structures)
 
     @property
     def new_family_platt(self) -> dict[str, float] | None:
@@ -315,77 +274,10 @@ class Predictor:
         return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
     def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, Any]]:
-        """Decode model outputs (point (G, 3), MC samples (S, G, 3), head features (G, H)) into rows.
+        """Decode model outputs into rows (:func:`matmeta.predict.rows.decode_rows`)."""
+        from matmeta.predict.rows import decode_rows
 
-        Keys, for the checkpoint's targets E (energy) and G (gap): ``E``, ``E_std``, ``E_lo``, ``E_hi`` (90%
-        interval) in E's unit; ``G`` (0 when called metal), ``G_std``, ``G_lo``, ``G_hi``; ``p_metal``;
-        ``gap_if_nonmetal`` with ``gap_lo`` / ``gap_hi``; ``feature_distance`` (σ(x) − 1: distance to the
-        training data in units of the calibration's median, None without a difficulty entry). A checkpoint
-        whose gap is not ``band_gap`` also gets ``band_gap``, its gap until a measured-level one exists.
-        """
-        from matmeta.predict.adaptation import transform
-        from matmeta.predict.intervals import (
-            _sigma,
-            adapted_role,
-            energy_half_widths,
-            gap_half_widths,
-            reported_gap_half_widths,
-        )
-
-        adapted = self.metadata.get("adapted") or {}
-        scale = self.uncertainty.get("adapted" if adapted.get("kept") == "adapted" else "zero_shot", {})
-        n_atoms = batch.n_atoms
-        feats = features.numpy().astype(float)
-        raw = {
-            "heat_per_atom": (self.stats.decode_heat(point[:, 0], n_atoms) / n_atoms).numpy().astype(float),
-            "metal_logit": point[:, 1].numpy().astype(float),
-            "gap": self.stats.decode_gap(point[:, 2]).numpy().astype(float),
-            "n_atoms": n_atoms.numpy().astype(float),
-            "features": feats,
-        }
-        role = adapted_role(adapted)
-        if role is not None:
-            raw = transform(raw, adapted.get("choice"), role)
-        atoms = raw["n_atoms"]
-        per = 1.0 if self.names.energy_per_atom else atoms  # public energy = per_atom · per
-        energy = raw["heat_per_atom"] * per
-        p_metal = 1.0 / (1.0 + np.exp(-np.clip(raw["metal_logit"], -60, 60)))
-        gap = raw["gap"]
-        if mc is not None:
-            energy_std = self.stats.decode_heat(mc[..., 0], n_atoms).std(0).numpy() / atoms * per
-            energy_std = energy_std * scale.get("heat_ref", 1.0)
-            gap_std = self.stats.decode_gap(mc[..., 2]).std(0).numpy() * scale.get("band_gap", 1.0)
-        else:
-            energy_std, gap_std = np.full_like(energy, math.nan), np.full_like(gap, math.nan)
-        metal = (1.0 - p_metal) < self.nonmetal_cut
-        band_gap = np.where(metal, 0.0, gap)
-        band_gap_std = np.where(metal, np.sqrt((1 - p_metal) * (gap_std**2 + gap**2)), gap_std)
-        sigma = _sigma(self.uncertainty, feats)
-        energy_half = energy_half_widths(self.uncertainty, adapted, feats, sigma) * per
-        gap_half = gap_half_widths(self.uncertainty, adapted, metal, feats, sigma)
-        reported_half = reported_gap_half_widths(self.uncertainty, adapted, metal, feats, sigma)
-        e, g = self.names.names
-        rows = []
-        for i in range(point.shape[0]):
-            row: dict[str, Any] = {
-                e: float(energy[i]),
-                f"{e}_std": float(energy_std[i]),
-                f"{e}_lo": _finite(energy[i] - energy_half[i]),
-                f"{e}_hi": _finite(energy[i] + energy_half[i]),
-                g: float(band_gap[i]),
-                f"{g}_std": float(band_gap_std[i]),
-                f"{g}_lo": _finite(max(band_gap[i] - reported_half[i], 0.0)),
-                f"{g}_hi": _finite(band_gap[i] + reported_half[i]),
-                "p_metal": float(p_metal[i]),
-                "gap_if_nonmetal": float(gap[i]),
-                "gap_lo": _finite(max(gap[i] - gap_half[i], 0.0)),
-                "gap_hi": _finite(gap[i] + gap_half[i]),
-                "feature_distance": None if sigma is None else float(sigma[i] - 1.0),
-            }
-            if g != "band_gap":
-                row["band_gap"] = row[g]  # the measured-level gap takes this name once it is predicted
-            rows.append(row)
-        return rows
+        return decode_rows(self, point, mc, batch, features)
 
     def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
         """Model outputs (G, 3) → predictions of ``target`` in its public unit, shape (G,) (differentiable)."""
@@ -432,8 +324,10 @@ class Predictor:
         if len(structures) == 0 or len(structures) != len(values_arr):
             raise MatmetaInputError(f"support set: need ≥ 1 structure with one value each, got {len(structures)}")
         for name, value in zip(names, values_arr, strict=True):
-            if not math.isfinite(value) or (role == GAP and value < 0):
+            if not math.isfinite(value) or (role in (GAP, MEASURED) and value < 0):
                 raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
+        if role == MEASURED:
+            return self._finetune_measured(list(structures), values_arr, steps)
         items = self.support_items(structures, values_arr, target)
         n_atoms = np.array([item[0].shape[0] for item in items], dtype=float)
         internal = self.names.to_cell(values_arr, n_atoms) if role == ENERGY else values_arr
@@ -447,7 +341,30 @@ class Predictor:
         )  # fmt: skip
         adapted["target"] = self.names.energy if role == ENERGY else self.names.gap
         adapted["base_checkpoint"] = str(self.path.name if self.path else None)
-        return Predictor(self.maml, {**self.metadata, "adapted": adapted}, None, fast=fast), report
+        metadata = {**self.metadata, "adapted": adapted}
+        return Predictor(self.maml, metadata, None, fast=fast, measured=self.measured), report
+
+    def _finetune_measured(
+        self, structures: list[Any], values: np.ndarray, steps: int | None
+    ) -> tuple[Predictor, FinetuneReport]:
+        """:meth:`finetune` of the measured-level gap (:mod:`matmeta.predict.measured_adapt`)."""
+        from matmeta.predict.measured_adapt import finetune_measured
+
+        steps = self.measured.inner_steps if steps is None else int(steps)  # type: ignore[union-attr]
+        fast, adapted, loo = finetune_measured(self, structures, values, steps)
+        report = FinetuneReport(
+            "band_gap", "eV", len(values), steps, adapted["loo_mae"], adapted["kept"],
+            [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
+        )  # fmt: skip
+        adapted["base_checkpoint"] = str(self.path.name if self.path else None)
+        metadata = {**self.metadata, "adapted": adapted}
+        return Predictor(self.maml, metadata, None, measured=self.measured, measured_fast=fast), report
+
+    @property
+    def measured_cut(self) -> float:
+        """P(non-metal) at or above which the measured level calls a non-metal (its validation families' cut)."""
+        entry = self.metadata.get("measured_gap") or {}
+        return float((entry.get("uncertainty") or {}).get("nonmetal_threshold", 0.5))
 
     def support_items(
         self, structures: Sequence[Any], values: Sequence[float], target: str
@@ -473,22 +390,27 @@ class Predictor:
             CheckpointError: the checkpoint does not predict ``target`` (the message names what it predicts).
         """
         role = self.names.role(target)
+        if role is None and target == "band_gap" and self.measured is not None:
+            return MEASURED
         if role is None:
             where = self.path.name if self.path else "this predictor"
-            raise CheckpointError(f"{where} predicts {' and '.join(self.names.names)}; it has no target {target!r}")
+            names = [*self.names.names, *(["band_gap (measured)"] if self.measured is not None else [])]
+            raise CheckpointError(f"{where} predicts {' and '.join(names)}; it has no target {target!r}")
         return role
 
     def save(self, path: str | Path) -> Path:
         """Write this predictor (weights incl. adapted ones, metadata) as a checkpoint."""
+        from matmeta.predict.measured import PREFIX
+
         state = self.maml.state_dict()
         for name, value in (self.fast or {}).items():
             state[f"model.{name}"] = value.detach()
+        if self.measured is not None:
+            head = self.measured.state_dict()
+            for name, value in (self.measured_fast or {}).items():
+                head[f"model.{name}"] = value.detach()
+            state.update({PREFIX + k: v for k, v in head.items()})
         return save_checkpoint(path, state, self.metadata)
-
-
-def _finite(value: float) -> float | None:
-    """``value`` as a float, None when it is not finite (no calibrated interval in the checkpoint)."""
-    return float(value) if math.isfinite(value) else None
 
 
 def _unseen_warning(unseen: Sequence[int], identity: bool = True) -> str | None:
