@@ -13,7 +13,9 @@ from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
 TRAINERS = ("predictor", "generator", "jmak", "measured_gap")
-BENCHMARKS = ("ingest", "engine", "fewshot", "fewshot_mp", "jmak", "generate", "explain", "federated")
+BENCHMARKS = (
+    "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "generate", "explain", "federated",
+)  # fmt: skip
 
 
 def _trainer(app_name: str) -> Callable[..., Path]:
@@ -37,6 +39,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.fewshot import run
     elif name == "fewshot_mp":
         from matmeta.bench.fewshot_mp import run
+    elif name == "fewshot_expt_gap":
+        from matmeta.bench.fewshot_expt_gap import run
     elif name == "jmak":
         from matmeta.bench.jmak import run
     elif name == "generate":

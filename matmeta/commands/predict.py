@@ -27,11 +27,13 @@ def predict(
     energy, gap = predictor.names.names
     recalibrated = any(r.get("p_recalibrated") for r in rows)
     note = f"; * = B site new to the model: P recalibrated, metal when > {1 - predictor.new_family_cut:.3f}"
-    pbe = f"; band_gap = {gap} (no measured-level gap in this model)" if gap != "band_gap" else ""
+    measured = predictor.measured is not None
+    pbe = f"; band_gap = {gap} (no measured-level gap in this model)" if gap != "band_gap" and not measured else ""
+    columns = ["structure", "formula", f"{energy} {predictor.names.unit(energy)}", f"{gap} eV", "p_metal"]
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
         f"metal when p_metal > {1.0 - predictor.nonmetal_cut:.3f}{note if recalibrated else ''}{pbe})",
-        ["structure", "formula", f"{energy} {predictor.names.unit(energy)}", f"{gap} eV", "p_metal", "out of domain"],
+        [*columns, *(["band_gap eV (measured level)"] if measured else []), "out of domain"],
         [
             (
                 r["name"],
@@ -39,6 +41,7 @@ def predict(
                 f"{r[energy]:.3f} {_interval(r[f'{energy}_lo'], r[f'{energy}_hi'], 3)}",
                 _gap_cell(r, gap),
                 f"{r['p_metal']:.3f}{'*' if r.get('p_recalibrated') else ''}",
+                *([_gap_cell(r, "band_gap")] if measured else []),
                 r["out_of_domain"] or "",
             )
             for r in rows

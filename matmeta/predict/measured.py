@@ -124,6 +124,9 @@ class MeasuredTable:
     families: list[str]
     formulas: list[str]
 
+    def __len__(self) -> int:
+        return len(self.families)
+
     def rows(self, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, ...]:
         """One batch ``(x, gap_pbe, logit_pbe, gap, weight)`` of the rows at ``indices``."""
         index = torch.as_tensor(np.asarray(indices), dtype=torch.long)

@@ -78,10 +78,17 @@ def finetune_measured(
     Returns:
         ``(fast weights of the head or None, the checkpoint's adapted entry, every candidate's LOO predictions)``.
     """
+    inputs = support_inputs(predictor, structures)
+    return choose(predictor.measured, predictor.measured_cut, inputs, values, steps)
+
+
+def choose(
+    head: Any, cut: float, inputs: tuple[torch.Tensor, ...], values: np.ndarray, steps: int | None
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], dict[str, np.ndarray]]:
+    """:func:`finetune_measured` on the head's inputs of the support (the benchmark calls this directly)."""
     from matmeta.conformal import conformal_quantile
 
-    head, cut = predictor.measured, predictor.measured_cut
-    inputs = support_inputs(predictor, structures)
+    values = np.asarray(values, dtype=float)
     n = len(values)
     base = measured_outputs(head, inputs)
     loo = {kind: np.full(n, np.nan) for kind in CHOICES}
