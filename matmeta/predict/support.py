@@ -1,7 +1,10 @@
 """A support CSV for ``matmeta finetune`` / ``explain``: labelled structures of one family, checked row by row.
 
 Each row names a structure (a ``path`` column, relative to the CSV, or CIF text in a ``cif``
-column) and its measured value. A row that cannot be used is skipped with one line naming the
+column) and its measured value. A row with only a ``formula`` is refused with a line saying so, unless a
+graph store is given to match it (``--match-store``): the store's lowest-formation-energy structure of that
+reduced formula is used and a warning names it (the measured sample may be another polymorph).
+A row that cannot be used is skipped with one line naming the
 file and row (``lab.csv row 3: band_gap -5 is negative; row skipped``): a non-number, a
 non-finite or physically impossible value, an unreadable structure, or the same structure as an
 earlier row (a duplicate would leak into the leave-one-out check). The good rows are returned.
@@ -66,8 +69,8 @@ def fingerprint(structure: Any) -> tuple[Any, ...]:
 
 
 def _structure_of(row: dict[str, str], columns: list[str], csv_path: Path, where: str, path_column: str,
-                  cif_column: str, number: int) -> tuple[str, Any]:  # fmt: skip
-    """``(name, structure)`` of one row, from its path or its CIF text."""
+                  cif_column: str, number: int, match: Any = None) -> tuple[str, Any]:  # fmt: skip
+    """``(name, structure)`` of one row, from its path, its CIF text, or its formula matched in a store."""
     if path_column in columns and row[path_column].strip():
         path = Path(row[path_column].strip())
         path = path if path.is_absolute() else csv_path.parent / path
@@ -78,7 +81,58 @@ def _structure_of(row: dict[str, str], columns: list[str], csv_path: Path, where
         return row.get("name") or path.stem, structure
     if cif_column in columns and row[cif_column].strip():
         return row.get("name") or f"row {number}", parse_cif(row[cif_column], where)
+    formula = (row.get("formula") or "").strip()
+    if formula and match is None:
+        raise MatmetaInputError(
+            f"{where}: formula {formula} without a structure; give a path or cif, or --match-store STORE to take "
+            "a known structure of that formula; row skipped"
+        )
+    if formula:
+        return row.get("name") or formula, match.structure_of(formula, where)
     raise MatmetaInputError(f"{where}: empty {path_column!r} and {cif_column!r}; row skipped")
+
+
+class FormulaMatch:
+    """A graph store's structures by reduced formula: the lowest formation energy per atom of each (or the first)."""
+
+    def __init__(self, store_path: Path) -> None:
+        from pymatgen.core import Composition
+        from pymatgen.core.periodic_table import Element
+
+        from matmeta.store.reader import GraphStore
+
+        self.store = GraphStore(store_path)
+        names = list(self.store.target_names)
+        energy = names.index("formation_energy_per_atom") if "formation_energy_per_atom" in names else None
+        targets, ids = self.store.targets, self.store.ids
+        self.best: dict[str, tuple[float, int]] = {}
+        for i in range(len(self.store)):
+            numbers = self.store.record(i)[0]["atomic_numbers"].tolist()
+            formula = Composition({Element.from_Z(z).symbol: numbers.count(z) for z in set(numbers)}).reduced_formula
+            value = float(targets[i, energy]) if energy is not None else 0.0
+            if formula not in self.best or value < self.best[formula][0]:
+                self.best[formula] = (value, i)
+        self.ids = ids
+
+    def structure_of(self, formula: str, where: str) -> Any:
+        """The matched structure of ``formula`` (a warning names it).
+
+        Raises:
+            MatmetaInputError: no structure of that formula in the store.
+        """
+        from pymatgen.core import Composition
+
+        from matmeta.console import warn
+
+        try:
+            reduced = Composition(formula).reduced_formula
+        except Exception:  # noqa: BLE001
+            raise MatmetaInputError(f"{where}: formula {formula!r} is not a formula; row skipped") from None
+        if reduced not in self.best:
+            raise MatmetaInputError(f"{where}: no structure of {reduced} in {self.store.path}; row skipped")
+        i = self.best[reduced][1]
+        warn(f"{where}: formula {reduced} matched to {self.ids[i]} of {self.store.path} (lowest formation energy)")
+        return self.store.structure(i)
 
 
 def read_support(
@@ -88,6 +142,7 @@ def read_support(
     path_column: str,
     cif_column: str,
     max_rows: int | None = None,
+    match_store: Path | None = None,
 ) -> tuple[list[str], list[Any], list[float], list[str]]:
     """Names, structures and values of the usable rows of a support CSV, and one message per skipped row.
 
@@ -98,6 +153,7 @@ def read_support(
         path_column: column with structure file paths (relative to the CSV).
         cif_column: column with CIF text.
         max_rows: refuse a CSV with more rows (None: no ceiling); checked before any structure is read.
+        match_store: a graph store in which rows with only a ``formula`` find their structure.
 
     Raises:
         MatmetaInputError: unreadable CSV, missing columns.
@@ -106,9 +162,9 @@ def read_support(
     csv_path = Path(csv_path)
     value_column = value_column or target
     columns, rows = read_csv(csv_path, required=(value_column,))
-    if path_column not in columns and cif_column not in columns:
+    if path_column not in columns and cif_column not in columns and "formula" not in columns:
         raise MatmetaInputError(
-            f"{csv_path}: needs a {path_column!r} or {cif_column!r} column (has {', '.join(columns)}); "
+            f"{csv_path}: needs a {path_column!r}, {cif_column!r} or 'formula' column (has {', '.join(columns)}); "
             "see --path-column / --cif-column"
         )
     if max_rows is not None:
@@ -118,6 +174,7 @@ def read_support(
         )  # fmt: skip
     names, structures, values, bad = [], [], [], []
     seen: dict[tuple[Any, ...], int] = {}
+    match = FormulaMatch(match_store) if match_store is not None else None
     for number, row in enumerate(rows, start=1):
         where = f"{csv_path} row {number}"
         try:
@@ -129,7 +186,7 @@ def read_support(
                 ) from None
             if not math.isfinite(value):
                 raise MatmetaInputError(f"{where}: {value_column} is {value}; row skipped")
-            name, structure = _structure_of(row, columns, csv_path, where, path_column, cif_column, number)
+            name, structure = _structure_of(row, columns, csv_path, where, path_column, cif_column, number, match)
             check_value(value, target, len(structure), where, value_column)
             key = fingerprint(structure)
             if key in seen:
