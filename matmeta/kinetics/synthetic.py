@@ -54,6 +54,35 @@ class SyntheticConfig:
     points_range: tuple[int, int] = (2, 10)
 
 
+@dataclasses.dataclass(frozen=True)
+class IncubationConfig:
+    """Incubation times t0 of the prior's curves (a recipe's ``[incubation]`` section).
+
+    X(t) = 1 − exp(−k·(t − t0)ⁿ) for t > t0: a curve has an incubation period with probability
+    ``share``; its t0 is then uniform in (0, ``max_ratio``·t50'] with t50' the half time counted from
+    t0 (so t0 is at most ``max_ratio / (1 + max_ratio)`` of the whole half time t0 + t50').
+
+    Attributes:
+        share: fraction of curves with an incubation period (0: none has one, the plain JMAK curve).
+        max_ratio: largest t0 / t50'.
+    """
+
+    share: float = 0.0
+    max_ratio: float = 1.0
+
+
+def sample_incubation(ln_t50_shifted: Tensor, config: IncubationConfig, generator: torch.Generator) -> Tensor:
+    """Incubation times t0 (s) of curves whose half time counted from t0 is exp(``ln_t50_shifted``).
+
+    Shapes:
+        ln_t50_shifted: ``(B,)`` → ``(B,)``.
+    """
+    b = ln_t50_shifted.shape[0]
+    has = torch.rand(b, generator=generator, dtype=torch.float64) < config.share
+    ratio = config.max_ratio * torch.rand(b, generator=generator, dtype=torch.float64)
+    return torch.where(has, ratio * ln_t50_shifted.exp(), torch.zeros_like(ratio))
+
+
 @dataclasses.dataclass
 class Corpus:
     """Curves with their true parameters and padded measurements.
