@@ -23,7 +23,7 @@ from matmeta.predict.support import MAX_BAND_GAP_EV, read_support
 
 SUPPORT_TEXT = mutated_text(GOOD_SUPPORT.replace("structures/", str(REPO / "data" / "structures") + "/"))
 POINTS_TEXT = mutated_text(GOOD_POINTS)
-CHECKPOINT = REPO / "matmeta" / "checkpoints" / "JMAK-SynthArrhenius-2026-11-26-MetaSGDPrior.ckpt"
+CHECKPOINT = REPO / "matmeta" / "checkpoints" / "JMAK-SynthArrhenius-2026-12-07-MetaSGDPrior.ckpt"
 
 
 @given(SUPPORT_TEXT, st.sampled_from(["band_gap", "heat_ref"]))

@@ -30,7 +30,7 @@ class SyntheticConfig:
     """Distribution of synthetic families and of their measurements.
 
     Attributes:
-        n_range: family Avrami exponents, uniform in this range.
+        n_range: family Avrami exponents, uniform in this range (default: Christian's 0.5–5, see recipes/jmak.toml).
         n_jitter: per-curve standard deviation of n around the family's value.
         log10_t50_range: t50 (s) at the family's middle temperature, log-uniform in this range of decades.
         q_kj_range: activation energy Q (kJ/mol), uniform.
@@ -42,7 +42,7 @@ class SyntheticConfig:
         points_range: number of measured points per curve, uniform integer in this closed range.
     """
 
-    n_range: tuple[float, float] = (0.5, 4.0)
+    n_range: tuple[float, float] = (0.5, 5.0)
     n_jitter: float = 0.05
     log10_t50_range: tuple[float, float] = (-1.0, 5.0)
     q_kj_range: tuple[float, float] = (80.0, 350.0)
