@@ -175,7 +175,7 @@ def _check_rows(
             t = _number(record["time_s"])
             x = _number(record["fraction"])
             if temp_column is not None:
-                temps.add(_kelvin(_number(record[temp_column]), temp_column))
+                temps.add(to_kelvin(_number(record[temp_column]), temp_column))
         except (TypeError, ValueError):
             cells = f"time_s={record['time_s']!r}, fraction={record['fraction']!r}"
             on_error(f"{where}: non-numeric cell ({cells}{_temp_cell(record, temp_column)})")
@@ -200,7 +200,7 @@ def _check_rows(
     return None if bad else (good, next(iter(temps), None))
 
 
-def _kelvin(value: float, column: str) -> float:
+def to_kelvin(value: float, column: str) -> float:
     """A temperature cell in K (``temperature_C`` cells are shifted by 273.15); must be above 0 K."""
     kelvin = value + 273.15 if column.endswith("_C") else value
     if not 0 < kelvin < 1e5:

@@ -85,7 +85,7 @@ class CurveFits:
                     "curve": curve.name,
                     "method": self.method,
                     "points": len(curve.time_s),
-                    "k": math.exp(float(ln_k[i])) if float(ln_k[i]) < 700 else math.inf,
+                    "k": _exp(float(ln_k[i])),
                     "ln_k": float(ln_k[i]),
                     "ln_k_std": float(self.std["ln_k"][i]),
                     "n": float(self.fits.n[i]),
@@ -101,8 +101,8 @@ class CurveFits:
                     "y_max": float(self.fits.top[i]),
                     "y_max_std": float(self.std.get("y_max", zeros)[i]),
                     "ln_t90_std": float(self.std["ln_t_0.9"][i]),
-                    "t90_lo_s": math.exp(float(lo90[i])),
-                    "t90_hi_s": math.exp(float(hi90[i])),
+                    "t90_lo_s": _exp(float(lo90[i])),
+                    "t90_hi_s": _exp(float(hi90[i])),
                     "fit": self.notes[i] if i < len(self.notes) else "",
                 }
             )
@@ -163,6 +163,11 @@ class CurveFits:
             samples=pick(self.samples),
             notes=[self.notes[i] for i in index] if self.notes else [],
         )
+
+
+def _exp(value: float) -> float:
+    """The exponential, without overflow (inf beyond e^700)."""
+    return math.exp(value) if value < 700 else math.inf
 
 
 def sample_band(samples: Tensor, ln_t_ref: Tensor, time_s: Tensor, level: float) -> tuple[Tensor, Tensor]:
