@@ -13,7 +13,7 @@ from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
 TRAINERS = ("predictor", "generator", "jmak")
-BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "generate", "explain", "federated")
+BENCHMARKS = ("ingest", "engine", "fewshot", "jmak", "jmak_real", "generate", "explain", "federated")
 
 
 def _trainer(app_name: str) -> Callable[..., Path]:
@@ -35,6 +35,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.fewshot import run
     elif name == "jmak":
         from matmeta.bench.jmak import run
+    elif name == "jmak_real":
+        from matmeta.bench.jmak_real import run
     elif name == "generate":
         from matmeta.bench.generate import run
     elif name == "federated":

@@ -157,7 +157,9 @@ def detect_limits(time_s: np.ndarray, heat_flow: np.ndarray) -> tuple[tuple[floa
         right = np.nonzero(d[peak:] <= level)[0]
         limits = (float(t[left[-1]] if left.size else t[0]), float(t[peak + right[0]] if right.size else t[-1]))
         base = _line(t, q, limits, 0.005 * span)
-    return limits, sign, height, sigma
+    inside = (t >= limits[0]) & (t <= limits[1])
+    height = float(np.max(sign * (q - base)[inside])) if inside.any() else 0.0  # above the final baseline
+    return limits, sign, height, max(sigma, 1e-3 * float(np.ptp(heat_flow)))  # a peak is > 0.5 % of the range
 
 
 def integrate(

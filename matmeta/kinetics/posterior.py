@@ -20,7 +20,8 @@ near and beyond the range's edges, and for t0, the prior acts.
 A coarse grid finds where the posterior lives; a fine grid over that box gives the summaries:
 posterior medians (the Bayes estimate under absolute error in ln t) of n, t0, ln k and ln t_p, their
 standard deviations, central intervals of ln t_p, and samples of (ln k, n, t0, y) for bands. The
-median was chosen over the mode and the mean on synthetic validation only (see recipes/jmak.toml).
+median was chosen over the mode and the mean on synthetic validation only (curves of the prior's
+own distribution, never the benchmark's: the first table of ``matmeta bench recipes/jmak_real.toml``).
 A fit never fails: odd readings get the prior's broad answer (that is the fallback of
 :func:`matmeta.kinetics.api.fit_curves` when the other methods find no finite fit).
 """
@@ -180,7 +181,7 @@ def _linspace(lo: Tensor, hi: Tensor, count: int) -> Tensor:
 
 def _block(
     t: Tensor, x: Tensor, m: Tensor, t0: Tensor | None, y: Tensor, prior: FractionPrior, noise: float,
-    level: float, samples: int, generator: torch.Generator,
+    level: float, samples: int, generator: torch.Generator, estimate: str,
 ) -> tuple:  # fmt: skip
     """Summaries of one block of curves (see :func:`fit_fraction_posterior`)."""
     c = t.shape[0]
@@ -204,11 +205,13 @@ def _block(
     ln_t0 = t0n.clamp(min=1e-300).log()
     qs = (0.5 - level / 2, 0.5, 0.5 + level / 2)
     out_t, out_iv, out_sd = {}, {}, {}
+    best = w.argmax(1, keepdim=True)
     for p in FRACTIONS:
         ln_tp = torch.logaddexp(ln_t0, loc + math.log(-math.log1p(-p) / math.log(2.0)) / n)
         q = _quantiles(ln_tp, w, qs)
-        out_t[p], out_iv[p] = q[:, 1], (q[:, 0], q[:, 2])
         mean = (w * ln_tp).sum(1)
+        out_iv[p] = (q[:, 0], q[:, 2])
+        out_t[p] = {"median": q[:, 1], "mean": mean, "mode": ln_tp.gather(1, best)[:, 0]}[estimate]
         out_sd[p] = ((w * (ln_tp - mean[:, None]) ** 2).sum(1)).clamp(min=0).sqrt()
     ln_k_phys = LN_LN2 - n * loc
 
@@ -250,6 +253,7 @@ def fit_fraction_posterior(
     level: float = 0.9,
     samples: int = 400,
     seed: int = 0,
+    estimate: str = "median",
 ) -> PosteriorFit:
     """Posterior fit of sparse fraction readings, all curves in blocks (see the module docstring).
 
@@ -264,6 +268,8 @@ def fit_fraction_posterior(
         level: coverage of the ``intervals``.
         samples: draws per curve kept for bands.
         seed: seed of the draws.
+        estimate: the reported ln t_p: the posterior ``median`` (default), ``mean`` or ``mode`` (the grid's
+            most probable node); the alternatives are kept for the synthetic validation that chose it.
 
     Shapes:
         time_s, fraction, mask: ``(B, P)``.
@@ -279,7 +285,7 @@ def fit_fraction_posterior(
     generator = torch.Generator().manual_seed(int(seed))
     parts = [
         _block(t[i : i + chunk], x[i : i + chunk], m[i : i + chunk], None if t0 is None else t0[i : i + chunk],
-               y[i : i + chunk], prior, noise, level, samples, generator)
+               y[i : i + chunk], prior, noise, level, samples, generator, estimate)
         for i in range(0, b, chunk)
     ]  # fmt: skip
     return _assemble(parts, t, m, y, level)

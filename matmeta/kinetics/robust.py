@@ -126,7 +126,7 @@ class _Problem:
 
 def fit_measured(
     time_s: np.ndarray, fraction: np.ndarray, t0_s: float | None = None, y_max: float | None = None,
-    loss: str = LOSS,
+    loss: str = LOSS, sigma: float | None = None,
 ) -> MeasuredFit:  # fmt: skip
     """Robust fit of one dense curve (see the module docstring).
 
@@ -140,6 +140,8 @@ def fit_measured(
         t0_s: given incubation time (None: fitted, ≥ 0).
         y_max: given plateau (None: fitted).
         loss: scipy loss for the second stage (``soft_l1``; ``linear``: plain least squares only).
+        sigma: a stated noise σ for the covariance (a few readings: their residuals say nothing);
+            default: the residuals' robust scale with the AR(1) inflation.
     """
     t, x = np.asarray(time_s, dtype=float), np.asarray(fraction, dtype=float)
     noise = point_noise(x)
@@ -168,15 +170,18 @@ def fit_measured(
         spread = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), noise)
         robust = problem.solve(sol.x, (lo, hi), loss, LOSS_SCALE * spread)
         sol = robust if robust is not None else sol
-    return _finish(problem.full(sol.x), tau, x, free, t_ref, noise)
+    return _finish(problem.full(sol.x), tau, x, free, t_ref, noise, sigma)
 
 
-def _finish(theta: np.ndarray, tau: np.ndarray, x: np.ndarray, free: np.ndarray, t_ref: float, noise: float):
-    """Covariance (robust residual scale, AR(1) inflation) and the :class:`MeasuredFit` in seconds."""
+def _finish(
+    theta: np.ndarray, tau: np.ndarray, x: np.ndarray, free: np.ndarray, t_ref: float, noise: float,
+    sigma: float | None = None,
+) -> MeasuredFit:  # fmt: skip
+    """Covariance (robust residual scale, AR(1) inflation; or the stated σ) and the :class:`MeasuredFit` in seconds."""
     pred, jac = _model(theta, tau)
     r = x - pred
-    scale = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), noise)
-    rho = float(np.corrcoef(r[:-1], r[1:])[0, 1]) if len(r) > 3 and r.std() > 0 else 0.0
+    scale = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), noise) if sigma is None else float(sigma)
+    rho = float(np.corrcoef(r[:-1], r[1:])[0, 1]) if len(r) > 3 and r.std() > 0 and sigma is None else 0.0
     rho = min(max(rho, 0.0), 0.99) if math.isfinite(rho) else 0.0
     j = jac[:, free]
     cov = np.zeros((4, 4))
