@@ -87,3 +87,20 @@ def test_cli_by_temperature_predicts_t50(tmp_path):
     predicted = next(r for r in rows if r["curve"].startswith("predicted t50"))
     tau = _tau(637.5)
     assert abs(float(predicted["t50_s"].split()[0]) / (tau * math.log(2.0) ** 0.5) - 1) < 0.1
+
+
+def test_demo_files_are_the_documented_kinetics(tmp_path):
+    from matmeta.kinetics.demo import DSC_TRUTH, SERIES_TRUTH, write_demo_files
+    from matmeta.kinetics.measured_api import fit_file
+
+    write_demo_files(str(tmp_path))
+    repo_data = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
+    for name in ("dsc_trace.csv", "jmak_series.csv"):  # data/ is what the generator writes
+        assert (repo_data / name).read_text() == (tmp_path / name).read_text()
+    dsc = fit_file(dsc=repo_data / "dsc_trace.csv").fits.rows()[0]
+    assert abs(dsc["n"] / DSC_TRUTH["n"] - 1) < 0.05
+    assert abs(dsc["t50_s"] / (DSC_TRUTH["t0_s"] + DSC_TRUTH["t50_shifted_s"]) - 1) < 0.02
+    series = fit_file(repo_data / "jmak_series.csv", by="temperature", predict_at_c=[330.0]).series
+    assert abs(series.series.q_kj_mol / SERIES_TRUTH["q_kj_mol"] - 1) < 0.10
+    t50 = series.predictions[0][1]
+    assert abs(t50 / (SERIES_TRUTH["tau_s_at_330C"] * math.log(2.0) ** 0.5) - 1) < 0.05

@@ -4,8 +4,13 @@ Curves are drawn from the shipped prior's own generating distribution (its n ran
 incubation share and range, its noise σ; t50' log-uniform in 1–10⁴ s), never from the benchmark's
 curves, with the bench's reading designs (early: true X in [0.05, 0.5); spread: [0.05, 0.95]; times
 uniform in the time window, fractions with noise σ, clipped to [0, 1]). Each estimate of ln t_p
-(posterior median, mean, mode) is scored by the median |relative error| of t50 and t90: the lowest on
-average is the one the default fit reports.
+(posterior median, mean, mode) is scored by the median |relative error| of t50 and t90, averaged over
+the twelve (design, readings, quantity) cells. Result (200 curves per design and count, seed 999):
+median 0.0375, mode 0.0362, mean 0.0424. The mode is the most probable node of a grid whose incubation
+part is a point mass at t0 = 0 plus a few uniform cells, so its value moves with the grid: with 8 / 16 /
+32 incubation cells the mode scores 0.0365 / 0.0362 / 0.0375 and the median 0.0372 / 0.0375 / 0.0372.
+The mean loses; median and mode tie within the grid's effect, and the median is kept because it does
+not depend on the grid (nor on the parametrisation: the median of ln t is that of t).
 """
 
 from __future__ import annotations

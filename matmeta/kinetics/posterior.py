@@ -20,8 +20,9 @@ near and beyond the range's edges, and for t0, the prior acts.
 A coarse grid finds where the posterior lives; a fine grid over that box gives the summaries:
 posterior medians (the Bayes estimate under absolute error in ln t) of n, t0, ln k and ln t_p, their
 standard deviations, central intervals of ln t_p, and samples of (ln k, n, t0, y) for bands. The
-median was chosen over the mode and the mean on synthetic validation only (curves of the prior's
-own distribution, never the benchmark's: the first table of ``matmeta bench recipes/jmak_real.toml``).
+median was chosen on synthetic validation only (curves of the prior's own distribution, never the
+benchmark's: the first table of ``matmeta bench recipes/jmak_real.toml``): the mean loses, the grid mode
+ties with it but moves with the grid's resolution (:mod:`matmeta.bench.jmak_real_validation`).
 A fit never fails: odd readings get the prior's broad answer (that is the fallback of
 :func:`matmeta.kinetics.api.fit_curves` when the other methods find no finite fit).
 """
