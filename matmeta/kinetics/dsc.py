@@ -16,7 +16,8 @@ median of its last 5 % (in time: the reaction is over there; the start of an iso
 already hold the peak, or the instrument's transient); the limits are where the signal, walking out
 from the peak, falls below max(3σ, :data:`THRESHOLD` × peak) above it (σ the noise of the smoothed
 signal, from the raw signal's scatter in the last 5 %); the baseline is then redrawn through the
-signal at those limits and the walk repeated.
+signal at those limits and the walk repeated. A trace whose peak above that final baseline is not
+more than 5σ (and more than 0.5 % of the signal's whole range) has no transformation to integrate.
 """
 
 from __future__ import annotations

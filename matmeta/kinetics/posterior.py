@@ -289,7 +289,10 @@ def fit_fraction_posterior(
                y[i : i + chunk], prior, noise, level, samples, generator, estimate)
         for i in range(0, b, chunk)
     ]  # fmt: skip
-    return _assemble(parts, t, m, y, level)
+    fit = _assemble(parts, t, m, y, level)
+    if t0 is not None:  # a given t0 has no spread (not the grid's rounding of one)
+        fit.std["t0_s"] = torch.zeros_like(fit.std["t0_s"])
+    return fit
 
 
 def _assemble(parts: list[tuple], t: Tensor, m: Tensor, y: Tensor, level: float) -> PosteriorFit:
