@@ -4,7 +4,10 @@ All three work in *normalised* time: each curve's times are divided by their geo
 t_ref, so ln k and n start on the same scale whether a curve lives at milliseconds or months and
 no initial guess is needed. Results are mapped back to seconds at the end.
 
-* ``maml``: the meta-learned initialisation, inner rates (Meta-SGD) and Gaussian prior of
+* :func:`fit_maml` (``jmak fit --method maml-adapt``; the default ``maml`` of ``jmak fit`` for a few
+  fraction readings is, since issue 29, the exact posterior of :mod:`matmeta.kinetics.posterior`,
+  because this inner loop's Gaussian, trained on readings taken around t50, loses to least squares on
+  real curves): the meta-learned initialisation, inner rates (Meta-SGD) and Gaussian prior of
   :class:`matmeta.models.jmak.JMAK`, adapted to every curve at once — the engine's
   ``MAML.adapt`` runs on fast weights of shape ``(B, 1)``, so the B curves take one tensor
   program (the per-curve losses are summed, so each curve's gradient is its own).
