@@ -40,7 +40,7 @@ fuzz: $(STAMP)
 	OMP_NUM_THREADS=1 nice -n 10 $(PY) scripts/fuzz.py --examples $(FUZZ_EXAMPLES) --record out/fuzz
 
 bench: $(STAMP)
-	for r in recipes/ingest.toml recipes/engine.toml recipes/jmak.toml recipes/fewshot_perovskites.toml recipes/generate.toml recipes/explain.toml; do \
+	for r in recipes/ingest.toml recipes/engine.toml recipes/jmak.toml recipes/jmak_real.toml recipes/fewshot_perovskites.toml recipes/generate.toml recipes/explain.toml; do \
 	  $(VENV)/bin/matmeta bench $$r || exit 1; done
 
 clean:

@@ -14,7 +14,8 @@ from matmeta.recipes import load_recipe
 
 TRAINERS = ("predictor", "generator", "jmak", "measured_gap")
 BENCHMARKS = (
-    "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "generate", "explain", "federated",
+    "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "jmak_real", "generate", "explain",
+    "federated",
 )  # fmt: skip
 
 
@@ -43,6 +44,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.fewshot_expt_gap import run
     elif name == "jmak":
         from matmeta.bench.jmak import run
+    elif name == "jmak_real":
+        from matmeta.bench.jmak_real import run
     elif name == "generate":
         from matmeta.bench.generate import run
     elif name == "federated":

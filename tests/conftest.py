@@ -48,6 +48,12 @@ def ttt_csv() -> Path:
 
 
 @pytest.fixture
+def bainite_csv() -> Path:
+    """The two measured dilatometry bainite curves (~3,000 points each); tests take slices of them."""
+    return require_shared("kinetics/bainite_isothermal.csv")
+
+
+@pytest.fixture
 def cu():
     """fcc Cu, conventional cell a = 3.615 Å (12 nearest neighbours at a/√2)."""
     from pymatgen.core import Lattice, Structure

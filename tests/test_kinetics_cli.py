@@ -79,3 +79,73 @@ def test_bench_quick_runs_both_parts(tmp_path, ttt_csv, monkeypatch, capsys):
     assert {r["phase"] for r in loto} == {"Ferrite", "Perlite", "Bainite"}
     assert {r["method"] for r in loto} >= {"joint TTT fit", "phase-adapted prior", "classical (two-point solve)"}
     assert "TTT goals" in text
+
+
+def _bainite_slice(bainite_csv, tmp_path, step=8):
+    """Every ``step``-th row of the shared bainite curves (a few hundred points each), as a points file."""
+    lines = bainite_csv.read_text().splitlines()
+    path = tmp_path / "bainite_slice.csv"
+    path.write_text("\n".join([lines[0], *lines[1::step]]) + "\n")
+    return path
+
+
+def test_fit_measured_traces_with_incubation_and_plateau(bainite_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from matmeta.cli import app
+
+    out, plot = tmp_path / "fits.csv", tmp_path / "fits.png"
+    path = _bainite_slice(bainite_csv, tmp_path)
+    result = CliRunner().invoke(app, ["jmak", "fit", str(path), "--out", str(out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output  # t = 0 and noise below 0 are what a trace reads, not bad rows
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(r["fit"] == "robust trace" for r in rows)
+    for r in rows:
+        assert 0.6 < float(r["y_max"]) < 0.72 and float(r["t0_s"]) > 5
+        assert 90 < float(r["t50_s"]) < 130 and float(r["t90_lo_s"]) < float(r["t90_s"]) < float(r["t90_hi_s"])
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    # a given t0 and plateau are used as given
+    fixed = tmp_path / "fixed.csv"
+    args = ["jmak", "fit", str(path), "--t0", "0", "--y-max", "0.7", "--out", str(fixed)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    with fixed.open() as handle:
+        assert all(float(r["t0_s"]) == 0 and float(r["y_max"]) == 0.7 for r in csv.DictReader(handle))
+
+
+def test_odd_readings_are_fitted_under_the_prior_with_a_warning(tmp_path, capsys):
+    from matmeta.commands.jmak import run_fit
+
+    path = tmp_path / "odd.csv"
+    path.write_text("curve,time_s,fraction\ngood,10,0.1\ngood,30,0.5\ngood,60,0.9\nfalls,10,0.8\nfalls,20,0.5\n"
+                    "falls,40,0.2\n")  # fmt: skip
+    out = tmp_path / "fits.csv"
+    bad = run_fit(path, method="least-squares", out=out)
+    assert bad == 0  # no longer an exit 1: the curve is fitted under the prior
+    text = " ".join(capsys.readouterr().err.split())
+    assert "curve 'falls'" in text and "falls with time" in text and "under the prior" in text
+    with out.open() as handle:
+        rows = {r["curve"]: r for r in csv.DictReader(handle)}
+    assert rows["falls"]["ok"] == "True" and rows["falls"]["fit"].startswith("under the prior")
+    assert float(rows["falls"]["n"]) > 0 and rows["good"]["fit"] == ""
+    assert abs(float(rows["good"]["t50_s"]) - 30) < 3
+
+
+def test_real_bench_quick_runs(tmp_path, bainite_csv, monkeypatch, capsys):
+    from matmeta.bench.jmak_real import run
+    from matmeta.recipes import load_recipe
+
+    monkeypatch.setenv("MATMETA_SHARED_DATA", str(bainite_csv.parents[1]))
+    recipe = load_recipe(REPO / "recipes" / "jmak_real.toml")
+    recipe["bench"]["out_dir"] = str(tmp_path)
+    run(recipe, REPO / "recipes" / "jmak_real.toml", quick=True)
+    text = capsys.readouterr().out
+    assert "Dense curves" in text and "jmak_real goals" in text and "Synthetic validation" in text
+    with (tmp_path / "readings.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["readings from"] for r in rows} == {"early", "spread", "noisy", "noisy, σ given"}
+    assert {r["method"] for r in rows} >= {"meta-prior (default fit)", "least squares", "Avrami"}
+    assert all(r["failures"] == "0" for r in rows if r["method"] == "meta-prior (default fit)")
+    with (tmp_path / "dense.csv").open() as handle:
+        dense = list(csv.DictReader(handle))
+    assert len(dense) == 2 and all(200 < float(r["t90 (s)"]) < 300 for r in dense)

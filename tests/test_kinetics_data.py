@@ -98,3 +98,22 @@ def test_missing_column_names_the_file(tmp_path):
     path.write_text("name,t,x\na,1,0.1\n")
     with pytest.raises(MatmetaInputError, match="missing column.*curve, time_s, fraction"):
         read_points(path, on_error=lambda m: None)
+
+
+def test_a_measured_trace_keeps_time_zero_and_noise_and_reads_its_temperature(tmp_path):
+    from matmeta.kinetics.data import DENSE_POINTS
+
+    rows = ["curve,temperature_C,time_s,fraction"]
+    rows += [f"trace,400,{i * 0.5:g},{-0.004 if i % 2 else 0.0}" for i in range(10)]
+    rows += [f"trace,400,{5 + i:g},{min(0.66, 0.02 * i):g}" for i in range(DENSE_POINTS)]
+    rows += ["few,400,0,0.0", "few,400,10,0.3", "few,400,20,0.6"]  # a few readings: t = 0 is still refused
+    rows += ["mixed,350,10,0.2", "mixed,360,20,0.5"]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(rows) + "\n")
+    errors = []
+    curves = {c.name: c for c in read_points(path, on_error=errors.append)}
+    assert set(curves) == {"trace"} and curves["trace"].dense
+    assert curves["trace"].time_s[0] == 0.0 and curves["trace"].fraction.min() < 0
+    assert curves["trace"].temperature_k == 673.15
+    assert len(errors) == 2 and "'few' row" in errors[0] and "must be > 0" in errors[0]
+    assert "'mixed'" in errors[1] and "different temperatures" in errors[1]

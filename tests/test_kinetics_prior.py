@@ -72,4 +72,4 @@ def test_shipped_prior_is_small_and_named():
     assert DEFAULT_PRIOR.exists() and DEFAULT_PRIOR.stat().st_size < 20e6
     metadata = read_metadata(DEFAULT_PRIOR)
     assert metadata["kind"] == "jmak" and metadata["matmeta_version"]
-    assert DEFAULT_PRIOR.name.startswith("JMAK-") and "2026-11-26" in DEFAULT_PRIOR.name
+    assert DEFAULT_PRIOR.name.startswith("JMAK-") and "2026-12-07" in DEFAULT_PRIOR.name

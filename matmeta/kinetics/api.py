@@ -5,36 +5,24 @@ Notebooks call :func:`fit_curves` with the same arguments as the command line.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from matmeta.console import report_error, warn
 from matmeta.errors import MatmetaInputError
 from matmeta.kinetics.data import Curve, read_curves, with_observed
-from matmeta.kinetics.fit import (
-    DEFAULT_NOISE,
-    METHODS,
-    Fits,
-    fit_avrami,
-    fit_least_squares,
-    fit_maml,
-    make_batch,
-    pad_curves,
-)
-from matmeta.kinetics.uncertainty import derived_std, fraction_band, laplace_covariance
+from matmeta.kinetics.fit import DEFAULT_NOISE, METHODS, pad_curves
+from matmeta.kinetics.results import COLUMNS, TIME_FRACTIONS, CurveFits, merge
+from matmeta.kinetics.uncertainty import derived_std
 
-TIME_FRACTIONS = (0.1, 0.5, 0.9)
+__all__ = ["COLUMNS", "TIME_FRACTIONS", "CurveFits", "fit_curves", "read_curves_reporting"]
+
 OBSERVED = ("auto", "time", "fraction")
-COLUMNS = (
-    "curve", "method", "points", "k", "ln_k", "ln_k_std", "n", "n_std",
-    "t10_s", "t50_s", "t90_s", "ln_t50_std", "residual_rms", "ok",
-)  # fmt: skip
+Y_MAX_RANGE = (1e-3, 1.5)
 
 
 def read_curves_reporting(points: Path, empty_message: str) -> tuple[list[Curve], list[str]]:
@@ -55,67 +43,6 @@ def read_curves_reporting(points: Path, empty_message: str) -> tuple[list[Curve]
     return curves, errors
 
 
-@dataclasses.dataclass
-class CurveFits:
-    """Fits of several curves with their Laplace uncertainty.
-
-    Shapes:
-        ``cov``: ``(B, 2, 2)`` covariance of (ln k, n) in normalised time; ``residual``: ``(B,)``.
-    """
-
-    curves: list[Curve]
-    method: str
-    fits: Fits
-    cov: Tensor
-    noise: float
-    std: dict[str, Tensor]
-    residual: Tensor
-    observed: str = "fraction"
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per curve with the :data:`COLUMNS`."""
-        ln_k = self.fits.physical_ln_k()
-        times = {p: self.fits.ln_time_at(p).exp() for p in TIME_FRACTIONS}
-        out = []
-        for i, curve in enumerate(self.curves):
-            out.append(
-                {
-                    "curve": curve.name,
-                    "method": self.method,
-                    "points": len(curve.time_s),
-                    "k": math.exp(float(ln_k[i])) if float(ln_k[i]) < 700 else math.inf,
-                    "ln_k": float(ln_k[i]),
-                    "ln_k_std": float(self.std["ln_k"][i]),
-                    "n": float(self.fits.n[i]),
-                    "n_std": float(self.std["n"][i]),
-                    "t10_s": float(times[0.1][i]),
-                    "t50_s": float(times[0.5][i]),
-                    "t90_s": float(times[0.9][i]),
-                    "ln_t50_std": float(self.std["ln_t_0.5"][i]),
-                    "residual_rms": float(self.residual[i]),
-                    "ok": bool(self.fits.ok[i]),
-                }
-            )
-        return out
-
-    def band(self, time_s: Tensor, level: float = 0.9) -> tuple[Tensor, Tensor]:
-        """Central ``level`` band of X at ``time_s`` (s). Shapes: ``(B, Q)`` → two ``(B, Q)``."""
-        log_t = time_s.to(torch.float64).log() - self.fits.ln_t_ref[:, None]
-        return fraction_band(self.fits.ln_k, self.fits.n, self.cov, log_t, level)
-
-    def write_csv(self, path: str | Path) -> None:
-        """Write :meth:`rows` as CSV, atomically."""
-        import csv
-
-        from matmeta.atomic import atomic_path
-
-        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
-            writer.writeheader()
-            for row in self.rows():
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 def fit_curves(
     curves: Sequence[Curve],
     method: str = "maml",
@@ -124,27 +51,40 @@ def fit_curves(
     maml: Any = None,
     steps: int | None = None,
     observed: str = "auto",
+    t0_s: float | None = None,
+    y_max: float | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> CurveFits:
-    """Fit every curve (batched), with Laplace uncertainty and derived times.
+    """Fit every curve, with uncertainty and derived times (which fit each curve gets: :mod:`~matmeta.kinetics.routes`).
 
-    Curves of time readings (TTT rows: ``observed == "time"``) are fitted with the log-time
-    likelihood (:mod:`matmeta.kinetics.logtime`): ``maml`` is the exact posterior under the synthetic
-    TTT distribution the log-time prior was meta-trained on (default: the shipped TTT prior;
-    :mod:`matmeta.kinetics.logtime_posterior`), ``least-squares`` the regression of ln t on z.
+    Fraction readings: a measured trace (≥ :data:`~matmeta.kinetics.data.DENSE_POINTS` points) gets the
+    robust fit with incubation t0 and plateau y_max; a few readings get, for ``maml``, the exact posterior
+    under the prior's generating distribution with t0 under the prior (:mod:`matmeta.kinetics.posterior`),
+    for ``maml-adapt`` the network's inner loop, else the classical fit (t0 = 0, y_max = 1 unless given).
+    A curve whose fit fails (no finite fit with n > 0: readings that fall, never leave 0 …) is fitted
+    under the prior instead, with a warning naming the curve and why its readings look odd.
+
+    Time readings (TTT rows: ``observed == "time"``) are fitted with the log-time likelihood
+    (:mod:`matmeta.kinetics.logtime`): ``maml`` is the exact posterior under the synthetic TTT
+    distribution the log-time prior was meta-trained on (:mod:`matmeta.kinetics.logtime_posterior`),
+    ``least-squares`` the regression of ln t on z.
 
     Args:
         curves: measured curves (≥ 2 points at distinct times each).
-        method: ``maml`` | ``least-squares`` | ``avrami``.
-        prior: prior checkpoint for ``maml`` (None: the shipped one).
+        method: ``maml`` | ``maml-adapt`` | ``least-squares`` | ``avrami``.
+        prior: prior checkpoint (None: the shipped one).
         noise: measurement σ of the fractions (default: the prior's, else 0.02); for time readings
             (TTT rows) the σ of ln t (default :data:`~matmeta.kinetics.logtime.LOG_TIME_NOISE`).
-        maml: an already loaded prior (skips loading ``prior``).
-        steps: inner steps of the ``maml`` fit (default: the prior's own).
+        maml: an already loaded prior network: the fit is its adaptation (as ``maml-adapt``).
+        steps: inner steps of the network's adaptation (default: the prior's own).
         observed: ``auto`` (as read: TTT tables and files of conventional reading levels are time
             readings, :func:`~matmeta.kinetics.data.is_reading_scheme`), ``time`` or ``fraction``.
+        t0_s: a given incubation time (s) for every curve (default: fitted, or under the prior).
+        y_max: a given plateau for every curve (default: fitted for traces, 1 for readings).
+        on_warning: called with one line per odd curve (also kept in the result's ``notes``).
 
     Raises:
-        MatmetaInputError: unknown method or observation, or no curves.
+        MatmetaInputError: unknown method or observation, bad t0 / y_max, or no curves.
     """
     if method not in METHODS:
         raise MatmetaInputError(f"--method {method}: choose one of {', '.join(METHODS)}")
@@ -152,35 +92,97 @@ def fit_curves(
         raise MatmetaInputError(f"--observed {observed}: choose one of {', '.join(OBSERVED)}")
     if not curves:
         raise MatmetaInputError("no curve to fit")
+    _check_given(t0_s, y_max)
     curves = list(curves) if observed == "auto" else with_observed(list(curves), observed)
-    time_s, fraction, mask = pad_curves(curves)
-    if method != "avrami" and all(c.observed == "time" for c in curves):
+    if method not in ("avrami", "maml-adapt") and all(c.observed == "time" for c in curves):
+        if t0_s is not None or y_max is not None:
+            raise MatmetaInputError("--t0 / --y-max: time readings (TTT rows) are fitted without them")
+        time_s, fraction, mask = pad_curves(curves)
         return _fit_log_time(curves, method, prior, noise, time_s, fraction, mask)
-    prior_prec = None
-    if method == "maml":
-        if maml is None:
-            from matmeta.kinetics.prior import load_prior
+    result = _fit_fractions(curves, method, prior, noise, maml, steps, t0_s, y_max)
+    return _with_fallback(result, curves, method, prior, noise, t0_s, y_max, on_warning)
 
-            maml, metadata = load_prior(prior)
-            noise = float(metadata["model_config"]["noise"]) if noise is None else noise
-        if hasattr(maml, "members"):
-            from matmeta.errors import CheckpointError
 
-            raise CheckpointError(f"{prior}: an ensemble prior (benchmark estimator); `jmak fit` takes a single prior")
-        noise = DEFAULT_NOISE if noise is None else noise
-        fits = fit_maml(maml, time_s, fraction, mask, noise, steps=steps)
-        prior_prec = maml.model.prior_precision().detach().double()
-    elif method == "avrami":
-        fits = fit_avrami(time_s, fraction, mask)
-    else:
-        fits = fit_least_squares(time_s, fraction, mask)
-    noise = DEFAULT_NOISE if noise is None else float(noise)
-    batch, _ = make_batch(time_s, fraction, mask, noise, fits.ln_t_ref)
-    log_t = batch["log_t"].double()
-    cov = laplace_covariance(fits.ln_k, fits.n, log_t, mask, noise, prior_prec)
-    std = derived_std(fits.ln_k, fits.n, cov, fits.ln_t_ref, TIME_FRACTIONS)
-    residual = ((fits.predict(time_s) - fraction) ** 2 * mask).sum(1).div(mask.sum(1)).sqrt()
-    return CurveFits(curves, method, fits, cov, noise, std, residual)
+def _check_given(t0_s: float | None, y_max: float | None) -> None:
+    if t0_s is not None and not (math.isfinite(t0_s) and t0_s >= 0):
+        raise MatmetaInputError(f"--t0 {t0_s}: must be a finite time >= 0 s")
+    if y_max is not None and not (math.isfinite(y_max) and Y_MAX_RANGE[0] <= y_max <= Y_MAX_RANGE[1]):
+        raise MatmetaInputError(f"--y-max {y_max}: must be in [{Y_MAX_RANGE[0]:g}, {Y_MAX_RANGE[1]:g}]")
+
+
+def _fit_fractions(
+    curves: list[Curve], method: str, prior: str | Path | None, noise: float | None, maml: Any,
+    steps: int | None, t0_s: float | None, y_max: float | None,
+) -> CurveFits:  # fmt: skip
+    """Traces and readings routed to their fits (:mod:`~matmeta.kinetics.routes`), merged in file order."""
+    from matmeta.kinetics import routes
+
+    dense = [i for i, c in enumerate(curves) if c.dense]
+    sparse = [i for i, c in enumerate(curves) if not c.dense]
+    parts = []
+    if dense:
+        parts.append((dense, routes.fit_traces([curves[i] for i in dense], method, t0_s, y_max)))
+    if sparse:
+        few = [curves[i] for i in sparse]
+        if method == "maml" and maml is None:
+            from matmeta.kinetics.posterior import load_fraction_prior
+
+            part = routes.fit_posterior(few, load_fraction_prior(prior), noise, t0_s, y_max)
+        else:
+            network, noise = _network(method, prior, noise, maml)
+            part = routes.fit_readings(few, method, noise, t0_s, y_max, maml=network, steps=steps)
+        parts.append((sparse, part))
+    return merge(parts, curves, method)
+
+
+def _network(method: str, prior: str | Path | None, noise: float | None, maml: Any) -> tuple[Any, float]:
+    """The prior network for ``maml``/``maml-adapt`` (loaded unless given) and the σ to use."""
+    if method not in ("maml", "maml-adapt"):
+        return None, DEFAULT_NOISE if noise is None else float(noise)
+    if maml is None:
+        from matmeta.kinetics.prior import load_prior
+
+        maml, metadata = load_prior(prior)
+        noise = float(metadata["model_config"]["noise"]) if noise is None else noise
+    if hasattr(maml, "members"):
+        from matmeta.errors import CheckpointError
+
+        raise CheckpointError(f"{prior}: an ensemble prior (benchmark estimator); `jmak fit` takes a single prior")
+    return maml, DEFAULT_NOISE if noise is None else float(noise)
+
+
+def _with_fallback(
+    result: CurveFits, curves: list[Curve], method: str, prior: str | Path | None, noise: float | None,
+    t0_s: float | None, y_max: float | None, on_warning: Callable[[str], None] | None,
+) -> CurveFits:  # fmt: skip
+    """Refit the curves whose fit failed under the prior; warn (name and reason) for every odd curve."""
+    from matmeta.kinetics.diagnose import odd_readings
+
+    failed = [i for i in range(len(curves)) if not bool(result.fits.ok[i])]
+    notes = list(result.notes) or [""] * len(curves)
+    if failed:
+        from matmeta.kinetics import routes
+        from matmeta.kinetics.posterior import load_fraction_prior
+
+        rescue = routes.fit_posterior([curves[i] for i in failed], load_fraction_prior(prior), noise, t0_s, y_max)
+        kept = [i for i in range(len(curves)) if i not in failed]
+        parts = [(kept, result.select(kept))] if kept else []
+        result = merge([*parts, (failed, rescue)], curves, method)
+    for i, curve in enumerate(curves):
+        why = odd_readings(curve, DEFAULT_NOISE if noise is None else float(noise))
+        if i in failed:
+            notes[i] = "under the prior: " + (why or f"no finite {method} fit with n > 0")
+            message = (f"curve {curve.name!r}: {why or 'odd readings'}; the {method} fit found no finite fit with"
+                       " n > 0, so it is fitted under the prior (wide bands)")  # fmt: skip
+        elif why is not None:
+            notes[i] = (notes[i] + "; " if notes[i] else "") + "odd readings: " + why
+            message = f"curve {curve.name!r}: the readings look odd ({why}); read its fit with care"
+        else:
+            continue
+        if on_warning is not None:
+            on_warning(message)
+    result.notes = notes
+    return result
 
 
 def _fit_log_time(

@@ -1,7 +1,11 @@
 """Kinetics input: CSV of (curve, time_s, fraction) points, and the TTT-table loader and cleaner.
 
 Points CSV: one row per measurement, columns ``curve``, ``time_s`` (s, > 0) and ``fraction``
-(transformed fraction X in [0, 1], normalised to the phase's final amount). A file whose every
+(transformed fraction X in [0, 1], normalised to the phase's final amount), optionally
+``temperature_C`` or ``temperature_K``. A curve of :data:`DENSE_POINTS` rows or more is a measured
+trace (dilatometry, DSC, diffraction): it may start at t = 0, its fractions are kept as measured
+(noise about 0 and a plateau below 1 are what such a trace shows) and it is fitted robustly with
+incubation and plateau (:mod:`matmeta.kinetics.robust`). A file whose every
 curve has only conventional reading levels as fractions (1 %, 10 %, 90 % …, :func:`is_reading_scheme`)
 holds *time readings* (``observed = "time"``), like a TTT table, and is fitted in log time. A curve needs at least
 two valid points at two distinct times. A bad row (non-numeric cell, fraction outside [0, 1],
@@ -42,6 +46,9 @@ TTT_FRACTIONS = (START_FRACTION, 0.10, 0.90)
 NEVER_SENTINEL_S = 1e6
 Y_MAX_MIN = 1e-3
 POINT_COLUMNS = ("curve", "time_s", "fraction")
+TEMPERATURE_COLUMNS = ("temperature_C", "temperature_K")
+DENSE_POINTS = 20  # a curve of this many rows or more is a measured trace (robust fit, t0 and y_max fitted)
+DENSE_FRACTION = (-0.2, 1.2)  # the fractions a measured trace may read (noise about 0 and its plateau)
 MAX_TIME_S = 1e12  # ~30,000 years: a larger time is a unit or typing error
 # Fractions at which transformation diagrams are conventionally read (start lines 0.5–2 %, then 5 … 99.5 %)
 READING_LEVELS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995)
@@ -53,6 +60,7 @@ class Curve:
 
     ``observed`` says what was measured: ``"fraction"`` (X at set times; error in X) or ``"time"``
     (times read at fixed fractions, as in a TTT table; error in ln t, see :mod:`matmeta.kinetics.logtime`).
+    ``temperature_k`` is the curve's (isothermal) temperature when the file gives one.
     """
 
     name: str
@@ -60,6 +68,12 @@ class Curve:
     fraction: np.ndarray
     rows: tuple[int, ...] = ()
     observed: str = "fraction"
+    temperature_k: float | None = None
+
+    @property
+    def dense(self) -> bool:
+        """A measured trace (at least :data:`DENSE_POINTS` points) rather than a few readings."""
+        return len(self.time_s) >= DENSE_POINTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +110,11 @@ def _number(text: str) -> float:
 def read_points(path: str | Path, on_error: Callable[[str], None]) -> list[Curve]:
     """Read a points CSV; bad rows/curves are reported through ``on_error`` (one line each) and skipped.
 
+    A curve of at least :data:`DENSE_POINTS` rows is a measured trace: its fractions are kept as
+    measured within :data:`DENSE_FRACTION` (noise around 0 and around a plateau is not an error) and
+    a time of 0 (the start of the isothermal hold) is allowed. An optional ``temperature_C`` or
+    ``temperature_K`` column gives each curve's temperature (one per curve).
+
     Raises:
         MatmetaInputError: the file is missing, unreadable or lacks a required column.
     """
@@ -104,47 +123,30 @@ def read_points(path: str | Path, on_error: Callable[[str], None]) -> list[Curve
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise MatmetaInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    points: dict[str, list[tuple[float, float, int]]] = {}
-    bad: set[str] = set()
+    raw: dict[str, list[tuple[int, dict[str, str]]]] = {}
     with handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or [])]
+        fields = reader.fieldnames or []
+        missing = [c for c in POINT_COLUMNS if c not in fields]
         if missing:
             raise MatmetaInputError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(POINT_COLUMNS)}")
+        temp_column = next((c for c in TEMPERATURE_COLUMNS if c in fields), None)
         for line, record in enumerate(reader, start=2):
             name = (record.get("curve") or "").strip()
-            where = f"{path}: curve {name!r} row {line}"
             if not name:
                 on_error(f"{path}: row {line}: empty curve name")
                 continue
-            points.setdefault(name, [])
-            try:
-                t = _number(record["time_s"])
-                x = _number(record["fraction"])
-            except (TypeError, ValueError):
-                on_error(f"{where}: non-numeric cell (time_s={record['time_s']!r}, fraction={record['fraction']!r})")
-                bad.add(name)
-                continue
-            if not 0 < t <= MAX_TIME_S:
-                on_error(f"{where}: time_s = {t:g} must be > 0 and <= {MAX_TIME_S:g} s")
-                bad.add(name)
-            elif (t, x) in {(p[0], p[1]) for p in points[name]}:
-                first = next(p[2] for p in points[name] if (p[0], p[1]) == (t, x))
-                on_error(f"{where}: duplicate of row {first} (same time_s and fraction)")
-                bad.add(name)
-            elif not 0.0 <= x <= 1.0:
-                hint = " (a percentage? give fractions in [0, 1])" if 1.0 < x <= 100.0 else ""
-                on_error(f"{where}: fraction = {x:g} outside [0, 1]{hint}")
-                bad.add(name)
-            else:
-                points[name].append((t, x, line))
+            raw.setdefault(name, []).append((line, record))
+    checked = {name: _check_rows(path, name, rows, temp_column, on_error) for name, rows in raw.items()}
     curves = []
-    for name, rows in points.items():
-        if name in bad:
+    for name, result in checked.items():
+        if result is None:
             continue
-        if len({t for t, _, _ in rows}) < 2:
+        rows, temperature_k = result
+        times = {t for t, _, _ in rows}
+        if len(times) < 2:
             on_error(
-                f"{path}: curve {name!r}: {len(rows)} point(s) at {len({t for t, _, _ in rows})} distinct time(s); "
+                f"{path}: curve {name!r}: {len(rows)} point(s) at {len(times)} distinct time(s); "
                 "a fit needs at least 2 distinct times"
             )
             continue
@@ -155,9 +157,64 @@ def read_points(path: str | Path, on_error: Callable[[str], None]) -> list[Curve
                 np.array([r[0] for r in rows]),
                 np.array([r[1] for r in rows]),
                 tuple(r[2] for r in rows),
-            )
+                temperature_k=temperature_k,
+            )  # fmt: skip
         )
     return curves
+
+
+def _check_rows(
+    path: Path, name: str, rows: list[tuple[int, dict[str, str]]], temp_column: str | None,
+    on_error: Callable[[str], None],
+) -> tuple[list[tuple[float, float, int]], float | None] | None:  # fmt: skip
+    """A curve's valid ``(time_s, fraction, row)`` and its temperature (K), or None if any row is bad."""
+    dense = len(rows) >= DENSE_POINTS
+    lo_x, hi_x = DENSE_FRACTION if dense else (0.0, 1.0)
+    good: list[tuple[float, float, int]] = []
+    seen: dict[tuple[float, float], int] = {}
+    temps: set[float] = set()
+    bad = False
+    for line, record in rows:
+        where = f"{path}: curve {name!r} row {line}"
+        try:
+            t = _number(record["time_s"])
+            x = _number(record["fraction"])
+            if temp_column is not None:
+                temps.add(to_kelvin(_number(record[temp_column]), temp_column))
+        except (TypeError, ValueError):
+            cells = f"time_s={record['time_s']!r}, fraction={record['fraction']!r}"
+            on_error(f"{where}: non-numeric cell ({cells}{_temp_cell(record, temp_column)})")
+            bad = True
+            continue
+        if not (0 <= t if dense else 0 < t) or t > MAX_TIME_S:
+            on_error(f"{where}: time_s = {t:g} must be {'>=' if dense else '>'} 0 and <= {MAX_TIME_S:g} s")
+            bad = True
+        elif (t, x) in seen:
+            on_error(f"{where}: duplicate of row {seen[(t, x)]} (same time_s and fraction)")
+            bad = True
+        elif not lo_x <= x <= hi_x:
+            hint = " (a percentage? give fractions in [0, 1])" if 1.0 < x <= 100.0 else ""
+            on_error(f"{where}: fraction = {x:g} outside [{lo_x:g}, {hi_x:g}]{hint}")
+            bad = True
+        else:
+            seen[(t, x)] = line
+            good.append((t, x, line))
+    if len(temps) > 1:
+        on_error(f"{path}: curve {name!r}: rows at {len(temps)} different temperatures; one curve is one temperature")
+        bad = True
+    return None if bad else (good, next(iter(temps), None))
+
+
+def to_kelvin(value: float, column: str) -> float:
+    """A temperature cell in K (``temperature_C`` cells are shifted by 273.15); must be above 0 K."""
+    kelvin = value + 273.15 if column.endswith("_C") else value
+    if not 0 < kelvin < 1e5:
+        raise ValueError(column)
+    return kelvin
+
+
+def _temp_cell(record: dict[str, str], column: str | None) -> str:
+    return "" if column is None else f", {column}={record.get(column)!r}"
 
 
 def is_reading_scheme(curves: list[Curve]) -> bool:

@@ -4,7 +4,10 @@ All three work in *normalised* time: each curve's times are divided by their geo
 t_ref, so ln k and n start on the same scale whether a curve lives at milliseconds or months and
 no initial guess is needed. Results are mapped back to seconds at the end.
 
-* ``maml``: the meta-learned initialisation, inner rates (Meta-SGD) and Gaussian prior of
+* :func:`fit_maml` (``jmak fit --method maml-adapt``; the default ``maml`` of ``jmak fit`` for a few
+  fraction readings is, since issue 29, the exact posterior of :mod:`matmeta.kinetics.posterior`,
+  because this inner loop's Gaussian, trained on readings taken around t50, loses to least squares on
+  real curves): the meta-learned initialisation, inner rates (Meta-SGD) and Gaussian prior of
   :class:`matmeta.models.jmak.JMAK`, adapted to every curve at once — the engine's
   ``MAML.adapt`` runs on fast weights of shape ``(B, 1)``, so the B curves take one tensor
   program (the per-curve losses are summed, so each curve's gradient is its own).
@@ -35,7 +38,7 @@ from torch import Tensor
 from matmeta.models.jmak import fraction_from_z, z_from_fraction
 
 DEFAULT_NOISE = 0.02
-METHODS = ("maml", "least-squares", "avrami")
+METHODS = ("maml", "maml-adapt", "least-squares", "avrami")
 Batch = dict[str, Tensor]
 
 
@@ -120,6 +123,10 @@ def collate(items: Sequence[tuple[float, float]], t_ref: float | None = None, no
 class Fits:
     """Fitted parameters of B curves (normalised time) and whether each fit succeeded.
 
+    The curve is X(t) = y_max·(1 − exp(−k·(t − t0)ⁿ)) for t > t0 (0 before): ``ln_k`` and ``n`` are
+    those of the shifted time t − t0, normalised by t_ref (``ln_t_ref``); ``t0_s`` (incubation, s)
+    and ``y_max`` (the fraction it tops out at) default to 0 and 1, the plain JMAK curve.
+
     Shapes:
         all ``(B,)``; ``ok`` is bool.
     """
@@ -128,19 +135,40 @@ class Fits:
     n: Tensor
     ln_t_ref: Tensor
     ok: Tensor
+    t0_s: Tensor | None = None
+    y_max: Tensor | None = None
+
+    @property
+    def t0(self) -> Tensor:
+        """Incubation time t0 (s) of every curve (zeros when none was fitted or given)."""
+        return torch.zeros_like(self.n) if self.t0_s is None else self.t0_s.to(self.n.dtype)
+
+    @property
+    def top(self) -> Tensor:
+        """The fraction y_max each curve tops out at (ones when none was fitted or given)."""
+        return torch.ones_like(self.n) if self.y_max is None else self.y_max.to(self.n.dtype)
 
     def physical_ln_k(self) -> Tensor:
-        """Ln k in s⁻ⁿ."""
+        """Ln k in s⁻ⁿ (of the shifted time t − t0)."""
         return self.ln_k - self.n * self.ln_t_ref
 
     def ln_time_at(self, fraction: float) -> Tensor:
-        """Ln t (s) at which the fitted curve reaches ``fraction``."""
-        return (math.log(-math.log1p(-fraction)) - self.ln_k) / self.n + self.ln_t_ref
+        """Ln t (s) at which the fitted curve reaches ``fraction`` of its final amount (X / y_max)."""
+        shifted = (math.log(-math.log1p(-fraction)) - self.ln_k) / self.n + self.ln_t_ref
+        if self.t0_s is None:
+            return shifted
+        return torch.logaddexp(shifted, self.t0.clamp(min=1e-300).log())
 
     def predict(self, time_s: Tensor) -> Tensor:
-        """X at ``time_s`` (s). Shapes: ``(B, Q)`` → ``(B, Q)``."""
-        log_t = time_s.to(torch.float64).log() - self.ln_t_ref[:, None]
-        return fraction_from_z(self.ln_k[:, None] + self.n[:, None] * log_t)
+        """Measured-scale X (y_max·X) at ``time_s`` (s). Shapes: ``(B, Q)`` → ``(B, Q)``."""
+        time_s = time_s.to(torch.float64)
+        if self.t0_s is None and self.y_max is None:
+            log_t = time_s.log() - self.ln_t_ref[:, None]
+            return fraction_from_z(self.ln_k[:, None] + self.n[:, None] * log_t)
+        shifted = time_s - self.t0[:, None]
+        log_t = torch.where(shifted > 0, shifted, torch.ones_like(shifted)).log() - self.ln_t_ref[:, None]
+        x = fraction_from_z(self.ln_k[:, None] + self.n[:, None] * log_t)
+        return torch.where(shifted > 0, x, torch.zeros_like(x)) * self.top[:, None]
 
 
 def _checked(ln_k: Tensor, n: Tensor, ln_t_ref: Tensor, ok: Tensor | None = None) -> Fits:

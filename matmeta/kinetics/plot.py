@@ -33,24 +33,8 @@ def plot_fits(result: Any, path: str | Path, level: float = 0.9, max_panels: int
     cols = min(3, len(curves))
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    ln_t = {p: result.fits.ln_time_at(p) for p in (0.01, 0.99)}
     for i, curve in enumerate(curves):
-        ax = axes[i // cols][i % cols]
-        lo = min(float(ln_t[0.01][i]), math.log(float(min(curve.time_s)))) - 0.3
-        hi = max(float(ln_t[0.99][i]), math.log(float(max(curve.time_s)))) + 0.3
-        grid = torch.linspace(lo, hi, 200, dtype=torch.float64).exp()[None, :]
-        sub = _select(result, i)
-        band_lo, band_hi = sub.band(grid, level)
-        ax.fill_between(grid[0], band_lo[0], band_hi[0], alpha=0.25, label=f"{level:.0%} band")
-        ax.plot(grid[0], sub.fits.predict(grid)[0], label=f"{result.method} fit")
-        ax.plot(curve.time_s, curve.fraction, "o", color="k", label="data")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylim(-0.03, 1.03)
-        ok = "" if bool(result.fits.ok[i]) else " (failed)"
-        ax.set_title(f"{curve.name}: n={float(result.fits.n[i]):.2f}{ok}", fontsize=9)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("fraction X")
+        _panel(axes[i // cols][i % cols], result.select([i]), curve, level, NullFormatter)
     for j in range(len(curves), rows * cols):
         axes[j // cols][j % cols].axis("off")
     axes[0][0].legend(fontsize=7, loc="upper left")
@@ -61,20 +45,32 @@ def plot_fits(result: Any, path: str | Path, level: float = 0.9, max_panels: int
     return path
 
 
-def _select(result: Any, i: int) -> Any:
-    """The i-th curve of a CurveFits as a one-curve CurveFits (same method, noise)."""
-    import dataclasses
-
-    from matmeta.kinetics.fit import Fits
-
-    f = result.fits
-    fits = Fits(f.ln_k[i : i + 1], f.n[i : i + 1], f.ln_t_ref[i : i + 1], f.ok[i : i + 1])
-    std = {k: v[i : i + 1] for k, v in result.std.items()}
-    return dataclasses.replace(
-        result,
-        curves=[result.curves[i]],
-        fits=fits,
-        cov=result.cov[i : i + 1],
-        std=std,
-        residual=result.residual[i : i + 1],
-    )
+def _panel(ax: Any, sub: Any, curve: Any, level: float, null_formatter: Any) -> None:
+    """One curve: its band, its (median) fit and its points; a measured trace on a linear time axis."""
+    lo_t, hi_t = (float(sub.fits.ln_time_at(p)[0]) for p in (0.01, 0.99))
+    positive = curve.time_s[curve.time_s > 0]
+    first = float(positive.min()) if positive.size else 1.0
+    lo = min(lo_t, math.log(first)) - 0.3
+    hi = max(hi_t, math.log(float(max(curve.time_s)))) + 0.3
+    if curve.dense:
+        grid = torch.linspace(float(min(curve.time_s)), math.exp(hi), 300, dtype=torch.float64)[None, :]
+        grid = grid.clamp(min=1e-9)
+    else:
+        grid = torch.linspace(lo, hi, 200, dtype=torch.float64).exp()[None, :]
+    band_lo, band_hi = sub.band(grid, level)
+    ax.fill_between(grid[0], band_lo[0], band_hi[0], alpha=0.25, label=f"{level:.0%} band")
+    ax.plot(grid[0], sub.median_curve(grid)[0], label=f"{sub.method} fit")
+    style = {"s": 2, "alpha": 0.5} if curve.dense else {"s": 18}
+    ax.scatter(curve.time_s, curve.fraction, color="k", label="data", zorder=3, **style)
+    if not curve.dense:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(null_formatter())
+    ax.set_ylim(-0.03, 1.03)
+    ok = "" if bool(sub.fits.ok[0]) else " (failed)"
+    t0 = float(sub.fits.t0[0])
+    extra = f", t0={t0:.3g} s" if t0 > 0 else ""
+    top = float(sub.fits.top[0])
+    extra += f", y_max={top:.3g}" if abs(top - 1) > 1e-9 else ""
+    ax.set_title(f"{curve.name}\nn={float(sub.fits.n[0]):.2f}{extra}{ok}", fontsize=8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("fraction X")

@@ -20,10 +20,16 @@ import torch
 
 from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.kinetics.fit import DEFAULT_NOISE, loss_fn, make_batch
-from matmeta.kinetics.synthetic import SyntheticConfig, sample_families, sample_times, true_fraction
+from matmeta.kinetics.synthetic import (
+    IncubationConfig,
+    SyntheticConfig,
+    sample_families,
+    sample_times,
+    true_fraction,
+)
 from matmeta.kinetics.synthetic import truth_grid as _truth_grid
 
-DEFAULT_PRIOR = CHECKPOINT_DIR / "JMAK-SynthArrhenius-2026-11-26-MetaSGDPrior.ckpt"
+DEFAULT_PRIOR = CHECKPOINT_DIR / "JMAK-SynthArrhenius-2026-12-07-MetaSGDPrior.ckpt"
 KIND = "jmak"
 
 
@@ -169,7 +175,10 @@ def meta_train_from_recipe(
     Recipe sections: ``[meta_train]`` (``app = "jmak"``, ``checkpoint``, optional ``init_from``: a trained
     single prior every member starts from, see :func:`matmeta.kinetics.ensemble.warm_start`), ``[prior]``
     (:class:`PriorConfig`), ``[synthetic]`` (:class:`SyntheticConfig` of the training corpus),
-    ``[trainer]`` (:class:`matmeta.meta.trainer.TrainerConfig`).
+    ``[incubation]`` (:class:`~matmeta.kinetics.synthetic.IncubationConfig`: the prior's incubation
+    times, stored in the checkpoint for the posterior fit of readings,
+    :mod:`matmeta.kinetics.posterior`; the network's JMAK has no t0, so its episodes are the curves
+    without incubation), ``[trainer]`` (:class:`matmeta.meta.trainer.TrainerConfig`).
 
     Args:
         recipe: the parsed TOML.
@@ -196,6 +205,7 @@ def meta_train_from_recipe(
         raise RecipeError(f"{recipe_path}: [meta_train] needs checkpoint = <path> (or pass --out)")
     prior_cfg = config_from_dict(PriorConfig, recipe.get("prior"), where=f"{recipe_path}[prior]")
     synthetic = config_from_dict(SyntheticConfig, recipe.get("synthetic"), where=f"{recipe_path}[synthetic]")
+    incubation = config_from_dict(IncubationConfig, recipe.get("incubation"), where=f"{recipe_path}[incubation]")
     trainer_values = dict(recipe.get("trainer", {}))
     if steps is not None:
         trainer_values["outer_steps"] = int(steps)
@@ -212,6 +222,7 @@ def meta_train_from_recipe(
         "model_class": "matmeta.models.jmak.JMAK",
         "model_config": config_to_dict(prior_cfg),
         "synthetic": config_to_dict(synthetic),
+        "incubation": config_to_dict(incubation),
         "families_seen": "synthetic Arrhenius families drawn afresh each step (seeded)",
         "targets": ["fraction"],
         "normalisation": "times divided by the geometric mean of each curve's measured times",

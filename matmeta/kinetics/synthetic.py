@@ -30,7 +30,7 @@ class SyntheticConfig:
     """Distribution of synthetic families and of their measurements.
 
     Attributes:
-        n_range: family Avrami exponents, uniform in this range.
+        n_range: family Avrami exponents, uniform in this range (default: Christian's 0.5–5, see recipes/jmak.toml).
         n_jitter: per-curve standard deviation of n around the family's value.
         log10_t50_range: t50 (s) at the family's middle temperature, log-uniform in this range of decades.
         q_kj_range: activation energy Q (kJ/mol), uniform.
@@ -42,7 +42,7 @@ class SyntheticConfig:
         points_range: number of measured points per curve, uniform integer in this closed range.
     """
 
-    n_range: tuple[float, float] = (0.5, 4.0)
+    n_range: tuple[float, float] = (0.5, 5.0)
     n_jitter: float = 0.05
     log10_t50_range: tuple[float, float] = (-1.0, 5.0)
     q_kj_range: tuple[float, float] = (80.0, 350.0)
@@ -52,6 +52,35 @@ class SyntheticConfig:
     window_jitter: float = 0.0
     noise: float = 0.02
     points_range: tuple[int, int] = (2, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class IncubationConfig:
+    """Incubation times t0 of the prior's curves (a recipe's ``[incubation]`` section).
+
+    X(t) = 1 − exp(−k·(t − t0)ⁿ) for t > t0: a curve has an incubation period with probability
+    ``share``; its t0 is then uniform in (0, ``max_ratio``·t50'] with t50' the half time counted from
+    t0 (so t0 is at most ``max_ratio / (1 + max_ratio)`` of the whole half time t0 + t50').
+
+    Attributes:
+        share: fraction of curves with an incubation period (0: none has one, the plain JMAK curve).
+        max_ratio: largest t0 / t50'.
+    """
+
+    share: float = 0.0
+    max_ratio: float = 1.0
+
+
+def sample_incubation(ln_t50_shifted: Tensor, config: IncubationConfig, generator: torch.Generator) -> Tensor:
+    """Incubation times t0 (s) of curves whose half time counted from t0 is exp(``ln_t50_shifted``).
+
+    Shapes:
+        ln_t50_shifted: ``(B,)`` → ``(B,)``.
+    """
+    b = ln_t50_shifted.shape[0]
+    has = torch.rand(b, generator=generator, dtype=torch.float64) < config.share
+    ratio = config.max_ratio * torch.rand(b, generator=generator, dtype=torch.float64)
+    return torch.where(has, ratio * ln_t50_shifted.exp(), torch.zeros_like(ratio))
 
 
 @dataclasses.dataclass

@@ -1,9 +1,10 @@
 """The log-time JMAK prior for TTT readings: synthetic TTT phases, meta-training, phase adaptation.
 
 *Synthetic TTT phases* (:class:`TTTSynthConfig`), chosen from generic metallurgy only (no real
-table was looked at): a phase has one Avrami exponent n_f, uniform in [1, 4] (the JMAK range of
-diffusional transformations: 1 for site-saturated boundary nucleation with 1-D growth … 4 for
-constant nucleation with 3-D growth), each temperature jitters it by N(0, 0.1²) (n drifts slowly
+table was looked at): a phase has one Avrami exponent n_f, uniform in [0.5, 5] (Christian's table of
+the values of n: 0.5 for the thickening of large plates … 4 for constant nucleation with 3-D growth,
+above 4 for an increasing nucleation rate, n = 4 + m for a rate I ∝ tᵐ, up to m = 1; until 2026-12 the
+range was [1, 4]), each temperature jitters it by N(0, 0.1²) (n drifts slowly
 with temperature); times are read at the TTT fractions (start = :data:`START_FRACTION`, 10 %,
 90 %) with multiplicative error σ_read = 2 %. The time scale is irrelevant in normalised time.
 Reading schemes: (start, 10 %) → the rest, as in the benchmark's query, and (start, 10 %, 90 %).
@@ -39,7 +40,7 @@ from matmeta.kinetics.data import TTT_FRACTIONS
 from matmeta.kinetics.logtime import LOG_TIME_NOISE, fit_log_time_ls, fit_log_time_map
 from matmeta.models.jmak import LN_LN2
 
-DEFAULT_TTT_PRIOR = SHIPPED_DIR / "JMAK-SynthTTT-2026-11-29-LogTimePrior.ckpt"
+DEFAULT_TTT_PRIOR = SHIPPED_DIR / "JMAK-SynthTTT-2026-12-07-LogTimePrior.ckpt"
 QUERY_FRACTIONS = (0.01, 0.1, 0.5, 0.9, 0.99)
 MIN_PHASE_SPREAD = 0.05
 OBSERVATION = "log_time"
@@ -49,7 +50,7 @@ OBSERVATION = "log_time"
 class TTTSynthConfig:
     """Synthetic TTT phases (see the module docstring for why these values)."""
 
-    n_range: tuple[float, float] = (1.0, 4.0)
+    n_range: tuple[float, float] = (0.5, 5.0)
     n_jitter: float = 0.1
     read_noise: float = 0.02
     curves_per_phase: int = 8
