@@ -9,7 +9,7 @@ SHARED="${MATMETA_SHARED_DATA:-../shared/data}"
 
 echo "== 1. graph stores: ingest structures and show their families"
 rm -rf out/demo/examples.lmdb out/demo/other.lmdb
-matmeta data ingest data/structures --targets-csv data/lab_measurements.csv --id-column name \
+matmeta data ingest data/structures --targets-csv data/lab_perovskites.csv --id-column name \
   --target band_gap --allow-missing-targets --out out/demo/examples.lmdb
 matmeta data families out/demo/examples.lmdb --by prototype
 matmeta data ingest data/structures_other --targets-csv data/structures_other/targets.csv \
@@ -31,15 +31,14 @@ echo "== 2. predict formation energy and PBE band gap of common materials with t
 matmeta predict data/structures --out out/demo/predictions.csv
 
 echo
-echo "== 3. few-shot: adapt the perovskite model to lab-measured band gaps of 13 oxide perovskites, predict again"
-LAB=$(tail -n +2 data/lab_measurements.csv | cut -d, -f2 | sed 's#^#data/#')
-matmeta finetune --model perovskites --support data/lab_measurements.csv --target band_gap --out out/demo/oxides.ckpt
-# shellcheck disable=SC2086
-matmeta predict $LAB --model out/demo/oxides.ckpt --out out/demo/predictions_adapted.csv
+echo "== 3. few-shot: adapt the measured-level band gap to 25 measured cadmium compounds (a family it never saw)"
+matmeta predict data/lab --out out/demo/cd_before.csv
+matmeta finetune --support data/lab_measurements.csv --target band_gap --out out/demo/cd.ckpt
+matmeta predict data/lab --model out/demo/cd.ckpt --out out/demo/cd_after.csv
 
 echo
-echo "== 4. which lab measurements steered the adapted band gap of SrTiO3"
-matmeta explain --model perovskites --support data/lab_measurements.csv --target band_gap \
+echo "== 4. which lab measurements steered the adapted band gap of SrTiO3 (the perovskite model, oxide perovskites)"
+matmeta explain --model perovskites --support data/lab_perovskites.csv --target band_gap \
   --query data/structures/SrTiO3.cif --top 5 --plot out/demo/influence.png
 
 echo

@@ -45,7 +45,7 @@ def cubic_perovskite(a_site: str, b_site: str, lattice_angstrom: float) -> Struc
 
 
 def main(root: Path = Path("data")) -> None:
-    """Write ``root/structures/*.cif`` and ``root/lab_measurements.csv``."""
+    """Write ``root/structures/*.cif`` and ``root/lab_perovskites.csv``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["name", "path", "band_gap", "lattice_angstrom", "source"])
@@ -53,8 +53,8 @@ def main(root: Path = Path("data")) -> None:
         path = Path("structures") / f"{formula}.cif"
         write_cif(cubic_perovskite(a_site, b_site, lattice), root / path)
         writer.writerow([formula, path.as_posix(), gap, lattice, source])
-    write_text_atomic(root / "lab_measurements.csv", buffer.getvalue())
-    print(f"wrote {len(MEASUREMENTS)} structures and {root / 'lab_measurements.csv'}")
+    write_text_atomic(root / "lab_perovskites.csv", buffer.getvalue())
+    print(f"wrote {len(MEASUREMENTS)} structures and {root / 'lab_perovskites.csv'}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ GOOD_CIF = (DATA / "structures" / "SrTiO3.cif").read_text()
 GOOD_CIFS = [p.read_text() for p in sorted((DATA / "structures").glob("*.cif"))[:4]]
 GOOD_POSCAR = (DATA / "structures_other" / "Si.vasp").read_text()
 GOOD_XYZ = (DATA / "structures_other" / "ZnO.extxyz").read_text()
-GOOD_SUPPORT = (DATA / "lab_measurements.csv").read_text()
+GOOD_SUPPORT = (DATA / "lab_perovskites.csv").read_text()
 GOOD_POINTS = (DATA / "jmak_points.csv").read_text()
 
 NUMBERS = st.one_of(

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = REPO / "data" / "structures"
-LAB = REPO / "data" / "lab_measurements.csv"
+LAB = REPO / "data" / "lab_perovskites.csv"
 
 
 def _invoke(*args: str):

@@ -4,7 +4,7 @@ For every method and support size: ROC-AUC of P(non-metal) against the DFT label
 recall / precision / balanced accuracy at the checkpoint's shipped threshold, MAE of the final
 band gap (0 when called metal) on true non-metals and on all query structures. Split-conformal
 90% interval coverage on the test families (zero-shot and MAML-adapted, heat_ref and non-metal
-gaps), and leave-one-out MAE of every ``finetune`` candidate on ``data/lab_measurements.csv``.
+gaps), and leave-one-out MAE of every ``finetune`` candidate on ``data/lab_perovskites.csv``.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def family_coverage_rows(gaps: GapBench) -> list[tuple]:
     return rows
 
 
-def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_measurements.csv")) -> list[tuple[str, float, str]]:
+def lab_rows(predictor: Any, csv_path: Path = Path("data/lab_perovskites.csv")) -> list[tuple[str, float, str]]:
     """Leave-one-out MAE (eV) of every finetune candidate on the lab-measured oxide gaps."""
     from matmeta.predict.support import read_support
 

@@ -134,7 +134,7 @@ def interval_tables(gaps: Any, coverage: dict, predictor: Any, quick: bool) -> t
     )
     lab = [] if quick else lab_rows(predictor)
     if lab:
-        print_table("data/lab_measurements.csv: leave-one-out MAE of each finetune candidate (eV)",
+        print_table("data/lab_perovskites.csv: leave-one-out MAE of each finetune candidate (eV)",
                     ["candidate", "LOO MAE eV", ""], lab)  # fmt: skip
     cov = {
         name: float(np.mean(np.concatenate(v))) if v and np.concatenate(v).size else math.nan
