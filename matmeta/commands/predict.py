@@ -74,6 +74,9 @@ def finetune(
     cif_column: str = typer.Option("cif", "--cif-column", help="Column with CIF text."),
     steps: int = typer.Option(None, "--steps", help="Inner steps (default: the meta-learned number)."),
     yes: bool = typer.Option(False, "--yes", help="Run even above the ceiling of 100 support rows."),
+    match_store: Path = typer.Option(
+        None, "--match-store", help="Graph store whose lowest-energy structure of a formula-only row is used."
+    ),
 ) -> None:
     """Adapt the predictor to 1-50 measured structures (best of five candidates by leave-one-out)."""
     from matmeta.atomic import writable_target
@@ -81,7 +84,9 @@ def finetune(
     from matmeta.predict.api import adapt
 
     writable_target(out)
-    adapted, report, bad = adapt(support, target, model, value_column, path_column, cif_column, steps, yes=yes)
+    adapted, report, bad = adapt(
+        support, target, model, value_column, path_column, cif_column, steps, yes=yes, match_store=match_store
+    )
     print_table(
         f"leave-one-out on {report.n_support} support structures ({report.steps} inner steps; lowest is kept)",
         ["candidate", f"MAE {report.unit}", "kept"],

@@ -79,6 +79,7 @@ def adapt(
     cif_column: str = "cif",
     steps: int | None = None,
     yes: bool = False,
+    match_store: Path | None = None,
 ) -> tuple[Predictor, FinetuneReport, list[str]]:
     """``matmeta finetune``: adapt to the labelled structures of a support CSV.
 
@@ -93,6 +94,7 @@ def adapt(
         steps: inner steps (default: the meta-learned number).
         yes: lift the ceiling of :data:`MAX_SUPPORT_ROWS` support rows (the leave-one-out check
             adapts once per row, so its cost grows as rows²).
+        match_store: a graph store in which a row with only a ``formula`` finds its structure (refused without).
 
     Returns:
         The adapted predictor, the report (leave-one-out errors, what was kept) and one message per
@@ -105,7 +107,9 @@ def adapt(
     predictor = load(model)
     predictor.check_target(target)  # before any structure is read
     max_rows = None if yes else MAX_SUPPORT_ROWS
-    names, structures, values, bad = read_support(support, target, value_column, path_column, cif_column, max_rows)
+    names, structures, values, bad = read_support(
+        support, target, value_column, path_column, cif_column, max_rows, match_store=match_store
+    )
     if not structures:
         for message in bad:
             report_error(message)
