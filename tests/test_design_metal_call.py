@@ -72,7 +72,7 @@ def test_the_call_is_the_shipped_predictors_own(srtio3):
     from matmeta.io import read_structure_file
     from matmeta.predict.predictor import Predictor
 
-    predictor = Predictor.load()
+    predictor = Predictor.load("perovskites")  # the predictor generate uses by default
     call = MetalCall.of(predictor)
     assert call.cut == pytest.approx(predictor.nonmetal_cut) and call.cut < 0.5
     assert call.new_family_cut == pytest.approx(predictor.new_family_cut)

@@ -226,14 +226,28 @@ def test_unreadable_queries_are_refused_by_name_before_the_support_is_read(tmp_p
     read: list = []
     monkeypatch.setattr(adapters, "read_support", lambda *args: read.append(args))
     with pytest.raises(MatmetaInputError) as info:
-        adapters.explain_support_file(tmp_path / "support.csv", [str(broken), str(missing)], target="heat_ref")
+        adapters.explain_support_file(
+            tmp_path / "support.csv", [str(broken), str(missing)], model="perovskites", target="heat_ref"
+        )
     message = str(info.value)
     assert message.startswith(f"--query {broken}, {missing}: no readable structure ({broken}: ")
     assert message.endswith("; 1 more unreadable)") and "\n" not in message
     assert read == []  # refused before any work: the support CSV was never read
     unwritable = CliRunner().invoke(
         app,
-        ["explain", "--support", "s.csv", "--query", str(broken), "--target", "heat_ref", "--out", "/proc/x.csv"],
+        [
+            "explain",
+            "--support",
+            "s.csv",
+            "--query",
+            str(broken),
+            "--model",
+            "perovskites",
+            "--target",
+            "heat_ref",
+            "--out",
+            "/proc/x.csv",
+        ],  # fmt: skip
     )
     assert "/proc/x.csv: cannot write" in str(unwritable.exception) and read == []
 

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from matmeta.bench.fewshot_expt_gap_report import METHODS
 from matmeta.conformal import roc_auc
-
-METHODS = ("zero-shot", "adapted", "finetune", "PBE", "PBE + linear", "support mean", "composition peer")
 
 
 @dataclasses.dataclass(frozen=True)

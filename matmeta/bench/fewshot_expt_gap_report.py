@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+METHODS = ("zero-shot", "adapted", "finetune", "PBE", "PBE + linear", "support mean", "composition peer")
 COLUMNS = ["method", "k", "n", "non-metals", "MAE non-metals eV", "MAE all eV", "metal ROC-AUC", "90% coverage"]
 
 
 def report(config: Any, scores: dict, test: list[str], quick: bool) -> dict[str, Any]:
     """Print the tables and write ``summary.json``; returns the summary."""
     from matmeta.atomic import write_text_atomic
-    from matmeta.bench.fewshot_expt_gap import METHODS
     from matmeta.console import print_table
 
     summary: dict[str, Any] = {"test_families": test, "by_k": {}}

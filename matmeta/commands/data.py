@@ -104,12 +104,19 @@ def families_command(
     out: Path = typer.Option(None, "--out", help="Also write the table as .csv or .json."),
 ) -> None:
     """Print each family with its size and target statistics."""
-    from matmeta.console import print_table
+    from matmeta.console import print_table, warn
+    from matmeta.errors import MatmetaInputError
     from matmeta.families import family_statistics
     from matmeta.store.reader import GraphStore
 
     graph_store = GraphStore(store)
     names = graph_store.target_names
+    try:
+        graph_store.family_keys(by)
+    except MatmetaInputError as exc:  # some records have no key of this kind: listed as "(undefined)"
+        if "undefined" not in str(exc):
+            raise
+        warn(str(exc))
     keys = [key or "(undefined)" for key in graph_store.family_keys(by, undefined="empty")]
     rows = family_statistics(keys, graph_store.targets, names)
     shown = [r for r in rows if int(r["size"]) >= min_size]
