@@ -8,6 +8,8 @@ that k), on the same episodes for every method:
 * adapted: the head after the engine's inner loop on the support (the meta-learned steps and rates);
 * finetune: what ``matmeta finetune --target band_gap`` keeps — the best of unadapted / recalibrated /
   adapted / support mean by leave-one-out on the support;
+* fine-tune (Adam): the head after pooled fitting, before meta-learning, fine-tuned with Adam for the same
+  number of steps (learning rate chosen on the validation families): transfer learning without MAML;
 * PBE: the network's own PBE-level gap (what a PBE-trained model predicts for a measurement);
 * PBE + linear: the PBE-level gap with a linear map fitted on the support's measured non-metals and its
   metal logit shifted to the support's share of metals;
@@ -43,6 +45,7 @@ class ExptGapBenchConfig:
     episodes_per_family: int = 20
     max_query: int = 30
     min_query: int = 5
+    finetune_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)
     seed: int = 0
     out_dir: Path = Path("out/bench/fewshot_expt_gap")
 
@@ -97,6 +100,7 @@ def run_benchmark(config: ExptGapBenchConfig, quick: bool = False) -> dict[str, 
     from matmeta.bench.composition_peer import trained_peer
     from matmeta.bench.fewshot_expt_gap_report import report
     from matmeta.errors import CheckpointError
+    from matmeta.predict.measured import reported_gap
     from matmeta.predict.measured_data import read_measured
     from matmeta.predict.measured_train import network_table
     from matmeta.predict.predictor import Predictor
@@ -113,19 +117,84 @@ def run_benchmark(config: ExptGapBenchConfig, quick: bool = False) -> dict[str, 
     table = network_table(predictor, store, rows)
     test = list(entry["families"]["test"])[: 2 if quick else None]
     peer = trained_peer(rows, test, config.seed)
-    rng = np.random.default_rng(config.seed)
+    pooled = pooled_head(predictor)
+    val_episodes = list(episodes(table, entry["families"]["val"], (10,), 3, config, np.random.default_rng(1)))
+    lr, scan = choose_lr(predictor, pooled, table, val_episodes, config.finetune_lrs)
     scores = {(m, k): Scored() for m in METHODS for k in config.ks}
-    families = np.asarray(table.families)
-    for k in config.ks:
-        for family in test:
-            members = np.flatnonzero(families == family)
+    for family, k, support, query in episodes(table, test, config.ks, config.episodes_per_family, config,
+                                              np.random.default_rng(config.seed)):  # fmt: skip
+        score_episode(predictor, table, peer, family, k, support, query, scores)
+        tuned = adam_finetune(pooled, table.rows(support), predictor.measured.inner_steps, lr)
+        out = measured_outputs_of(tuned, table.inputs(query))
+        scores[("fine-tune (Adam)", k)].add(family, out[:, 0], reported_gap(out[:, 0], out[:, 1],
+                                            predictor.measured_cut), table.gap.numpy()[query])  # fmt: skip
+    return report(config, scores, test, quick, {"fine_tune_lr": lr, "fine_tune_lr_scan": scan})
+
+
+def episodes(table: Any, families: list[str], ks: tuple[int, ...], per_family: int, config: Any, rng: Any) -> Any:
+    """``(family, k, support, query)`` episodes of ``families`` (a family too small for k + min_query is skipped)."""
+    names = np.asarray(table.families)
+    for k in ks:
+        for family in families:
+            members = np.flatnonzero(names == family)
             if len(members) < k + config.min_query:
                 continue
-            for _ in range(config.episodes_per_family):
+            for _ in range(per_family):
                 order = rng.permutation(members)
-                support, query = order[:k], order[k : k + config.max_query]
-                score_episode(predictor, table, peer, family, k, support, query, scores)
-    return report(config, scores, test, quick)
+                yield family, k, order[:k], order[k : k + config.max_query]
+
+
+def pooled_head(predictor: Any) -> torch.nn.Module:
+    """The head after pooled fitting, before meta-learning (``measured_pooled.*`` of the checkpoint)."""
+    import copy
+
+    from matmeta.checkpoint import load_checkpoint
+    from matmeta.predict.measured import POOLED_PREFIX
+
+    tensors, _ = load_checkpoint(predictor.path)
+    head = copy.deepcopy(predictor.measured.model)
+    head.load_state_dict({k[len(POOLED_PREFIX) :]: v for k, v in tensors.items() if k.startswith(POOLED_PREFIX)})
+    return head.eval()
+
+
+def adam_finetune(head: torch.nn.Module, batch: tuple, steps: int, lr: float) -> torch.nn.Module:
+    """A copy of ``head`` after ``steps`` Adam steps on ``batch``."""
+    import copy
+
+    from matmeta.predict.measured import loss_fn
+
+    tuned = copy.deepcopy(head)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = loss_fn(tuned, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return tuned
+
+
+def measured_outputs_of(head: torch.nn.Module, inputs: tuple) -> np.ndarray:
+    """``[P(metal), gap]`` of a plain head module."""
+    with torch.no_grad():
+        out = head(*inputs)
+    return np.stack([torch.sigmoid(out[:, 0]).numpy(), out[:, 1].clamp(min=0.0).numpy()], axis=1).astype(float)
+
+
+def choose_lr(predictor: Any, pooled: Any, table: Any, val: list, lrs: tuple[float, ...]) -> tuple[float, dict]:
+    """The Adam learning rate with the lowest non-metal MAE of the reported gap on validation episodes."""
+    from matmeta.predict.measured import reported_gap
+
+    scan = {}
+    for lr in lrs:
+        errors = []
+        for _, _, support, query in val:
+            out = measured_outputs_of(adam_finetune(pooled, table.rows(support), predictor.measured.inner_steps, lr),
+                                      table.inputs(query))  # fmt: skip
+            truth = table.gap.numpy()[query]
+            gap = reported_gap(out[:, 0], out[:, 1], predictor.measured_cut)
+            errors.extend(np.abs(gap - truth)[truth > 0].tolist())
+        scan[lr] = float(np.mean(errors)) if errors else float("nan")
+    return min(scan, key=lambda lr: scan[lr]), scan
 
 
 def score_episode(

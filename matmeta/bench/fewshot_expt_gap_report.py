@@ -6,16 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-METHODS = ("zero-shot", "adapted", "finetune", "PBE", "PBE + linear", "support mean", "composition peer")
+METHODS = ("zero-shot", "adapted", "finetune", "fine-tune (Adam)", "PBE", "PBE + linear", "support mean",
+           "composition peer")  # fmt: skip
 COLUMNS = ["method", "k", "n", "non-metals", "MAE non-metals eV", "MAE all eV", "metal ROC-AUC", "90% coverage"]
 
 
-def report(config: Any, scores: dict, test: list[str], quick: bool) -> dict[str, Any]:
+def report(config: Any, scores: dict, test: list[str], quick: bool, extra: dict | None = None) -> dict[str, Any]:
     """Print the tables and write ``summary.json``; returns the summary."""
     from matmeta.atomic import write_text_atomic
     from matmeta.console import print_table
 
-    summary: dict[str, Any] = {"test_families": test, "by_k": {}}
+    summary: dict[str, Any] = {"test_families": test, "by_k": {}, **(extra or {})}
+    if extra:
+        print(f"fine-tune (Adam) learning rate chosen on validation families: {extra['fine_tune_lr']:g} "
+              f"(non-metal MAE by lr: {extra['fine_tune_lr_scan']})")  # fmt: skip
     table = []
     for k in config.ks:
         summary["by_k"][str(k)] = {}
@@ -33,7 +37,7 @@ def report(config: Any, scores: dict, test: list[str], quick: bool) -> dict[str,
     ref = summary["by_k"].get(k_ref, {})
     ratios = []
     for ours in ("adapted", "finetune"):
-        for other in ("composition peer", "PBE + linear", "zero-shot"):
+        for other in ("composition peer", "PBE + linear", "zero-shot", "fine-tune (Adam)"):
             if ours in ref and other in ref and ref[other]["mae_nonmetal"] > 0:
                 ratios.append([f"{ours} / {other}", ref[ours]["mae_nonmetal"] / ref[other]["mae_nonmetal"]])
     summary["ratios_k" + k_ref] = {name: value for name, value in ratios}

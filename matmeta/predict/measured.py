@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 GAP_SCALE_EV = 1.0  # the gap term of the loss is ((gap − y) / 1 eV)²
-PREFIX = "measured."
+PREFIX = "measured."  # the head's tensors in a predictor checkpoint
+POOLED_PREFIX = "measured_pooled."  # the head after pooled fitting, before meta-learning (the fine-tune baseline)
 
 
 def fidelity_inputs(

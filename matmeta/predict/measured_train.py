@@ -8,7 +8,8 @@
    across them, each family a task, early-stopping on the validation families.
 4. Calibration on the validation families: the measured-level non-metal cut and split-conformal 90 %
    half-widths of the reported gap by predicted class, zero-shot and adapted.
-5. The base checkpoint is written again with the head's weights (``measured.*``) and a ``measured_gap``
+5. The base checkpoint is written again with the head's weights (``measured.*``; the pooled fit before
+   meta-learning as ``measured_pooled.*``, the benchmark's fine-tuning start) and a ``measured_gap``
    metadata entry: one file predicts the PBE and the measured gap.
 """
 
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from matmeta.errors import RecipeError
 from matmeta.predict.measured import (
+    POOLED_PREFIX,
     PREFIX,
     MeasuredTable,
     family_index,
@@ -170,6 +172,7 @@ def meta_train_measured(recipe: dict, recipe_path: Path, out: Path | None = None
                 per_element_lr=settings.per_element_lr)  # fmt: skip
     pretrain(maml, table, family_index(table, train_f), settings.pretrain_steps, settings.pretrain_lr,
              trainer_cfg.seed)  # fmt: skip
+    pooled = {k: v.detach().clone() for k, v in maml.model.state_dict().items()}  # the fine-tuning baseline's start
     train_source = MeasuredEpisodes(table, train_f, settings.k_support, settings.k_query)
     val_source = MeasuredEpisodes(table, data.val_families, settings.k_support, settings.k_query)
     trainer = MetaTrainer(maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt")
@@ -191,8 +194,9 @@ def meta_train_measured(recipe: dict, recipe_path: Path, out: Path | None = None
     }
     entry["uncertainty"] = calibrate_measured(maml, table, data.val_families, settings, trainer_cfg.seed)
     tensors, metadata = load_checkpoint(base)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith((PREFIX, POOLED_PREFIX))}
     tensors.update({PREFIX + k: v.detach() for k, v in maml.state_dict().items()})
+    tensors.update({POOLED_PREFIX + k: v for k, v in pooled.items()})
     save_checkpoint(out, tensors, {**metadata, "measured_gap": entry})
     console.print(f"measured-level gap: best validation loss {result.best_val_loss} at step {result.best_step}; {out}")
     return out

@@ -137,9 +137,10 @@ class Predictor:
         if abs(model_config.cutoff_angstrom - float(metadata["graph_config"]["cutoff_angstrom"])) > 1e-9:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
         maml = build_maml(model_config, settings, inference=True)
-        from matmeta.predict.measured import PREFIX, build_head
+        from matmeta.predict.measured import POOLED_PREFIX, PREFIX, build_head
 
-        load_state_strict(maml, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, path)
+        base = {k: v for k, v in tensors.items() if not k.startswith((PREFIX, POOLED_PREFIX))}
+        load_state_strict(maml, base, path)
         maml.eval()
         measured = None
         if "measured_gap" in metadata:  # the measured-level gap head (matmeta.predict.measured)
