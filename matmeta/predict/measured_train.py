@@ -66,20 +66,29 @@ class MeasuredSettings:
     pretrain_lr: float = 0.003
 
 
-def network_table(predictor: Any, store: Any, rows: Any, chunk: int = 512) -> MeasuredTable:
+def network_table(predictor: Any, store: Any, rows: Any) -> MeasuredTable:
     """Run the PBE network once over the rows with a structure; their fidelity inputs and gaps."""
-    from matmeta.models.gnn import collate
     from matmeta.predict.data import graph_from_data
-    from matmeta.predict.kriging import head_features
 
     usable = rows.with_structure
+    graphs = [graph_from_data(store[int(rows.store_index[i])]) for i in usable]
+    return fidelity_table(predictor, graphs, rows.gap[usable], [rows.family[i] for i in usable],
+                          [rows.formula[i] for i in usable])  # fmt: skip
+
+
+def fidelity_table(
+    predictor: Any, graphs: list, gaps: np.ndarray, families: list[str], formulas: list[str], chunk: int = 512
+) -> MeasuredTable:
+    """The fidelity head's inputs of ``graphs`` (one pass of the PBE network) with their measured ``gaps``."""
+    from matmeta.models.gnn import collate
+    from matmeta.predict.kriging import head_features
+
     xs, gps, lgs = [], [], []
     nan_y = torch.full((3,), float("nan"))
     predictor.maml.eval()
     with torch.inference_mode():
-        for begin in range(0, len(usable), chunk):
-            graphs = [graph_from_data(store[int(rows.store_index[i])]) for i in usable[begin : begin + chunk]]
-            batch = collate([(*g, nan_y) for g in graphs])
+        for begin in range(0, len(graphs), chunk):
+            batch = collate([(*g, nan_y) for g in graphs[begin : begin + chunk]])
             with head_features(predictor.model) as captured:
                 point = predictor.maml(*batch.inputs())
             comp = graph_composition(batch.atomic_numbers, batch.n_atoms)
@@ -87,9 +96,8 @@ def network_table(predictor: Any, store: Any, rows: Any, chunk: int = 512) -> Me
             xs.append(x)
             gps.append(gap_pbe)
             lgs.append(logit)
-    gap = torch.as_tensor(rows.gap[usable], dtype=torch.float32)
-    families, formulas = [rows.family[i] for i in usable], [rows.formula[i] for i in usable]
-    return MeasuredTable(torch.cat(xs), torch.cat(gps), torch.cat(lgs), gap, families, formulas)
+    gap = torch.as_tensor(np.asarray(gaps, dtype=np.float32))
+    return MeasuredTable(torch.cat(xs), torch.cat(gps), torch.cat(lgs), gap, list(families), list(formulas))
 
 
 class MeasuredEpisodes:
