@@ -10,7 +10,18 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 3, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) >= 4, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_stored_with_a_figure_and_from_its_source(path: Path):
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    images = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in
+              o.get("data", {})]  # fmt: skip
+    assert images, f"{path.name}: no figure stored (build it with scripts/build_notebook.py)"
+    assert (path.parent / "src" / f"{path.stem}.py").exists()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -2,7 +2,7 @@
 
 ``matmeta generate`` runs :func:`matmeta.design.deliver.run_design` (fill the request to ``n`` hits within
 a budget, screen the enumerable space, relax with CHGNet); this module keeps the single-shot
-sample-``n``-judge-rank call :func:`generate` (notebook 03, library users) and the shared helpers.
+sample-``n``-judge-rank call :func:`generate` (notebook 04, library users) and the shared helpers.
 
 Pipeline of :func:`generate`::
 
