@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from matmeta.commands import bench, data, design, explain, federate, jmak, predict, train
+from matmeta.commands import bench, data, design, explain, federate, inspect, jmak, predict, train
 from matmeta.errors import MatmetaError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (train, bench, jmak, explain, predict, data, design, federate):
+for _module in (train, bench, jmak, explain, predict, data, design, federate, inspect):
     _module.register(app)
 jmak.jmak_app.command("explain")(explain.jmak_explain)
 
