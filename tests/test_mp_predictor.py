@@ -212,3 +212,23 @@ def test_predict_refuses_a_too_large_and_a_disordered_cell_in_one_line_and_predi
         rows = list(csv.DictReader(handle))
     assert [r["name"] for r in rows] == ["good"] and rows[0]["path"].endswith("good.cif")
     assert {"formation_energy_per_atom", "formation_energy_per_atom_lo", "band_gap_pbe_hi", "p_metal"} <= set(rows[0])
+
+
+def test_sensitivity_bounds_what_random_displacements_of_the_same_size_do(nacl, srtio3):
+    import torch
+
+    from matmeta.predict.sensitivity import fixed_edge_outputs, worst_changes
+
+    predictor = _mp_like()
+    for structure in (nacl, srtio3):
+        worst = worst_changes(predictor, structure, epsilon=0.05)
+        outputs, pos = fixed_edge_outputs(predictor, structure)
+        with torch.no_grad():
+            base = outputs(torch.zeros_like(pos))
+            for seed in range(5):  # random moves of exactly 0.05 Å per atom
+                move = torch.randn(pos.shape, generator=torch.Generator().manual_seed(seed))
+                move = 0.05 * move / move.norm(dim=1, keepdim=True)
+                change = (outputs(move) - base).abs()
+                assert change[0] <= worst["energy"] * 1.02 + 1e-7 and change[1] <= worst["gap"] * 1.02 + 1e-7
+        assert 0 < worst["energy"] < 1.0  # eV/atom
+        assert worst_changes(predictor, structure, epsilon=1e-9)["energy"] < 1e-5

@@ -12,6 +12,10 @@ def predict(
     model: Path = typer.Option(None, "--model", help="Predictor checkpoint (default: the shipped one)."),
     out: Path = typer.Option(None, "--out", help="Also write the predictions to this .csv or .json file."),
     mc_samples: int = typer.Option(None, "--mc-samples", help="MC-dropout samples for the uncertainty."),
+    sensitivity: bool = typer.Option(
+        False, "--sensitivity", help="Add the worst change of each property under displacements of --epsilon (PGD)."
+    ),
+    epsilon: float = typer.Option(0.05, "--epsilon", help="Largest displacement per atom for --sensitivity, Å."),
 ) -> None:
     """Predict the formation energy and band gap (with P(metal)) of crystals, with 90% intervals."""
     from matmeta.atomic import writable_target, write_table
@@ -23,7 +27,9 @@ def predict(
         raise MatmetaInputError(f"{out}: --out must end in .csv or .json")
     if out is not None:
         writable_target(out)
-    predictor, rows, bad = predict_files(sources, model, mc_samples)
+    if sensitivity and not 0 < epsilon <= 1.0:
+        raise MatmetaInputError(f"--epsilon {epsilon}: must be in (0, 1] Å")
+    predictor, rows, bad = predict_files(sources, model, mc_samples, epsilon if sensitivity else None)
     energy, gap = predictor.names.names
     recalibrated = any(r.get("p_recalibrated") for r in rows)
     note = f"; * = B site new to the model: P recalibrated, metal when > {1 - predictor.new_family_cut:.3f}"

@@ -25,8 +25,14 @@ def load(checkpoint: str | Path | None = None) -> Predictor:
     return Predictor.load(checkpoint)
 
 
-def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Predictions for named structures; structures that cannot become graphs are reported, not fatal."""
+def predict_named(
+    predictor: Predictor, named: list[tuple[str, Any]], sensitivity: float | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Predictions for named structures; structures that cannot become graphs are reported, not fatal.
+
+    ``sensitivity``: ε in Å; each row also gets the worst change of each property under displacements of at
+    most ε per atom (:mod:`matmeta.predict.sensitivity`).
+    """
     graphs, warnings, names, formulas, bad, good = [], [], [], [], [], []
     for name, structure in named:
         try:
@@ -50,13 +56,22 @@ def predict_named(predictor: Predictor, named: list[tuple[str, Any]]) -> tuple[l
         }
         for n, s, f, row, w in zip(names, good, formulas, rows, warnings, strict=True)
     ]
+    if sensitivity is not None and out:
+        from matmeta.predict.sensitivity import sensitivity_rows
+
+        out = [{**row, **more} for row, more in zip(out, sensitivity_rows(predictor, good, sensitivity), strict=True)]
     return out, bad
 
 
 def predict_files(
-    sources: Sequence[str], model: str | Path | None = None, mc_samples: int | None = None
+    sources: Sequence[str],
+    model: str | Path | None = None,
+    mc_samples: int | None = None,
+    sensitivity: float | None = None,
 ) -> tuple[Predictor, list[dict[str, Any]], list[str]]:
     """``matmeta predict``: every readable structure of ``sources`` (files, folders, globs) predicted.
+
+    ``sensitivity``: ε in Å (see :func:`predict_named`).
 
     Returns:
         The predictor, one row per structure (``name``, ``formula``, the keys of
@@ -66,7 +81,7 @@ def predict_files(
     if mc_samples is not None:
         predictor.uncertainty["mc_samples"] = mc_samples
     named, bad = read_structures(list(sources))
-    rows, bad_graphs = predict_named(predictor, named) if named else ([], [])
+    rows, bad_graphs = predict_named(predictor, named, sensitivity) if named else ([], [])
     return predictor, rows, bad + bad_graphs
 
 
