@@ -64,6 +64,9 @@ class TrainerConfig:
         log_path: JSONL metrics log (one object per step and per validation); None: no log.
         tune_allocator: on CPU, keep freed large blocks in the malloc heap
             (``matmeta.meta.perf.tune_cpu_allocator``; ~15–25% less CPU time per meta-step).
+        zero_shot_weight: add this weight times the query loss of the unadapted start to the outer loss (and to
+            the validation loss that early stopping reads): the start must also predict well before adaptation.
+            0 is plain MAML, free to move everything adaptation can put back (a family's energy offset).
     """
 
     outer_steps: int = 1000
@@ -77,6 +80,7 @@ class TrainerConfig:
     seed: int = 0
     log_path: Path | None = None
     tune_allocator: bool = True
+    zero_shot_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.outer_steps < 0 or self.meta_batch_size < 1 or self.val_batches < 1:
@@ -272,7 +276,10 @@ class MetaTrainer:
         optimizer.zero_grad(set_to_none=True)
         self.maml.train()
         if local:
-            loss = self.maml.meta_loss([_to_device(t, device) for t in local], self.loss_fn)
+            moved = [_to_device(t, device) for t in local]
+            loss = self.maml.meta_loss(moved, self.loss_fn)
+            if self.config.zero_shot_weight:
+                loss = loss + self.config.zero_shot_weight * self._zero_shot_loss(moved, self.loss_fn)
             loss.backward()
             local_sum = loss.detach() * len(local)
         else:
@@ -296,6 +303,11 @@ class MetaTrainer:
             )
         optimizer.step()
         return total, grad_norm
+
+    def _zero_shot_loss(self, tasks: Sequence[Task], loss_fn: LossFn) -> Tensor:
+        """Mean query loss of the unadapted start over ``tasks``."""
+        forward = self.maml.functional()
+        return torch.stack([loss_fn(forward, query) for _, query in tasks]).mean()
 
     def _validation_tasks(self) -> list[Task]:
         """A fixed set of held-out tasks, drawn once from a generator of its own."""
@@ -322,9 +334,10 @@ class MetaTrainer:
                 if not local:
                     continue
                 with torch.no_grad():
-                    loss = self.maml.meta_loss(
-                        [_to_device(t, device) for t in local], self.loss_fn, query_loss_fn=self.val_loss_fn
-                    )
+                    moved = [_to_device(t, device) for t in local]
+                    loss = self.maml.meta_loss(moved, self.loss_fn, query_loss_fn=self.val_loss_fn)
+                    if self.config.zero_shot_weight:
+                        loss = loss + self.config.zero_shot_weight * self._zero_shot_loss(moved, self.val_loss_fn)
                 total = total + loss.detach().double() * len(local)
         finally:
             self.maml.train(was_training)

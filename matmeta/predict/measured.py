@@ -105,6 +105,7 @@ def build_head(entry: dict[str, Any]) -> Any:
         first_order=bool(settings.get("first_order", False)),
         learn_inner_lr=bool(settings.get("learn_inner_lr", True)),
         per_element_lr=bool(settings.get("per_element_lr", False)),
+        adapt=str(settings.get("adapt", "all")),
     )
     maml.eval()
     return maml

@@ -59,6 +59,7 @@ class MeasuredSettings:
     first_order: bool = False
     learn_inner_lr: bool = True
     per_element_lr: bool = True
+    adapt: str = "re:^(slope|shift|out\\.)"
     k_support: tuple[int, ...] = (3, 5, 10)
     k_query: int = 10
     hidden: int = 32
@@ -177,7 +178,7 @@ def meta_train_measured(recipe: dict, recipe_path: Path, out: Path | None = None
     config = FidelityConfig(in_features=int(table.x.shape[1]), hidden=settings.hidden)
     maml = MAML(FidelityHead(config), inner_lr=settings.inner_lr, inner_steps=settings.inner_steps,
                 first_order=settings.first_order, learn_inner_lr=settings.learn_inner_lr,
-                per_element_lr=settings.per_element_lr)  # fmt: skip
+                per_element_lr=settings.per_element_lr, adapt=settings.adapt)  # fmt: skip
     pretrain(maml, table, family_index(table, train_f), settings.pretrain_steps, settings.pretrain_lr,
              trainer_cfg.seed)  # fmt: skip
     pooled = {k: v.detach().clone() for k, v in maml.model.state_dict().items()}  # the fine-tuning baseline's start
