@@ -34,10 +34,12 @@ def test_predict_directory_writes_csv(tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(list(STRUCTURES.glob("*.cif")))
-    assert {r["formula"] for r in rows} >= {"SrTiO3", "LaAlO3"}
+    assert {r["formula"] for r in rows} >= {"SrTiO3", "LaAlO3", "GaAs", "LiFePO4"}
     for row in rows:
-        assert math.isfinite(float(row["heat_ref"])) and float(row["heat_ref_std"]) > 0
-        assert 0 <= float(row["p_metal"]) <= 1
+        energy = float(row["formation_energy_per_atom"])
+        assert math.isfinite(energy) and float(row["formation_energy_per_atom_lo"]) < energy
+        assert 0 <= float(row["p_metal"]) <= 1 and float(row["band_gap"]) >= 0
+        assert row["path"].endswith(".cif")  # the CSV can be edited into a finetune support file
     assert "SrTiO3" in result.output
 
 
@@ -60,29 +62,45 @@ def test_predict_warns_on_unseen_element(tmp_path):
     from matmeta.predict.predictor import Predictor
 
     seen = Predictor.load().elements_seen
-    symbol = next(s for s, z in (("Pu", 94), ("Np", 93), ("U", 92), ("Th", 90), ("Xe", 54)) if z not in seen)
+    symbol = next(s for s, z in (("Pu", 94), ("Ra", 88), ("Po", 84), ("Rn", 86), ("Xe", 54)) if z not in seen)
     structure = Structure(
         Lattice.cubic(4.2), ["Sr", symbol, "O", "O", "O"],
         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
     )  # fmt: skip
     path = tmp_path / f"Sr{symbol}O3.cif"
     structure.to(filename=str(path))
-    result = _main("predict", str(path))
+    result = _main("predict", str(path), "--out", str(tmp_path / "p.csv"))
     assert result.returncode == 0, result.stderr
     assert "never seen" in result.stderr and symbol in result.stderr
+    (row,) = csv.DictReader((tmp_path / "p.csv").open())
+    assert row["out_of_domain"] == f"element(s) {symbol} never seen in training"
 
 
-def test_finetune_then_predict_with_adapted_model(tmp_path):
-    ckpt = tmp_path / "oxides.ckpt"
-    result = _invoke("finetune", "--support", str(LAB), "--target", "band_gap", "--out", str(ckpt))
+def test_finetune_then_predict_with_adapted_model_moves_toward_the_support(tmp_path):
+    from matmeta.predict.predictor import Predictor
+
+    names = [row["name"] for row in csv.DictReader(LAB.open())]
+    paths = [STRUCTURES / f"{name}.cif" for name in names]
+    from matmeta.io import read_structure_file
+
+    base = Predictor.load().predict_structures([read_structure_file(p)[0][1] for p in paths], mc_samples=0)
+    support = tmp_path / "support.csv"  # the family sits 0.4 eV/atom above the model: a lab offset
+    with support.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "path", "formation_energy_per_atom"])
+        for name, path, row in zip(names, paths, base, strict=True):
+            writer.writerow([name, str(path), row["formation_energy_per_atom"] + 0.4])
+    ckpt = tmp_path / "family.ckpt"
+    result = _invoke("finetune", "--support", str(support), "--target", "formation_energy_per_atom", "--out", str(ckpt))
     assert result.exit_code == 0, result.output
     assert "leave-one-out" in result.output and "unadapted" in result.output
-    assert ckpt.exists()
     out = tmp_path / "after.csv"
     result = _invoke("predict", str(STRUCTURES / "SrTiO3.cif"), "--model", str(ckpt), "--out", str(out))
     assert result.exit_code == 0, result.output
     (row,) = list(csv.DictReader(out.open()))
-    assert math.isfinite(float(row["band_gap"]))
+    before = next(r for n, r in zip(names, base, strict=True) if n == "SrTiO3")["formation_energy_per_atom"]
+    target = before + 0.4
+    assert abs(float(row["formation_energy_per_atom"]) - target) < 0.1 < abs(before - target)  # moved toward it
 
 
 def test_finetune_cif_column_and_bad_rows(tmp_path):
