@@ -232,3 +232,22 @@ def test_sensitivity_bounds_what_random_displacements_of_the_same_size_do(nacl, 
                 assert change[0] <= worst["energy"] * 1.02 + 1e-7 and change[1] <= worst["gap"] * 1.02 + 1e-7
         assert 0 < worst["energy"] < 1.0  # eV/atom
         assert worst_changes(predictor, structure, epsilon=1e-9)["energy"] < 1e-5
+
+
+def test_explain_works_on_a_per_atom_target(tmp_path, nacl, cu, srtio3):
+    from typer.testing import CliRunner
+
+    from matmeta.cli import app
+    from matmeta.io import write_cif
+
+    checkpoint = _mp_like(inner_steps=2).save(tmp_path / "mp_like.ckpt")
+    rows = ["name,path,formation_energy_per_atom"]
+    for name, structure, value in (("NaCl", nacl, -2.1), ("Cu", cu, 0.0), ("SrTiO3", srtio3, -3.5)):
+        write_cif(structure, tmp_path / f"{name}.cif")
+        rows.append(f"{name},{name}.cif,{value}")
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(app, ["explain", "--model", str(checkpoint), "--support", str(tmp_path / "s.csv"),
+                                      "--target", "formation_energy_per_atom", "--query", str(tmp_path / "NaCl.cif"),
+                                      "--out", str(tmp_path / "i.csv")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "eV/atom" in result.output and len((tmp_path / "i.csv").read_text().splitlines()) == 4

@@ -69,7 +69,7 @@ def explain(
     from matmeta.console import report_error
     from matmeta.explain.adapters import explain_support_file
     from matmeta.explain.plot import plot_explanation
-    from matmeta.predict.data import UNITS
+    from matmeta.predict.support import UNIT_OF
 
     for target_path in (out, plot):
         if target_path is not None:
@@ -79,12 +79,12 @@ def explain(
     )
     for message in bad:
         report_error(message)
-    _print_explanation(explanation, UNITS[target], top)
+    _print_explanation(explanation, UNIT_OF.get(target, 'eV'), top)
     if out is not None:
         explanation.to_csv(out)
         typer.echo(f"influences: {out}")
     if plot is not None:
-        plot_explanation(explanation, plot, unit=UNITS[target])
+        plot_explanation(explanation, plot, unit=UNIT_OF.get(target, 'eV'))
         typer.echo(f"plot: {plot}")
     if bad:
         raise typer.Exit(1)
