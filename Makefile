@@ -32,7 +32,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check matmeta tests
 
 test: $(STAMP) lint
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	# two workers on two cores: one OpenMP thread each (two threads each oversubscribe the cores many times over)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup -q
 
 # A long fuzz run (hypothesis, many random inputs; FUZZ_EXAMPLES in all): prints inputs tried, crashes, time.
 FUZZ_EXAMPLES ?= 100000
