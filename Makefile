@@ -29,7 +29,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check matmeta tests
+	$(VENV)/bin/ruff check matmeta tests scripts
 
 test: $(STAMP) lint
 	# two workers on two cores: one OpenMP thread each (two threads each oversubscribe the cores many times over)

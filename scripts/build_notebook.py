@@ -51,7 +51,8 @@ def build(name: str) -> Path:
     notebook.cells = cells_of((NOTEBOOKS / "src" / f"{name}.py").read_text())
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     start = time.perf_counter()
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    resources = {"metadata": {"path": str(NOTEBOOKS)}}
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
     path = NOTEBOOKS / f"{name}.ipynb"
     nbformat.write(notebook, path)
     print(f"{path}: {len(notebook.cells)} cells, executed in {time.perf_counter() - start:.0f} s")

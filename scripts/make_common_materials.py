@@ -49,7 +49,8 @@ def common_materials() -> dict[str, Structure]:
             "Pnma", Lattice.orthorhombic(10.332, 6.010, 4.692), [e for e, _ in olivine], [p for _, p in olivine]
         ),
         "CsPbI3": Structure(
-            Lattice.cubic(6.289), ["Cs", "Pb", "I", "I", "I"],
+            Lattice.cubic(6.289),
+            ["Cs", "Pb", "I", "I", "I"],
             [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
         ),  # fmt: skip
         "Cu": Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], [[0, 0, 0]]),

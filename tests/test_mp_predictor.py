@@ -251,3 +251,27 @@ def test_explain_works_on_a_per_atom_target(tmp_path, nacl, cu, srtio3):
                                       "--out", str(tmp_path / "i.csv")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "eV/atom" in result.output and len((tmp_path / "i.csv").read_text().splitlines()) == 4
+
+
+def test_reading_in_two_worker_processes_gives_the_rows_and_messages_of_one(tmp_path, nacl, cu, srtio3):
+    from pymatgen.core import Lattice, Structure
+
+    from matmeta.io import write_cif
+    from matmeta.predict.api import predict_files
+
+    checkpoint = _mp_like().save(tmp_path / "mp_like.ckpt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(12):
+        structure = (nacl, cu, srtio3)[index % 3].copy()
+        structure.perturb(0.05, min_distance=0.01)  # a different graph in every file
+        write_cif(structure, folder / f"s{index:02d}.cif")
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    write_cif(Structure(Lattice.cubic(12.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]), folder / "lonely.cif")
+    _, serial, serial_bad = predict_files([str(folder)], checkpoint, workers=1)
+    _, parallel, parallel_bad = predict_files([str(folder)], checkpoint, workers=2)
+    assert len(serial) == 12 and [r["name"] for r in serial] == [f"s{i:02d}" for i in range(12)]
+    assert parallel == serial
+    assert parallel_bad == serial_bad and len(serial_bad) == 2
+    assert any("broken.cif" in m for m in serial_bad)
+    assert any("lonely.cif" in m and "neighbour" in m for m in serial_bad), serial_bad  # no graph: a graph error

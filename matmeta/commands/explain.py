@@ -79,12 +79,12 @@ def explain(
     )
     for message in bad:
         report_error(message)
-    _print_explanation(explanation, UNIT_OF.get(target, 'eV'), top)
+    _print_explanation(explanation, UNIT_OF.get(target, "eV"), top)
     if out is not None:
         explanation.to_csv(out)
         typer.echo(f"influences: {out}")
     if plot is not None:
-        plot_explanation(explanation, plot, unit=UNIT_OF.get(target, 'eV'))
+        plot_explanation(explanation, plot, unit=UNIT_OF.get(target, "eV"))
         typer.echo(f"plot: {plot}")
     if bad:
         raise typer.Exit(1)

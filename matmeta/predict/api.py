@@ -13,7 +13,6 @@ from typing import Any
 
 from matmeta.console import report_error, warn
 from matmeta.errors import MatmetaInputError
-from matmeta.io import read_structures
 from matmeta.predict.predictor import FinetuneReport, Predictor
 from matmeta.predict.support import MAX_SUPPORT_ROWS, read_support
 
@@ -26,26 +25,39 @@ def load(checkpoint: str | Path | None = None) -> Predictor:
 
 
 def predict_named(
-    predictor: Predictor, named: list[tuple[str, Any]], sensitivity: float | None = None
+    predictor: Predictor,
+    named: list[tuple[str, Any]],
+    sensitivity: float | None = None,
+    graphs: Sequence[Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Predictions for named structures; structures that cannot become graphs are reported, not fatal.
 
     ``sensitivity``: ε in Å; each row also gets the worst change of each property under displacements of at
     most ε per atom (:mod:`matmeta.predict.sensitivity`).
+    ``graphs``: each structure's graph arrays (or the reason it has none) already built with the checkpoint's
+    graph settings (:func:`matmeta.graph_reading.read_graphs`); None builds them here.
     """
-    graphs, warnings, names, formulas, bad, good = [], [], [], [], [], []
-    for name, structure in named:
+    import torch
+
+    ready, warnings, names, formulas, bad, good = [], [], [], [], [], []
+    for index, (name, structure) in enumerate(named):
+        source = structure.properties.get("source", name)
         try:
-            (graph,), (warning,) = predictor.graphs([structure])
+            if graphs is None:
+                (graph,), (warning,) = predictor.graphs([structure])
+            elif isinstance(graphs[index], str):
+                raise MatmetaInputError(graphs[index])
+            else:
+                graph, warning = predictor.model_graph(*(torch.from_numpy(a) for a in graphs[index]))
         except MatmetaInputError as exc:
-            bad.append(f"{structure.properties.get('source', name)}: {exc}")
+            bad.append(f"{source}: {exc}")
             continue
-        graphs.append(graph)
+        ready.append(graph)
         warnings.append(warning)
         names.append(name)
         formulas.append(structure.composition.reduced_formula)
         good.append(structure)
-    rows = predictor.new_family_rows(predictor.predict_graphs(graphs), good) if graphs else []
+    rows = predictor.new_family_rows(predictor.predict_graphs(ready), good) if ready else []
     out = [
         {
             "name": n,
@@ -68,20 +80,27 @@ def predict_files(
     model: str | Path | None = None,
     mc_samples: int | None = None,
     sensitivity: float | None = None,
+    workers: int | None = None,
 ) -> tuple[Predictor, list[dict[str, Any]], list[str]]:
     """``matmeta predict``: every readable structure of ``sources`` (files, folders, globs) predicted.
 
-    ``sensitivity``: ε in Å (see :func:`predict_named`).
+    ``sensitivity``: ε in Å (see :func:`predict_named`). ``workers``: processes that read the files and
+    build their graphs (None: every available core for a batch of
+    :data:`matmeta.graph_reading.MIN_PARALLEL_FILES` files or more, else 1).
 
     Returns:
         The predictor, one row per structure (``name``, ``formula``, the keys of
         :meth:`Predictor.predict_structures`) and one message per input that could not be used.
     """
+    from matmeta.graph_reading import read_graphs
+
     predictor = load(model)
     if mc_samples is not None:
         predictor.uncertainty["mc_samples"] = mc_samples
-    named, bad = read_structures(list(sources))
-    rows, bad_graphs = predict_named(predictor, named, sensitivity) if named else ([], [])
+    read, bad = read_graphs(list(sources), predictor.graph_config, workers)
+    named = [(name, structure) for name, structure, _ in read]
+    graphs = [graph for _, _, graph in read]
+    rows, bad_graphs = predict_named(predictor, named, sensitivity, graphs) if named else ([], [])
     return predictor, rows, bad + bad_graphs
 
 

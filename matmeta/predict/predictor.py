@@ -159,14 +159,17 @@ class Predictor:
         Raises:
             MatmetaInputError: a structure that cannot become a graph (e.g. an isolated atom).
         """
-        graphs, warnings = [], []
+        pairs = [self.model_graph(*graph_from_structure(structure, self.graph_config)) for structure in structures]
+        return [graph for graph, _ in pairs], [warning for _, warning in pairs]
+
+    def model_graph(
+        self, z: Tensor, edge_index: Tensor, edge_dist: Tensor
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], str | None]:
+        """A graph built with :attr:`graph_config` as the network takes it, and its unseen-element warning."""
         identity = self.model.config.node_features == "embedding"
-        for structure in structures:
-            z, edge_index, edge_dist = graph_from_structure(structure, self.graph_config)
-            unseen = sorted({int(a) for a in z.tolist()} - self.elements_seen)
-            warnings.append(_unseen_warning(unseen, identity))
-            graphs.append((map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist))
-        return graphs, warnings
+        unseen = sorted({int(a) for a in z.tolist()} - self.elements_seen)
+        graph = (map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist)
+        return graph, _unseen_warning(unseen, identity)
 
     def out_of_domain(self, structure: Any, row: dict[str, Any] | None = None) -> str | None:
         """Why ``structure`` lies outside the training data, or None.
