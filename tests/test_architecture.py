@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "matmeta.elements",
         "matmeta.conformal",
     ),
-    ("matmeta.store", "matmeta.meta", "matmeta.models"),
+    ("matmeta.store", "matmeta.meta", "matmeta.models", "matmeta.graph_reading"),
     ("matmeta.predict", "matmeta.design", "matmeta.kinetics", "matmeta.explain", "matmeta.federate"),
     ("matmeta.bench", "matmeta.runs"),
     ("matmeta.commands", "matmeta.cli"),
