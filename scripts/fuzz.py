@@ -29,6 +29,7 @@ WEIGHTS = {
     "test_cif_text_is_parsed_or_refused_in_one_line": 0.22,
     "test_fast_p1_reader_agrees_with_pymatgen": 0.10,
     "test_a_bad_file_never_costs_the_good_ones": 0.02,
+    "test_predicts_reader_gives_the_good_files_graphs_and_names_the_bad_one": 0.02,
     "test_any_poscar_species_line_gives_real_elements_or_one_line": 0.02,
     "test_support_rows_are_used_or_skipped_by_row": 0.03,
     "test_points_rows_are_fitted_or_named": 0.44,

@@ -77,6 +77,34 @@ def test_a_bad_file_never_costs_the_good_ones(kind_text: tuple[str, str], encodi
             assert valid_arrays(structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
 
 
+@given(CIF_TEXT)
+def test_predicts_reader_gives_the_good_files_graphs_and_names_the_bad_one(text: str) -> None:
+    """``matmeta predict``'s reader (files → Structures + graphs): one line per bad file or graph, good ones kept."""
+    from matmeta.graph_reading import read_graphs
+    from matmeta.graphs import GraphConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        good = _write(folder, "a.cif", GOOD_CIF, "utf-8")
+        bad = _write(folder, "bad.cif", text, "utf-8")
+        result = check("cif", text, lambda: read_graphs([str(good), str(bad)], GraphConfig(), workers=1))
+        if result is None:
+            return  # recorded crash (make fuzz)
+        read, messages = result
+        assert read[0][0] == "a" and not isinstance(read[0][2], str)
+        failed = messages + [graph for _, _, graph in read[1:] if isinstance(graph, str)]
+        assert len(read) + len(messages) >= 2 and len(failed) <= 1
+        for message in failed:
+            assert "\n" not in message
+        for message in messages:
+            assert message.startswith(str(bad))
+        for _, structure, graph in read:
+            if not isinstance(graph, str):
+                z, edge_index, edge_dist = graph
+                assert len(z) == len(structure) and edge_index.shape == (2, len(edge_dist))
+                assert np.isfinite(edge_dist).all() and (edge_dist > 0).all()
+
+
 @given(st.lists(SYMBOLS | st.sampled_from(["Si", "O", "Na"]), min_size=1, max_size=3))
 def test_any_poscar_species_line_gives_real_elements_or_one_line(symbols: list[str]) -> None:
     """The species line of a POSCAR (issue 13: ``Xx Xx Xx`` gave garbage atomic numbers)."""
