@@ -37,6 +37,7 @@ ATOM_FEATURES = ("formal_oxidation", "d_electrons", "closed_shell_ion", "balance
 GRAPH_FEATURES = ("balanced_any", "balanced_closed_shell", "balanced_even_d", "odd_electron_count")
 
 
+@functools.lru_cache(maxsize=256)
 def _valence_electrons(z: int) -> int:
     """Electrons outside the noble-gas core (s + d for transition metals, s + p for main group)."""
     from pymatgen.core.periodic_table import Element
@@ -105,6 +106,7 @@ def descriptor_table() -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=4096)  # pure in (z, oxidation); pymatgen's Element lookups cost µs each
 def d_electrons(z: int, oxidation: int) -> int:
     """D electrons of a transition-metal cation in ``oxidation`` (-1 for other elements)."""
     from pymatgen.core.periodic_table import Element
@@ -115,6 +117,7 @@ def d_electrons(z: int, oxidation: int) -> int:
     return -1
 
 
+@functools.lru_cache(maxsize=4096)  # pure in (z, oxidation); pymatgen's Element lookups cost µs each
 def closed_shell(z: int, oxidation: int) -> bool:
     """True for a cation with no partly filled shell: d0, d10, s2 lone pair, f0 or f14."""
     from pymatgen.core.periodic_table import Element
@@ -133,11 +136,12 @@ def closed_shell(z: int, oxidation: int) -> bool:
     return oxidation in (valence, valence - 2)
 
 
-def _cation_states(z: int) -> list[int]:
+@functools.lru_cache(maxsize=256)
+def _cation_states(z: int) -> tuple[int, ...]:
     from pymatgen.core.periodic_table import Element
 
     states = sorted({q for q in Element.from_Z(z).oxidation_states if q > 0})
-    return states or [0]
+    return tuple(states) or (0,)
 
 
 @functools.lru_cache(maxsize=65536)
