@@ -17,7 +17,7 @@ Targets are roles here (:data:`matmeta.predict.data.ENERGY` in eV/cell, :data:`~
 :meth:`matmeta.predict.predictor.Predictor.finetune` converts the public names and units.
 
 Each is scored by leave-one-out MAE on the support set and the best is kept; its choice and
-parameters go into the checkpoint metadata (``adapted``) and :meth:`Predictor._rows` applies them.
+parameters go into the checkpoint metadata (``adapted``) and :func:`matmeta.predict.rows.decode_rows` applies them.
 The 90% interval of the kept choice is the split-conformal quantile of its leave-one-out residuals
 when the support set is large enough (≥ 9 structures), otherwise the validation-family one.
 """

@@ -42,14 +42,24 @@ def sites_seen(store_path: Path, train_families: Sequence[str], by: str = "b_sit
     return {site: sorted(values) for site, values in seen.items()}
 
 
-def unseen_elements(structure: Any, seen: set[int]) -> str | None:
-    """Which elements of ``structure`` are outside ``seen``, as a one-line reason, or None."""
+def _symbols(numbers: Sequence[int]) -> str:
     from pymatgen.core.periodic_table import Element
 
+    return ", ".join(Element.from_Z(int(z)).symbol for z in numbers)
+
+
+def unseen_elements(structure: Any, seen: set[int]) -> str | None:
+    """Which elements of ``structure`` are outside ``seen``, as a one-line reason, or None."""
     new = sorted({int(z) for z in structure.atomic_numbers} - set(seen))
-    if not new:
+    return f"element(s) {_symbols(new)} never seen in training" if new else None
+
+
+def unseen_warning(unseen: Sequence[int], identity: bool = True) -> str | None:
+    """The predict row's warning for elements never seen in training (None when there are none)."""
+    if not unseen:
         return None
-    return f"element(s) {', '.join(Element.from_Z(z).symbol for z in new)} never seen in training"
+    how = "a generic element embedding" if identity else "its element descriptors only"
+    return f"element(s) never seen in training: {_symbols(unseen)}; prediction uses {how}"
 
 
 def perovskite_sites_checked(structure: Any) -> tuple[str, str]:

@@ -11,7 +11,7 @@ set, the best kept (ties: earlier in :data:`CHOICES`):
 * ``support_mean``: the support's mean gap for every structure.
 
 A measured 0 is a metal. The kept choice goes into the checkpoint's ``adapted`` entry (``role`` =
-``measured_gap``) and :meth:`matmeta.predict.predictor.Predictor._rows` applies it.
+``measured_gap``) and :func:`matmeta.predict.rows.decode_rows` applies it.
 """
 
 from __future__ import annotations
@@ -70,16 +70,26 @@ def fit(kind: str, out: np.ndarray, values: np.ndarray) -> dict[str, Any]:
     return {"kind": kind}
 
 
-def finetune_measured(
-    predictor: Any, structures: list[Any], values: np.ndarray, steps: int | None
-) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], dict[str, np.ndarray]]:
-    """Score the candidates by leave-one-out, fit the best on the whole support set.
+def finetune_measured(predictor: Any, structures: list[Any], values: np.ndarray, steps: int | None) -> tuple[Any, Any]:
+    """``Predictor.finetune`` of the measured-level gap: score the candidates by leave-one-out, fit the best.
 
     Returns:
-        ``(fast weights of the head or None, the checkpoint's adapted entry, every candidate's LOO predictions)``.
+        The adapted predictor (the head's fast weights and the ``adapted`` entry; the PBE network untouched)
+        and its :class:`~matmeta.predict.report.FinetuneReport`.
     """
+    from matmeta.predict.report import FinetuneReport
+
+    steps = predictor.measured.inner_steps if steps is None else int(steps)
     inputs = support_inputs(predictor, structures)
-    return choose(predictor.measured, predictor.measured_cut, inputs, values, steps)
+    fast, adapted, loo = choose(predictor.measured, predictor.measured_cut, inputs, values, steps)
+    report = FinetuneReport(
+        "band_gap", "eV", len(values), steps, adapted["loo_mae"], adapted["kept"],
+        [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
+    )  # fmt: skip
+    adapted["base_checkpoint"] = str(predictor.path.name if predictor.path else None)
+    metadata = {**predictor.metadata, "adapted": adapted}
+    adapted_predictor = type(predictor)(predictor.maml, metadata, None, measured=predictor.measured, measured_fast=fast)
+    return adapted_predictor, report
 
 
 def choose(

@@ -166,10 +166,12 @@ class Predictor:
         self, z: Tensor, edge_index: Tensor, edge_dist: Tensor
     ) -> tuple[tuple[Tensor, Tensor, Tensor], str | None]:
         """A graph built with :attr:`graph_config` as the network takes it, and its unseen-element warning."""
+        from matmeta.predict.domain import unseen_warning
+
         identity = self.model.config.node_features == "embedding"
         unseen = sorted({int(a) for a in z.tolist()} - self.elements_seen)
         graph = (map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist)
-        return graph, _unseen_warning(unseen, identity)
+        return graph, unseen_warning(unseen, identity)
 
     def out_of_domain(self, structure: Any, row: dict[str, Any] | None = None) -> str | None:
         """Why ``structure`` lies outside the training data, or None.
@@ -200,6 +202,7 @@ class Predictor:
     ) -> list[dict[str, float]]:
         """Predictions for ready graphs (see :meth:`predict_structures` for the keys)."""
         from matmeta.predict.kriging import head_features
+        from matmeta.predict.rows import decode_rows
 
         samples = int(mc_samples if mc_samples is not None else self.uncertainty.get("mc_samples", 32))
         nan_y = torch.full((3,), math.nan)
@@ -214,14 +217,14 @@ class Predictor:
                         point, mc = both[0], both[1:]
                     else:
                         point, mc = self.forward(*batch.inputs()), None
-                rows.extend(self._rows(point, mc, batch, captured["features"]))
+                rows.extend(decode_rows(self, point, mc, batch, captured["features"]))
         return rows
 
     def predict_structures(self, structures: Sequence[Any], mc_samples: int | None = None) -> list[dict[str, Any]]:
         """Predict every structure.
 
         Returns:
-            One dict per structure, keyed by the checkpoint's target names (see :meth:`_rows`; for the
+            One dict per structure, keyed by the checkpoint's target names (see ``rows.decode_rows``; for the
             perovskite checkpoint): ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
             ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV; with
             ``gap_shift`` eV added for a B site never seen in training, see :meth:`new_family_rows`),
@@ -277,12 +280,6 @@ class Predictor:
         """P(non-metal) at or above which a structure is called a non-metal (chosen on the calibration families)."""
         return float(self.uncertainty.get("nonmetal_threshold", 0.5))
 
-    def _rows(self, point: Tensor, mc: Tensor | None, batch: GraphBatch, features: Tensor) -> list[dict[str, Any]]:
-        """Decode model outputs into rows (:func:`matmeta.predict.rows.decode_rows`)."""
-        from matmeta.predict.rows import decode_rows
-
-        return decode_rows(self, point, mc, batch, features)
-
     def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
         """Model outputs (G, 3) → predictions of ``target`` in its public unit, shape (G,) (differentiable)."""
         if self.names.role(target) == ENERGY:
@@ -331,7 +328,9 @@ class Predictor:
             if not math.isfinite(value) or (role in (GAP, MEASURED) and value < 0):
                 raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
         if role == MEASURED:
-            return self._finetune_measured(list(structures), values_arr, steps)
+            from matmeta.predict.measured_adapt import finetune_measured
+
+            return finetune_measured(self, list(structures), values_arr, steps)
         items = self.support_items(structures, values_arr, target)
         n_atoms = np.array([item[0].shape[0] for item in items], dtype=float)
         internal = self.names.to_cell(values_arr, n_atoms) if role == ENERGY else values_arr
@@ -347,22 +346,6 @@ class Predictor:
         adapted["base_checkpoint"] = str(self.path.name if self.path else None)
         metadata = {**self.metadata, "adapted": adapted}
         return Predictor(self.maml, metadata, None, fast=fast, measured=self.measured), report
-
-    def _finetune_measured(
-        self, structures: list[Any], values: np.ndarray, steps: int | None
-    ) -> tuple[Predictor, FinetuneReport]:
-        """:meth:`finetune` of the measured-level gap (:mod:`matmeta.predict.measured_adapt`)."""
-        from matmeta.predict.measured_adapt import finetune_measured
-
-        steps = self.measured.inner_steps if steps is None else int(steps)  # type: ignore[union-attr]
-        fast, adapted, loo = finetune_measured(self, structures, values, steps)
-        report = FinetuneReport(
-            "band_gap", "eV", len(values), steps, adapted["loo_mae"], adapted["kept"],
-            [float(v) for v in loo["adapted"]], {kind: [float(v) for v in p] for kind, p in loo.items()},
-        )  # fmt: skip
-        adapted["base_checkpoint"] = str(self.path.name if self.path else None)
-        metadata = {**self.metadata, "adapted": adapted}
-        return Predictor(self.maml, metadata, None, measured=self.measured, measured_fast=fast), report
 
     @property
     def measured_cut(self) -> float:
@@ -415,13 +398,3 @@ class Predictor:
                 head[f"model.{name}"] = value.detach()
             state.update({PREFIX + k: v for k, v in head.items()})
         return save_checkpoint(path, state, self.metadata)
-
-
-def _unseen_warning(unseen: Sequence[int], identity: bool = True) -> str | None:
-    if not unseen:
-        return None
-    from pymatgen.core.periodic_table import Element
-
-    symbols = ", ".join(Element.from_Z(z).symbol for z in unseen)
-    how = "a generic element embedding" if identity else "its element descriptors only"
-    return f"element(s) never seen in training: {symbols}; prediction uses {how}"
