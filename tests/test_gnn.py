@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from matmeta.models.gnn import (
-    CGConv,
-    CrystalGNN,
-    EdgeGatedConv,
-    GaussianExpansion,
-    GNNConfig,
-    collate,
-    scatter_sum,
-)
+from matmeta.models.gnn import CrystalGNN, GNNConfig, collate
+from matmeta.models.layers import CGConv, EdgeGatedConv, GaussianExpansion, scatter_sum
 
 
 def _graph(structure, cutoff=6.0, max_neighbors=12):
