@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from matmeta.errors import MatmetaInputError
+from matmeta.errors import MatmetaInputError, StoreError
 
 
 @dataclass(frozen=True)
@@ -226,3 +226,43 @@ class EpisodeSampler:
         if isinstance(generator_or_rng, (int, np.integer)):
             return np.random.default_rng(int(generator_or_rng))
         raise TypeError(f"expected a numpy or torch Generator, got {type(generator_or_rng).__name__}")
+
+
+class FamilyEpisodes:
+    """Episode source for the meta-trainer: (support, query) from one family of a table of graphs.
+
+    Args:
+        table: the graphs, with ``families`` (one key per item) and ``batch(indices)`` (e.g.
+            :class:`matmeta.predict.data.GraphTable`).
+        families: the families tasks are drawn from (e.g. the training split).
+        k_support: support sizes; each task picks one of them at random.
+        k_query: query size.
+        seed: seed of the underlying ``EpisodeSampler``.
+    """
+
+    def __init__(self, table: Any, families: Sequence[str], k_support: Sequence[int], k_query: int, seed: int) -> None:
+        self.table = table
+        self.samplers = []
+        for k in k_support:  # a family too small for k + k_query (a 34-member one at k = 20) joins the smaller k only
+            usable = families_of_size(table.families, families, int(k) + int(k_query))
+            if usable:
+                self.samplers.append(EpisodeSampler(table.families, usable, int(k), int(k_query), seed))
+        if not self.samplers:
+            raise StoreError(f"no family has {min(k_support)} + {k_query} structures for an episode")
+
+    def sample(self, n_tasks: int, generator: Any) -> list[tuple[Any, Any]]:
+        """``n_tasks`` tasks ``(support, query)`` (``generator``: a ``torch.Generator``)."""
+        import torch
+
+        tasks = []
+        for _ in range(n_tasks):
+            sampler = self.samplers[int(torch.randint(len(self.samplers), (1,), generator=generator))]
+            episode = sampler.sample(generator)
+            tasks.append((self.table.batch(episode.support), self.table.batch(episode.query)))
+        return tasks
+
+
+def families_of_size(keys: Sequence[str], families: Sequence[str], size: int) -> list[str]:
+    """The ``families`` with at least ``size`` members among ``keys`` (in the order given)."""
+    counts = Counter(keys)
+    return [f for f in families if counts[f] >= size]

@@ -25,8 +25,9 @@ def main(recipe_path: Path, rounds: int) -> None:
 
     from matmeta.meta.perf import tune_cpu_allocator
     from matmeta.predict.config import PredictorRecipe
-    from matmeta.predict.data import FamilyEpisodes, load_table, loss_fn
+    from matmeta.predict.data import load_table, loss_fn
     from matmeta.predict.predictor import Predictor
+    from matmeta.tasks import FamilyEpisodes
 
     torch.set_num_threads(1)
     tune_cpu_allocator()

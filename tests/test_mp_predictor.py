@@ -126,7 +126,7 @@ def test_a_structure_beyond_the_calibrated_feature_distance_is_out_of_domain(nac
 def test_episode_sources_give_a_small_family_only_the_support_sizes_it_can_hold(random_graph_table):
     import torch
 
-    from matmeta.predict.data import FamilyEpisodes
+    from matmeta.tasks import FamilyEpisodes
 
     families = ["big"] * 50 + ["small"] * 20
     table, _ = random_graph_table(np.random.default_rng(0), families)

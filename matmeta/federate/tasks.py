@@ -19,7 +19,6 @@ from matmeta.predict.config import DataConfig, MAMLSettings, build_maml
 from matmeta.predict.data import (
     TARGETS,
     UNITS,
-    FamilyEpisodes,
     GraphTable,
     TargetStats,
     family_indices,
@@ -29,6 +28,7 @@ from matmeta.predict.data import (
     per_example_loss,
 )
 from matmeta.predict.predictor import Predictor
+from matmeta.tasks import FamilyEpisodes
 
 __all__ = [
     "CrystalGNN",

@@ -38,7 +38,8 @@ import torch
 
 from matmeta.conformal import balanced_threshold, conformal_quantile, family_held_out_coverage, mondrian_quantiles
 from matmeta.meta.maml import MAML
-from matmeta.predict.data import GraphTable, TargetStats, families_of_size, family_indices, loss_fn
+from matmeta.predict.data import GraphTable, TargetStats, family_indices, loss_fn
+from matmeta.tasks import families_of_size
 
 Z90 = 1.6448536269514722
 LEVEL = 0.9

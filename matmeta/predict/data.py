@@ -299,47 +299,6 @@ def loss_fn(forward: Any, batch: GraphBatch) -> Tensor:
     return batch.reduce(per_example_loss(forward, batch))
 
 
-class FamilyEpisodes:
-    """Episode source for the meta-trainer: (support, query) from one family of a :class:`GraphTable`.
-
-    Args:
-        table: the graphs.
-        families: the families tasks are drawn from (e.g. the training split).
-        k_support: support sizes; each task picks one of them at random.
-        k_query: query size.
-        seed: seed of the underlying ``EpisodeSampler``.
-    """
-
-    def __init__(
-        self, table: GraphTable, families: Sequence[str], k_support: Sequence[int], k_query: int, seed: int
-    ) -> None:
-        from matmeta.tasks import EpisodeSampler
-
-        self.table = table
-        self.samplers = []
-        for k in k_support:  # a family too small for k + k_query (a 34-member one at k = 20) joins the smaller k only
-            usable = families_of_size(table.families, families, int(k) + int(k_query))
-            if usable:
-                self.samplers.append(EpisodeSampler(table.families, usable, int(k), int(k_query), seed))
-        if not self.samplers:
-            raise StoreError(f"no family has {min(k_support)} + {k_query} structures for an episode")
-
-    def sample(self, n_tasks: int, generator: torch.Generator) -> list[tuple[GraphBatch, GraphBatch]]:
-        """``n_tasks`` tasks ``(support, query)``."""
-        tasks = []
-        for _ in range(n_tasks):
-            sampler = self.samplers[int(torch.randint(len(self.samplers), (1,), generator=generator))]
-            episode = sampler.sample(generator)
-            tasks.append((self.table.batch(episode.support), self.table.batch(episode.query)))
-        return tasks
-
-
-def families_of_size(keys: Sequence[str], families: Sequence[str], size: int) -> list[str]:
-    """The ``families`` with at least ``size`` members among ``keys`` (in the order given)."""
-    counts = Counter(keys)
-    return [f for f in families if counts[f] >= size]
-
-
 def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """Mean and half-width of its 95% confidence interval (normal approximation)."""
     arr = np.asarray(values, dtype=float)

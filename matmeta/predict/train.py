@@ -29,7 +29,6 @@ from matmeta.predict.config import PredictorRecipe, set_hurdle
 from matmeta.predict.data import (
     TARGETS,
     UNITS,
-    FamilyEpisodes,
     TargetNames,
     TargetStats,
     ensure_store,
@@ -39,6 +38,7 @@ from matmeta.predict.data import (
     split,
 )
 from matmeta.predict.pooled import _cached_pooled, pooled_key, train_pooled
+from matmeta.tasks import FamilyEpisodes
 
 
 # ---------------------------------------------------------------------- meta-training
