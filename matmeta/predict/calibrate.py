@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -374,58 +373,3 @@ def with_cut(parts: CalibrationParts, cut: float) -> CalibrationParts:
 
 def _gap_only(summary: dict[str, float]) -> dict[str, float]:
     return {key: summary[key] for key in GAP_KEYS if key in summary}
-
-
-def recalibrate_checkpoint(
-    checkpoint: Path,
-    store: Path,
-    out: Path | None = None,
-    seed: int = 0,
-    extra_gap_parts: Sequence[CalibrationParts] = (),
-    open_shell_metal_offset: float | None = None,
-    new_family_shift: bool = False,
-    new_family_platt: bool = False,
-    new_family_shift_adapted: bool = False,
-) -> dict[str, Any]:
-    """Recompute the ``uncertainty`` entry of a predictor checkpoint on its validation families; write it back.
-
-    ``extra_gap_parts``: out-of-fold residuals of the training families (:mod:`matmeta.predict.cross_calibrate`).
-    ``open_shell_metal_offset``: set this metal-logit hurdle on the network first (None: keep the checkpoint's).
-    ``new_family_shift`` / ``new_family_platt`` / ``new_family_shift_adapted``: fit the new-family
-    zero-shot gap offset / P(non-metal) recalibration / adapted gap offset (all need ``extra_gap_parts``).
-    """
-    from matmeta.checkpoint import save_checkpoint
-    from matmeta.predict.config import DataConfig
-    from matmeta.predict.data import load_table
-    from matmeta.predict.predictor import Predictor
-    from matmeta.store.reader import GraphStore
-
-    predictor = Predictor.load(checkpoint)
-    if open_shell_metal_offset is not None:
-        from matmeta.predict.config import set_hurdle
-
-        set_hurdle(predictor.maml, predictor.metadata, open_shell_metal_offset)
-    columns, names = predictor.metadata["targets"].get("source_columns", {}), predictor.names
-    energy_column, gap_column = columns.get(names.energy, "heat_ref"), columns.get(names.gap, "ind_gap")
-    store_targets = tuple(GraphStore(Path(store)).target_names)
-    config = DataConfig(
-        store=Path(store), family_by=predictor.metadata["families"]["by"] or "b_site", store_targets=store_targets,
-        energy_column=energy_column, gap_column=gap_column, targets=names.names,
-    )  # fmt: skip
-    table, _ = load_table(Path(store), config, stats=predictor.stats)
-    samples = int(predictor.uncertainty.get("mc_samples", 32))
-    val = predictor.metadata["families"]["val"]
-    episodes = int((predictor.metadata.get("recipe") or {}).get("uncertainty", {}).get("calibration_episodes", 60))
-    train = predictor.metadata["families"]["train"]
-    parts = calibration_parts(predictor.maml, table, predictor.stats, val, samples, episodes, seed, train)
-    result = uncertainty_entry(
-        parts, samples, val, extra_gap_parts, new_family_shift, new_family_platt, new_family_shift_adapted
-    )
-    if extra_gap_parts:
-        result["cross_family"] = {
-            "folds": len(extra_gap_parts),
-            "families": sorted({str(f) for extra in extra_gap_parts for f in extra.zero["family"]}),
-        }
-    metadata = {**predictor.metadata, "uncertainty": result}
-    save_checkpoint(out or checkpoint, predictor.maml.state_dict(), metadata)
-    return result
