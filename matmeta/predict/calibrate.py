@@ -19,7 +19,8 @@
   of the constant and the normalised widths;
 * ``zero_shot`` / ``adapted``: scales of the MC-dropout spread (``±σ`` columns), as before.
 
-:func:`recalibrate_checkpoint` reruns it on an existing checkpoint (same split, same store).
+:func:`matmeta.predict.cross_calibrate.recalibrate_checkpoint` reruns it on an existing checkpoint (same split,
+same store).
 :func:`calibration_parts` keeps the raw residuals and :func:`uncertainty_entry` takes the quantiles, so
 other models' out-of-fold residuals on the training families can join the gap's quantiles
 (``matmeta calibrate``, :mod:`matmeta.predict.cross_calibrate`).
