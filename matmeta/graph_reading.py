@@ -47,15 +47,9 @@ def read_graphs(
         ``(name, Structure, (atomic_numbers, edge_index, edge_dist) or the reason no graph could be built)``
         per structure in file order, and one message per file that could not be read.
     """
-    from matmeta.io import expand_sources
+    from matmeta.io import expand_each
 
-    paths: list[Path] = []
-    bad: list[str] = []
-    for source in sources:
-        try:
-            paths.extend(expand_sources(source))
-        except MatmetaInputError as exc:
-            bad.append(str(exc))
+    paths, bad = expand_each(sources)
     if workers is None:
         workers = available_cores() if len(paths) >= MIN_PARALLEL_FILES else 1
     read = functools.partial(_read_file_graphs, graph_config=graph_config)

@@ -325,16 +325,24 @@ def read_structures(sources: list[str]) -> tuple[list[tuple[str, Any]], list[str
     from matmeta.errors import MatmetaInputError
 
     good: list[tuple[str, Any]] = []
+    paths, bad = expand_each(sources)
+    for path in paths:
+        try:
+            good.extend(read_structure_file(path))
+        except MatmetaInputError as exc:
+            bad.append(str(exc))
+    return good, bad
+
+
+def expand_each(sources: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """:func:`expand_sources` source by source: the files found, and one message per source that matches nothing."""
+    from matmeta.errors import MatmetaInputError
+
+    paths: list[Path] = []
     bad: list[str] = []
     for source in sources:
         try:
-            paths = expand_sources(source)
+            paths.extend(expand_sources(source))
         except MatmetaInputError as exc:
             bad.append(str(exc))
-            continue
-        for path in paths:
-            try:
-                good.extend(read_structure_file(path))
-            except MatmetaInputError as exc:
-                bad.append(str(exc))
-    return good, bad
+    return paths, bad

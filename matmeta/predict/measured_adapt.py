@@ -88,6 +88,7 @@ def finetune_measured(predictor: Any, structures: list[Any], values: np.ndarray,
     )  # fmt: skip
     adapted["base_checkpoint"] = str(predictor.path.name if predictor.path else None)
     metadata = {**predictor.metadata, "adapted": adapted}
+    # type(predictor) is Predictor: importing it here would close an import cycle (predictor imports this module)
     adapted_predictor = type(predictor)(predictor.maml, metadata, None, measured=predictor.measured, measured_fast=fast)
     return adapted_predictor, report
 
