@@ -49,7 +49,8 @@ def read_graphs(
     """
     from matmeta.io import expand_each
 
-    paths, bad = expand_each(sources)
+    items = expand_each(sources)
+    paths = [item for item in items if not isinstance(item, str)]
     if workers is None:
         workers = available_cores() if len(paths) >= MIN_PARALLEL_FILES else 1
     read = functools.partial(_read_file_graphs, graph_config=graph_config)
@@ -60,8 +61,11 @@ def read_graphs(
             results = list(pool.imap(read, paths, chunksize=max(1, min(64, len(paths) // (8 * workers)))))
     else:
         results = [read(path) for path in paths]
+    by_path = iter(results)
     good: list[ReadGraph] = []
-    for result in results:
+    bad: list[str] = []
+    for item in items:  # messages in the order the inputs were given, as read_structures reports them
+        result = item if isinstance(item, str) else next(by_path)
         if isinstance(result, str):
             bad.append(result)
         else:

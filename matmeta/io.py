@@ -325,24 +325,29 @@ def read_structures(sources: list[str]) -> tuple[list[tuple[str, Any]], list[str
     from matmeta.errors import MatmetaInputError
 
     good: list[tuple[str, Any]] = []
-    paths, bad = expand_each(sources)
-    for path in paths:
+    bad: list[str] = []
+    for item in expand_each(sources):
+        if isinstance(item, str):
+            bad.append(item)
+            continue
         try:
-            good.extend(read_structure_file(path))
+            good.extend(read_structure_file(item))
         except MatmetaInputError as exc:
             bad.append(str(exc))
     return good, bad
 
 
-def expand_each(sources: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """:func:`expand_sources` source by source: the files found, and one message per source that matches nothing."""
+def expand_each(sources: Sequence[str | Path]) -> list[Path | str]:
+    """:func:`expand_sources` source by source, in order: each file found, or the message of an unmatched source.
+
+    In order so that callers report bad inputs in the order they were given.
+    """
     from matmeta.errors import MatmetaInputError
 
-    paths: list[Path] = []
-    bad: list[str] = []
+    items: list[Path | str] = []
     for source in sources:
         try:
-            paths.extend(expand_sources(source))
+            items.extend(expand_sources(source))
         except MatmetaInputError as exc:
-            bad.append(str(exc))
-    return paths, bad
+            items.append(str(exc))
+    return items
