@@ -15,7 +15,7 @@ from matmeta.recipes import load_recipe
 TRAINERS = ("predictor", "generator", "jmak", "measured_gap")
 BENCHMARKS = (
     "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "jmak_real", "generate", "explain",
-    "federated",
+    "federated", "robust",
 )  # fmt: skip
 
 
@@ -50,6 +50,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.generate import run
     elif name == "federated":
         from matmeta.bench.federated import run
+    elif name == "robust":
+        from matmeta.bench.robust import run
     else:
         from matmeta.bench.explain import run
     return run

@@ -22,8 +22,7 @@ def _entry(in_features: int) -> dict:
 
 def _with_head():
     from matmeta.models.gnn import GNNConfig
-    from matmeta.predict.measured import build_head
-    from matmeta.predict.predictor import Predictor
+    from matmeta.predict.predictor import Predictor, build_head
     from matmeta.predict.train import untrained_predictor
 
     base = untrained_predictor(GNNConfig(hidden=16, layers=2, n_rbf=8, composition_features=True))
@@ -54,8 +53,9 @@ def test_a_measured_metal_only_enters_the_metal_term():
 
 
 def test_finetune_keeps_the_recalibration_when_the_lab_is_a_linear_map_of_the_head():
-    from matmeta.predict.measured import build_head, measured_outputs
+    from matmeta.predict.measured import measured_outputs
     from matmeta.predict.measured_adapt import choose
+    from matmeta.predict.predictor import build_head
 
     head = build_head(_entry(4))
     inputs = (torch.randn(8, 4), torch.linspace(0.5, 4.0, 8), torch.full((8,), -6.0))  # all called non-metals

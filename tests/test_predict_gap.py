@@ -202,23 +202,31 @@ def test_out_of_domain_flag_fires_for_element_never_seen_at_that_site():
 
 
 def test_new_family_gap_shift_moves_only_new_b_sites_and_keeps_the_interval_width():
-    from matmeta.predict.domain import new_family_corrections
+    from matmeta.predict.calibration import new_family_corrections
+    from matmeta.predict.domain import family_unseen
 
     families = {"by": "b_site", "train": ["Ti"]}  # the checkpoint's own family kind and training families
     structures = [_perovskite("Sr", "Ti"), _perovskite("Sr", "Hf"), _perovskite("Ba", "Hf"), _cscl("Cu", "Zn")]
+
+    def new(structures, families):
+        return [family_unseen(s, families.get("by"), families.get("train", ())) for s in structures]
+
     row = {"band_gap": 3.0, "gap_if_nonmetal": 3.0, "gap_lo": 0.2, "gap_hi": 4.5, "p_metal": 0.1}
     metal = {**row, "band_gap": 0.0, "p_metal": 0.9}
-    rows = new_family_corrections([row, row, metal, row], structures, families, 0.5)
+    rows = new_family_corrections([row, row, metal, row], new(structures, families), 0.5)
     assert [r["gap_shift"] for r in rows] == [0.0, 0.5, 0.5, 0.0]  # Ti seen; Hf new; CsCl is no perovskite
     assert rows[0] == {**row, "gap_shift": 0.0, "p_recalibrated": False} and rows[3]["gap_if_nonmetal"] == 3.0
     hf = rows[1]
     assert (hf["band_gap"], hf["gap_if_nonmetal"]) == (3.5, 3.5)
     assert hf["gap_hi"] - hf["gap_if_nonmetal"] == pytest.approx(1.5) and hf["gap_lo"] == pytest.approx(2.0)
     assert rows[2]["band_gap"] == 0.0 and rows[2]["gap_if_nonmetal"] == 3.5  # still called a metal
-    assert new_family_corrections([row], structures[1:2], {"by": None}, 0.5)[0]["gap_shift"] == 0.0  # no record
+    assert new_family_corrections([row], new(structures[1:2], {"by": None}), 0.5)[0]["gap_shift"] == 0.0  # no record
     # keyed on the checkpoint's kind: with prototype families the Hf perovskite is the Ti one's prototype
     prototype = {"by": "prototype", "train": ["ABC3_221_abc"]}
-    assert [r["gap_shift"] for r in new_family_corrections([row, row], structures[:2], prototype, 0.5)] == [0.0, 0.0]
+    assert [r["gap_shift"] for r in new_family_corrections([row, row], new(structures[:2], prototype), 0.5)] == [
+        0.0,
+        0.0,
+    ]
 
 
 def test_composition_alone_does_not_make_a_perovskite():

@@ -145,7 +145,7 @@ def pooled_model(
     from matmeta.checkpoint import load_checkpoint, save_checkpoint
     from matmeta.console import console
     from matmeta.models.gnn import CrystalGNN
-    from matmeta.predict.pooled import train_pooled
+    from matmeta.predict.pooled import pooled_config, train_pooled
 
     for candidate in (*also_look_in, cache):
         if not Path(candidate).exists():
@@ -153,7 +153,7 @@ def pooled_model(
         try:
             tensors, metadata = load_checkpoint(candidate)
             if json.loads(json.dumps(metadata.get("pooled_key"))) == json.loads(json.dumps(key)):
-                model = CrystalGNN(model_config)
+                model = CrystalGNN(pooled_config(model_config))
                 model.load_state_dict(tensors, strict=True)
                 model.eval()
                 console.print(f"pooled network: reusing {candidate} (trained on the same data, split, config, seed)")

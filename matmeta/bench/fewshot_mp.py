@@ -44,6 +44,8 @@ class FewshotMPConfig:
         throughput_structures: CIF files predicted end to end for the throughput row.
         seed: one seed for episodes and trainings.
         out_dir: results.
+        compare_checkpoints: other meta-trained starts of the same split (e.g. the learned activation of
+            ``recipes/mp_rational_activation.toml``), scored beside the shipped one: zero-shot and MAML at every k.
     """
 
     name: str = "fewshot_mp"
@@ -58,6 +60,7 @@ class FewshotMPConfig:
     throughput_structures: int = 2000
     seed: int = 0
     out_dir: Path = Path("out/bench/fewshot_mp")
+    compare_checkpoints: tuple[Path, ...] = ()
 
 
 # ---------------------------------------------------------------------- the benchmark
@@ -95,6 +98,10 @@ def run_benchmark(config: FewshotMPConfig, quick: bool = False) -> dict[str, Any
     zero_shot: dict[str, Any] = {"MAML (no adaptation)": Predictions(), "pooled": Predictions()}
     test_idx = setup.test_indices
     rows_predictions(predictor, table, test_idx, zero_shot["MAML (no adaptation)"])
+    others = compared_starts(config, setup)
+    for name, other in others.items():
+        zero_shot[f"{name} (no adaptation)"] = Predictions()
+        rows_predictions(other, table, test_idx, zero_shot[f"{name} (no adaptation)"])
     network_predictions(predict_outputs(setup.pooled, table, test_idx), table, test_idx, predictor.stats, cut,
                         zero_shot["pooled"])  # fmt: skip
     by_k: dict[int, dict[str, Any]] = {}
@@ -103,9 +110,12 @@ def run_benchmark(config: FewshotMPConfig, quick: bool = False) -> dict[str, Any
     with progress() as bar:
         task = bar.add_task("episodes", total=sum(len(e) for e in episodes.values()))
         for k in config.ks:
-            methods = by_k.setdefault(k, {m: Predictions() for m in ("MAML", "fine-tune", "zero-shot", "mean")})
+            names = ("MAML", *others, "fine-tune", "zero-shot", "mean")
+            methods = by_k.setdefault(k, {m: Predictions() for m in names})
             for _, support, query in episodes[k]:
                 rows_predictions(adapted_predictor(predictor, table.batch(support), k), table, query, methods["MAML"])
+                for name, other in others.items():
+                    rows_predictions(adapted_predictor(other, table.batch(support), k), table, query, methods[name])
                 rows_predictions(predictor, table, query, methods["zero-shot"])
                 tuned = adam_finetune(setup.pooled, table, support, setup.steps, setup.best_lr)
                 network_predictions(predict_outputs(tuned, table, query), table, query, predictor.stats, cut,
@@ -114,3 +124,20 @@ def run_benchmark(config: FewshotMPConfig, quick: bool = False) -> dict[str, Any
                 bar.update(task, advance=1)
     random_row = random_split_scores(setup, config, quick) if config.random_split else None
     return report(config, setup, zero_shot, by_k, random_row, quick)
+
+
+def compared_starts(config: FewshotMPConfig, setup: Any) -> dict[str, Any]:
+    """The ``compare_checkpoints`` by row name (``MAML, <activation> activation``), checked to share the split."""
+    from matmeta.errors import CheckpointError
+    from matmeta.predict.predictor import Predictor
+
+    starts = {}
+    for path in config.compare_checkpoints:
+        other = Predictor.load(path)
+        if list(other.metadata["families"]["test"]) != list(setup.predictor.metadata["families"]["test"]):
+            raise CheckpointError(f"{path}: its test families differ from {setup.checkpoint}'s")
+        if other.stats != setup.predictor.stats:
+            raise CheckpointError(f"{path}: its target statistics differ from {setup.checkpoint}'s")
+        activation = other.metadata["model_config"].get("activation", "silu")
+        starts[f"MAML, {activation} activation"] = other
+    return starts

@@ -29,16 +29,19 @@ def predict(
         writable_target(out)
     if sensitivity and not 0 < epsilon <= 1.0:
         raise MatmetaInputError(f"--epsilon {epsilon}: must be in (0, 1] Å")
+    from matmeta.predict.calibration import legend
+
     predictor, rows, bad = predict_files(sources, model, mc_samples, epsilon if sensitivity else None)
-    energy, gap = predictor.names.names
+    says = legend(predictor)
+    energy, gap = says["energy"], says["gap"]
     recalibrated = any(r.get("p_recalibrated") for r in rows)
-    note = f"; * = B site new to the model: P recalibrated, metal when > {1 - predictor.new_family_cut:.3f}"
+    note = f"; * = B site new to the model: P recalibrated, metal when > {says['new_family_metal_above']:.3f}"
     measured = predictor.measured is not None
     pbe = f"; band_gap = {gap} (no measured-level gap in this model)" if gap != "band_gap" and not measured else ""
-    columns = ["structure", "formula", f"{energy} {predictor.names.unit(energy)}", f"{gap} eV", "p_metal"]
+    columns = ["structure", "formula", f"{energy} {says['energy_unit']}", f"{gap} eV", "p_metal"]
     print_table(
         f"predictions ({predictor.path.name if predictor.path else 'model'}; \\[lo, hi] = 90% interval, "
-        f"metal when p_metal > {1.0 - predictor.nonmetal_cut:.3f}{note if recalibrated else ''}{pbe})",
+        f"metal when p_metal > {says['metal_above']:.3f}{note if recalibrated else ''}{pbe})",
         [*columns, *(["band_gap eV (measured level)"] if measured else []), "out of domain"],
         [
             (
@@ -83,6 +86,12 @@ def finetune(
     match_store: Path = typer.Option(
         None, "--match-store", help="Graph store whose lowest-energy structure of a formula-only row is used."
     ),
+    robust: bool = typer.Option(
+        False,
+        "--robust",
+        help="Adapt with the robust loss (drift under 0.05 Å PGD displacements penalised); "
+        "best with --model mp-robust.",
+    ),
 ) -> None:
     """Adapt the predictor to 1-50 measured structures (best of five candidates by leave-one-out)."""
     from matmeta.atomic import writable_target
@@ -91,7 +100,16 @@ def finetune(
 
     writable_target(out)
     adapted, report, bad = adapt(
-        support, target, model, value_column, path_column, cif_column, steps, yes=yes, match_store=match_store
+        support,
+        target,
+        model,
+        value_column,
+        path_column,
+        cif_column,
+        steps,
+        yes=yes,
+        match_store=match_store,
+        robust=robust,
     )
     print_table(
         f"leave-one-out on {report.n_support} support structures ({report.steps} inner steps; lowest is kept)",

@@ -56,6 +56,8 @@ class TrainerConfig:
         inner_lr_outer_lr: Adam learning rate of the Meta-SGD inner rates (``maml.log_lrs``), a
             param group of its own; None: ``outer_lr``. The rates are stored as logarithms, so
             with one small ``outer_lr`` they barely move; a larger value here lets them learn.
+        shape_outer_lr: Adam learning rate of the activation-shape parameters (names ending
+            ``shape_coefficients``, :mod:`matmeta.models.activations`), a param group of its own; None: ``outer_lr``.
         grad_clip: maximum global norm of the meta-gradient; None: no clipping.
         val_every: validate (and write checkpoints) every this many steps; None or 0: at the end only.
         val_batches: validation uses ``val_batches * meta_batch_size`` fixed held-out tasks.
@@ -73,6 +75,7 @@ class TrainerConfig:
     meta_batch_size: int = 16
     outer_lr: float = 1e-3
     inner_lr_outer_lr: float | None = None
+    shape_outer_lr: float | None = None
     grad_clip: float | None = 10.0
     val_every: int | None = 100
     val_batches: int = 4
@@ -87,8 +90,10 @@ class TrainerConfig:
             raise ValueError("outer_steps must be >= 0, meta_batch_size and val_batches >= 1")
         if not self.outer_lr > 0 or (self.grad_clip is not None and not self.grad_clip > 0):
             raise ValueError(f"outer_lr and grad_clip must be > 0, got {self.outer_lr}, {self.grad_clip}")
-        if self.inner_lr_outer_lr is not None and not self.inner_lr_outer_lr > 0:
-            raise ValueError(f"inner_lr_outer_lr must be > 0 or None, got {self.inner_lr_outer_lr}")
+        for name in ("inner_lr_outer_lr", "shape_outer_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
 
 
 class EpisodeSource(Protocol):
@@ -251,20 +256,26 @@ class MetaTrainer:
         return result
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """Adam param groups: the model weights at ``outer_lr``, the Meta-SGD rates at ``inner_lr_outer_lr``.
+        """Adam param groups: weights at ``outer_lr``, Meta-SGD rates at ``inner_lr_outer_lr``, shapes at theirs.
 
-        One group (the order of ``maml.parameters()``) when ``inner_lr_outer_lr`` is None, so
-        resume files written before this option still load.
+        One group (the order of ``maml.parameters()``) when neither rate is set, so resume files written
+        before these options still load.
         """
+        from matmeta.models.activations import is_shape_parameter
+
         cfg = self.config
-        if cfg.inner_lr_outer_lr is None:
-            return [{"params": [p for p in self.maml.parameters() if p.requires_grad]}]
-        rate_ids = {id(p) for p in self.maml.log_lrs.values()}
-        weights = [p for p in self.maml.parameters() if p.requires_grad and id(p) not in rate_ids]
-        rates = [p for p in self.maml.parameters() if p.requires_grad and id(p) in rate_ids]
-        groups: list[dict[str, Any]] = [{"params": weights}]
-        if rates:
-            groups.append({"params": rates, "lr": cfg.inner_lr_outer_lr})
+        trainable = [p for p in self.maml.parameters() if p.requires_grad]
+        if cfg.inner_lr_outer_lr is None and cfg.shape_outer_lr is None:
+            return [{"params": trainable}]
+        rate_ids = {id(p) for p in self.maml.log_lrs.values()} if cfg.inner_lr_outer_lr is not None else set()
+        shape_ids = set()
+        if cfg.shape_outer_lr is not None:
+            shape_ids = {id(p) for n, p in self.maml.named_parameters() if is_shape_parameter(n)}
+        groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in rate_ids | shape_ids]}]
+        for ids, lr in ((rate_ids, cfg.inner_lr_outer_lr), (shape_ids, cfg.shape_outer_lr)):
+            chosen = [p for p in trainable if id(p) in ids]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr})
         return groups
 
     # ------------------------------------------------------------------ steps

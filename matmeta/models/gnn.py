@@ -14,13 +14,16 @@ those into eV is the app's job (``matmeta.predict``), with statistics stored in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from matmeta.models.activations import ACTIVATIONS, make_activation
 from matmeta.models.layers import CGConv, EdgeGatedConv, GaussianExpansion, scatter_sum
 
 N_ELEMENTS = 119  # row 0 is the UNK element (never seen in training), rows 1..118 are Z
@@ -47,6 +50,8 @@ class GNNConfig:
             charge-balanced with closed-shell ions (a hurdle: such compositions are almost always
             metals at the GLLB-SC level). Not trained: set after training from out-of-fold
             families (``[uncertainty] open_shell_metal_offset``); 0 leaves the network's logit as it is.
+        activation: ``"silu"`` or ``"rational"`` (SiLU plus a learned rational term whose shape is meta-learned
+            in the outer loop only, :mod:`matmeta.models.activations`).
     """
 
     hidden: int = 64
@@ -58,8 +63,11 @@ class GNNConfig:
     node_features: str = "embedding"
     composition_features: bool = False
     open_shell_metal_offset: float = 0.0
+    activation: str = "silu"
 
     def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.node_features not in ("embedding", "descriptors", "both"):
             raise ValueError(f"node_features must be 'embedding', 'descriptors' or 'both', got {self.node_features!r}")
         if self.conv not in ("edge_gated", "cgcnn"):
@@ -196,10 +204,10 @@ class CrystalGNN(nn.Module):
         self.rbf = GaussianExpansion(self.config.cutoff_angstrom, self.config.n_rbf)
         self.edge_embedding = nn.Linear(self.config.n_rbf, hidden)
         layer = EdgeGatedConv if self.config.conv == "edge_gated" else CGConv
-        self.convs = nn.ModuleList(layer(hidden) for _ in range(self.config.layers))
+        self.convs = nn.ModuleList(layer(hidden, self.config.activation) for _ in range(self.config.layers))
         self.head = nn.Sequential(
             nn.Linear(hidden, hidden),
-            nn.SiLU(),
+            make_activation(self.config.activation),
             nn.Dropout(self.config.dropout),
             nn.Linear(hidden, len(OUTPUTS)),
         )
@@ -306,3 +314,22 @@ class CrystalGNN(nn.Module):
         with torch.no_grad():
             rows = torch.as_tensor(sorted(set(seen)), dtype=torch.long)
             self.embedding.weight[0] = self.embedding.weight[rows].mean(0)
+
+
+@contextlib.contextmanager
+def head_features(model: Any) -> Iterator[dict[str, Any]]:
+    """Capture the output of the head's hidden activation (``model.head[1]``) during the next forward pass.
+
+    Yields a dict whose ``"features"`` entry is the (G, H) tensor of the FIRST forward pass inside
+    the block (a Monte-Carlo pass afterwards does not overwrite it).
+    """
+    captured: dict[str, Any] = {}
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        captured.setdefault("features", output.detach())
+
+    handle = model.head[1].register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from matmeta.models.activations import make_activation
+
 
 class GaussianExpansion(nn.Module):
     """Distances to Gaussian features ``exp(-(d - μ_k)² / (2 w²))``, μ_k evenly spaced in [0, cutoff].
@@ -69,7 +71,7 @@ class EdgeGatedConv(nn.Module):
         h: (N, H), edge_index: (2, E), e: (E, H) → h': (N, H), e': (E, H).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, activation: str = "silu") -> None:
         super().__init__()
         self.src_gate = nn.Linear(hidden, hidden)
         self.dst_gate = nn.Linear(hidden, hidden)
@@ -78,7 +80,7 @@ class EdgeGatedConv(nn.Module):
         self.dst_update = nn.Linear(hidden, hidden)
         self.norm_nodes = nn.LayerNorm(hidden)
         self.norm_edges = nn.LayerNorm(hidden)
-        self.act = nn.SiLU()
+        self.act = make_activation(activation)
 
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, update_edges: bool = True) -> tuple[Tensor, Tensor]:
         """One message-passing step; ``update_edges=False`` (the last layer: its edges feed nothing) keeps ``e``."""
@@ -106,12 +108,12 @@ class CGConv(nn.Module):
         h: (N, H), edge_index: (2, E), e: (E, H) → h': (N, H), e: (E, H).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, activation: str = "silu") -> None:
         super().__init__()
         self.filter = nn.Linear(3 * hidden, hidden)
         self.core = nn.Linear(3 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
-        self.act = nn.SiLU()
+        self.act = make_activation(activation)
 
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, update_edges: bool = True) -> tuple[Tensor, Tensor]:
         """One message-passing step; edge features are returned as they came (``update_edges`` has no effect)."""

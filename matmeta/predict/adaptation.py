@@ -17,7 +17,8 @@ Targets are roles here (:data:`matmeta.predict.data.ENERGY` in eV/cell, :data:`~
 :meth:`matmeta.predict.predictor.Predictor.finetune` converts the public names and units.
 
 Each is scored by leave-one-out MAE on the support set and the best is kept; its choice and
-parameters go into the checkpoint metadata (``adapted``) and :func:`matmeta.predict.rows.decode_rows` applies them.
+parameters go into the checkpoint metadata (``adapted``) and
+:func:`matmeta.predict.calibration.calibrated_rows` applies them.
 The 90% interval of the kept choice is the split-conformal quantile of its leave-one-out residuals
 when the support set is large enough (≥ 9 structures), otherwise the validation-family one.
 """
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from matmeta.predict.calibration import transform
 from matmeta.predict.data import ENERGY
 
 CHOICES = ("unadapted", "recalibrated", "kriged", "adapted", "support_mean")  # order = preference on ties
@@ -102,32 +104,6 @@ def kriging(raw: dict[str, np.ndarray], values: np.ndarray, target: str, thresho
     return {**linear, "gp": fit_gp(raw["features"][used], residuals)}
 
 
-def transform(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, target: str) -> dict[str, np.ndarray]:
-    """Raw outputs with a fitted choice applied to ``target`` (the other target is left as it is)."""
-    kind = (choice or {}).get("kind", "unadapted")
-    out = dict(raw)
-    if kind in ("unadapted", "adapted"):
-        return out
-    correction = 0.0
-    if kind == "kriged":
-        from matmeta.predict.kriging import gp_mean
-
-        correction = gp_mean(choice["gp"], raw["features"])  # type: ignore[index]
-    if target == ENERGY:
-        if kind == "support_mean":
-            out["heat_per_atom"] = np.full_like(raw["heat_per_atom"], choice["mean"])  # type: ignore[index]
-        else:
-            out["heat_per_atom"] = choice["scale"] * raw["heat_per_atom"] + choice["shift"] + correction  # type: ignore[index]
-        return out
-    if kind == "support_mean":
-        out["gap"] = np.full_like(raw["gap"], choice["mean"])  # type: ignore[index]
-        out["metal_logit"] = np.full_like(raw["metal_logit"], -30.0 if choice["mean"] > 0 else 30.0)  # type: ignore[index]
-    else:
-        out["gap"] = np.clip(choice["scale"] * raw["gap"] + choice["shift"] + correction, 0.0, None)  # type: ignore[index]
-        out["metal_logit"] = raw["metal_logit"] + choice["metal_logit_shift"]  # type: ignore[index]
-    return out
-
-
 def apply_choice(raw: dict[str, np.ndarray], choice: dict[str, Any] | None, target: str, p_cut: float) -> np.ndarray:
     """Predictions of ``target`` (eV/cell or eV) from raw outputs under a fitted choice.
 
@@ -180,9 +156,11 @@ def take(raw: dict[str, np.ndarray], index: Sequence[int] | np.ndarray) -> dict[
 
 
 def leave_one_out(
-    predictor: Any, items: list, values: np.ndarray, target: str, steps: int, loss: Any
+    predictor: Any, items: list, values: np.ndarray, target: str, steps: int, loss: Any, robust: Any = None
 ) -> dict[str, np.ndarray]:
     """Leave-one-out predictions of every candidate (``unadapted`` is not refitted: it has no fit).
+
+    With ``robust`` (:class:`matmeta.predict.robust.RobustSupport`) the adapted candidate adapts with the robust loss.
 
     Shapes:
         values: (n,) → each candidate: (n,) predictions (NaN where impossible, e.g. n = 1).
@@ -202,12 +180,14 @@ def leave_one_out(
         for kind in ("recalibrated", "kriged", "support_mean"):
             fitted = fit_choice(kind, take(raw, rest), values[rest], target, threshold)
             out[kind][i] = apply_choice(take(raw, [i]), fitted, target, p_cut)[0]
-    if getattr(predictor.maml, "stacker", None) is not None:
+    if robust is None and getattr(predictor.maml, "stacker", None) is not None:
         adapted_raw = batched_loo_outputs(predictor, collate(items), loss, steps)
         out["adapted"] = apply_choice(adapted_raw, {"kind": "adapted"}, target, p_cut)
         return out
     for i in range(n):
-        fast = predictor.maml.adapt(collate([items[j] for j in range(n) if j != i]), loss, steps=steps)
+        rest = [j for j in range(n) if j != i]
+        support = collate([items[j] for j in rest]) if robust is None else robust.batch(items, rest)
+        fast = predictor.maml.adapt(support, loss if robust is None else robust.loss, steps=steps)
         adapted_raw = raw_outputs(predictor, collate([items[i]]), fast)
         out["adapted"][i] = apply_choice(adapted_raw, {"kind": "adapted"}, target, p_cut)[0]
     return out
@@ -245,12 +225,19 @@ def best_choice(
 
 
 def finetune(
-    predictor: Any, items: list, values: np.ndarray, target: str, steps: int, scale: np.ndarray | float = 1.0
+    predictor: Any,
+    items: list,
+    values: np.ndarray,
+    target: str,
+    steps: int,
+    scale: np.ndarray | float = 1.0,
+    robust: Any = None,
 ) -> tuple[Any, dict, dict[str, np.ndarray]]:
     """Score the candidates, fit the best on the whole support set.
 
     ``target`` is a role and ``values`` are in its internal unit; ``scale`` turns errors into the public
-    unit (1 / atoms for a per-atom energy), in which the candidates are compared.
+    unit (1 / atoms for a per-atom energy), in which the candidates are compared. With ``robust``
+    (:class:`matmeta.predict.robust.RobustSupport`) the adapted candidate adapts with the robust loss.
 
     Returns:
         ``(fast, adapted, loo)``: the kept fast weights by name (None: the checkpoint's own), the
@@ -260,7 +247,7 @@ def finetune(
     from matmeta.models.gnn import collate
 
     predictor.maml.eval()
-    loo = leave_one_out(predictor, items, values, target, steps, predictor.loss)
+    loo = leave_one_out(predictor, items, values, target, steps, predictor.loss, robust)
     if len(items) == 1:
         kept, maes = "adapted", {kind: math.nan for kind in CHOICES}
     else:
@@ -270,7 +257,10 @@ def finetune(
     kept_fast: dict[str, torch.Tensor] | None = None
     choice: dict[str, Any] = {"kind": kept}
     if kept == "adapted":
-        fast = predictor.maml.adapt(collate(items), predictor.loss, steps=steps)
+        if robust is None:
+            fast = predictor.maml.adapt(collate(items), predictor.loss, steps=steps)
+        else:
+            fast = predictor.maml.adapt(robust.batch(items, range(len(items))), robust.loss, steps=steps)
         if all(torch.isfinite(v).all() for v in fast.values()):
             kept_fast = {name: value.detach() for name, value in fast.items()}
         else:  # diverged on the full set although leave-one-out did not: keep the unadapted weights
@@ -293,5 +283,6 @@ def finetune(
         "loo_mae_adapted": None if math.isnan(maes["adapted"]) else maes["adapted"],
         "loo_mae_unadapted": maes["unadapted"],
         "loo_half_width": None if not math.isfinite(half) else half,
+        "robust": None if robust is None else {"pgd_epsilon": robust.perturbation.size},
     }
     return kept_fast, adapted, loo

@@ -57,15 +57,9 @@ def predict_named(
         names.append(name)
         formulas.append(structure.composition.reduced_formula)
         good.append(structure)
-    rows = predictor.new_family_rows(predictor.predict_graphs(ready), good) if ready else []
+    rows = predictor.predict_rows(ready, good) if ready else []
     out = [
-        {
-            "name": n,
-            "path": str(s.properties.get("source", "")),
-            "formula": f,
-            **predictor.with_domain(s, row),
-            "warning": w,
-        }
+        {"name": n, "path": str(s.properties.get("source", "")), "formula": f, **row, "warning": w}
         for n, s, f, row, w in zip(names, good, formulas, rows, warnings, strict=True)
     ]
     if sensitivity is not None and out:
@@ -114,6 +108,7 @@ def adapt(
     steps: int | None = None,
     yes: bool = False,
     match_store: Path | None = None,
+    robust: bool = False,
 ) -> tuple[Predictor, FinetuneReport, list[str]]:
     """``matmeta finetune``: adapt to the labelled structures of a support CSV.
 
@@ -129,6 +124,7 @@ def adapt(
         yes: lift the ceiling of :data:`MAX_SUPPORT_ROWS` support rows (the leave-one-out check
             adapts once per row, so its cost grows as rows²).
         match_store: a graph store in which a row with only a ``formula`` finds its structure (refused without).
+        robust: adapt with the robust loss (:mod:`matmeta.predict.robust`).
 
     Returns:
         The adapted predictor, the report (leave-one-out errors, what was kept) and one message per
@@ -153,7 +149,7 @@ def adapt(
             f"{support}: {len(structures)} structures; finetune is meant for 1-{MAX_SUGGESTED_SUPPORT} "
             f"(leave-one-out adapts {len(structures)} times)"
         )
-    adapted, report = predictor.finetune(structures, values, target, steps=steps, names=names)
+    adapted, report = predictor.finetune(structures, values, target, steps=steps, names=names, robust=robust)
     if not math.isfinite(report.loo_mae_unadapted):
         raise MatmetaInputError(
             f"{support}: the unadapted model gives a non-finite error on these values; nothing written"

@@ -163,19 +163,25 @@ def leave_one_out_copies(batch: GraphBatch, needed: bool = True) -> PaddedGraphs
     return PaddedGraphs(**{**copies, "weight": weight})
 
 
+@dataclasses.dataclass(frozen=True)
 class GraphStacker:
     """The engine's ``stacker`` for crystal-graph tasks: ``tasks -> (support, query)`` padded, or None.
+
+    A dataclass, so building one (each checkpoint load) runs no code of this module.
 
     Args:
         config: the model's architecture (whether it reads composition features).
         max_padding: see :func:`pad_graphs`.
     """
 
-    def __init__(self, config: GNNConfig, max_padding: float = MAX_PADDING) -> None:
-        self.needed = (
-            config.node_features != "embedding" or config.composition_features or config.open_shell_metal_offset != 0
-        )
-        self.max_padding = float(max_padding)
+    config: GNNConfig
+    max_padding: float = MAX_PADDING
+
+    @property
+    def needed(self) -> bool:
+        """Whether the padded tasks must carry composition features (the model reads them)."""
+        c = self.config
+        return c.node_features != "embedding" or c.composition_features or c.open_shell_metal_offset != 0
 
     def __call__(self, tasks: Sequence[tuple[Any, Any]]) -> tuple[PaddedGraphs, PaddedGraphs] | None:
         """Padded support and query of every task; None when a task is not graphs or padding would waste too much."""

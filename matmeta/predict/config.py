@@ -48,6 +48,14 @@ def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool 
     With ``inference`` the engine takes ``settings.adapt_steps`` inner steps (when set) instead of
     the meta-training ``inner_steps``.
     """
+    adapt: Any = settings.adapt
+    if model_config.activation != "silu":  # activation shapes are outer-loop only: the inner loop never moves them
+        from matmeta.meta.maml import _select
+        from matmeta.models.activations import is_shape_parameter
+
+        model = CrystalGNN(model_config)
+        chosen = set(_select(model, adapt))
+        adapt = [n for n, _ in model.named_parameters() if n in chosen and not is_shape_parameter(n)]
     maml = PredictorMAML(
         CrystalGNN(model_config),
         lr_gain=settings.lr_gain,
@@ -56,7 +64,7 @@ def build_maml(model_config: GNNConfig, settings: MAMLSettings, inference: bool 
         first_order=settings.first_order,
         learn_inner_lr=settings.learn_inner_lr,
         per_element_lr=settings.per_element_lr,
-        adapt=settings.adapt,
+        adapt=adapt,
     )
     if inference and settings.adapt_steps is not None:
         maml.inner_steps = int(settings.adapt_steps)
@@ -206,6 +214,45 @@ class MetaTrainConfig:
     work_dir: Path = Path("out/predictor")
 
 
+KINDS = ("rattle", "strain", "pgd")  # the perturbations of robust meta-training
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustConfig:
+    """A recipe's ``[robust]`` section: the perturbation tasks of robust meta-training (:mod:`matmeta.predict.robust`).
+
+    Attributes:
+        kinds: perturbation kinds drawn per task (empty: standard training).
+        rattle_sigma: range (Å) σ is drawn from, uniformly.
+        max_strain: strain components are uniform in ±this.
+        pgd_epsilon: range (Å) ε is drawn from, uniformly.
+        pgd_steps: gradient-ascent steps of the adversary inside the loss.
+        drift_weight: weight of the squared output drift against the clean loss.
+    """
+
+    kinds: tuple[str, ...] = ()
+    rattle_sigma: tuple[float, float] = (0.02, 0.1)
+    max_strain: float = 0.03
+    pgd_epsilon: tuple[float, float] = (0.02, 0.1)
+    pgd_steps: int = 2
+    drift_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"robust kinds must be among {KINDS}, got {unknown}")
+        if self.pgd_steps < 1 or self.drift_weight < 0 or self.max_strain < 0:
+            raise ValueError("pgd_steps >= 1, drift_weight >= 0 and max_strain >= 0 are required")
+        for low, high in (self.rattle_sigma, self.pgd_epsilon):
+            if not 0 <= low <= high:
+                raise ValueError(f"a perturbation range must be 0 <= low <= high, got ({low}, {high})")
+
+    @property
+    def enabled(self) -> bool:
+        """True when tasks are perturbed (any kind configured)."""
+        return bool(self.kinds)
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictorRecipe:
     """All settings of a predictor meta-training run, one dataclass per recipe section."""
@@ -218,6 +265,7 @@ class PredictorRecipe:
     pretrain: PretrainConfig
     trainer: Any  # TrainerConfig
     uncertainty: UncertaintyConfig
+    robust: RobustConfig = dataclasses.field(default_factory=RobustConfig)  # no [robust] section: standard training
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], where: str = "recipe") -> PredictorRecipe:
@@ -234,6 +282,7 @@ class PredictorRecipe:
             "pretrain": PretrainConfig,
             "trainer": TrainerConfig,
             "uncertainty": UncertaintyConfig,
+            "robust": RobustConfig,
         }
         extra = sorted(set(recipe) - set(sections))
         if extra:

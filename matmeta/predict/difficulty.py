@@ -26,39 +26,15 @@ from typing import Any
 
 import numpy as np
 
-KIND = "nearest_training_head_features"
+from matmeta.predict.intervals import KIND, NEIGHBOURS, decode_features, knn_distance, sigma  # noqa: F401 - re-exported
+
 OFFSET = 1.0  # chosen on validation families (offsets 0, 0.25, 0.5, 1 compared; recipes/perovskites.toml)
-NEIGHBOURS = 1  # k of the k-nearest-neighbour mean distance (1, 5, 20 compared)
 
 
 def encode_features(features: np.ndarray) -> dict[str, Any]:
     """(n, H) float features → a JSON-ready dict (base64 of little-endian float16, with the shape)."""
     array = np.ascontiguousarray(np.asarray(features, dtype="<f2"))
     return {"shape": list(array.shape), "dtype": "float16", "base64": base64.b64encode(array.tobytes()).decode()}
-
-
-def decode_features(entry: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_features`; shape (n, H), float64."""
-    raw = np.frombuffer(base64.b64decode(entry["base64"]), dtype="<f2")
-    return raw.reshape(tuple(int(s) for s in entry["shape"])).astype(float)
-
-
-def knn_distance(features: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS, chunk: int = 1024) -> np.ndarray:
-    """Mean Euclidean distance of each row of ``features`` to its ``k`` nearest rows of ``reference``.
-
-    Shapes:
-        features: (m, H); reference: (n, H) → (m,).
-    """
-    features, reference = np.asarray(features, float), np.asarray(reference, float)
-    ref_sq = (reference * reference).sum(1)
-    out = np.empty(len(features))
-    k = min(k, len(reference))
-    for begin in range(0, len(features), chunk):
-        block = features[begin : begin + chunk]
-        d2 = (block * block).sum(1)[:, None] + ref_sq[None, :] - 2.0 * block @ reference.T
-        nearest = np.partition(np.maximum(d2, 0.0), k - 1, axis=1)[:, :k]
-        out[begin : begin + chunk] = np.sqrt(nearest).mean(1)
-    return out
 
 
 def difficulty_entry(train_features: np.ndarray, calibration_features: np.ndarray) -> dict[str, Any]:
@@ -69,15 +45,3 @@ def difficulty_entry(train_features: np.ndarray, calibration_features: np.ndarra
         "kind": KIND, "neighbours": NEIGHBOURS, "offset": OFFSET, "scale": scale if scale > 0 else 1.0,
         "reference": encode_features(reference),
     }  # fmt: skip
-
-
-def sigma(entry: dict[str, Any], features: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """σ(x) = offset + d_k(x) / scale for head ``features`` (m, H); shape (m,).
-
-    ``reference`` may pass the already decoded reference features (to decode them once).
-    """
-    if entry.get("kind") != KIND:
-        raise ValueError(f"unknown difficulty kind {entry.get('kind')!r}")
-    reference = decode_features(entry["reference"]) if reference is None else reference
-    distance = knn_distance(features, reference, int(entry.get("neighbours", NEIGHBOURS)))
-    return float(entry["offset"]) + distance / float(entry["scale"])

@@ -42,26 +42,6 @@ def sites_seen(store_path: Path, train_families: Sequence[str], by: str = "b_sit
     return {site: sorted(values) for site, values in seen.items()}
 
 
-def _symbols(numbers: Sequence[int]) -> str:
-    from pymatgen.core.periodic_table import Element
-
-    return ", ".join(Element.from_Z(int(z)).symbol for z in numbers)
-
-
-def unseen_elements(structure: Any, seen: set[int]) -> str | None:
-    """Which elements of ``structure`` are outside ``seen``, as a one-line reason, or None."""
-    new = sorted({int(z) for z in structure.atomic_numbers} - set(seen))
-    return f"element(s) {_symbols(new)} never seen in training" if new else None
-
-
-def unseen_warning(unseen: Sequence[int], identity: bool = True) -> str | None:
-    """The predict row's warning for elements never seen in training (None when there are none)."""
-    if not unseen:
-        return None
-    how = "a generic element embedding" if identity else "its element descriptors only"
-    return f"element(s) never seen in training: {_symbols(unseen)}; prediction uses {how}"
-
-
 def perovskite_sites_checked(structure: Any) -> tuple[str, str]:
     """The (A, B) cations of a structure that is an ABX3 perovskite by composition AND by geometry.
 
@@ -131,63 +111,14 @@ def family_unseen(structure: Any, by: str | None, train_families: Sequence[str])
     return key not in set(train_families)
 
 
-def new_family_corrections(
-    rows: Sequence[dict[str, Any]],
-    structures: Sequence[Any],
-    families: dict[str, Any],
-    shift: float,
-    platt: dict[str, float] | None = None,
-) -> list[dict[str, Any]]:
-    """Prediction rows corrected where the structure's family is new: gap + ``shift`` eV, P(non-metal) recalibrated.
+def site_checks(
+    structures: Sequence[Any], seen: dict[str, Sequence[str]] | None, families: dict[str, Any], corrections: bool
+) -> list[tuple[bool, str | None]]:
+    """Per structure: is its family new (with new-family ``corrections``), and why it is outside the ``seen`` sites.
 
-    ``families``: the checkpoint's ``families`` entry (``by``: the kind the corrections were fitted for,
-    ``train``: its training families); the shipped perovskite checkpoint's kind is the B site.
+    The reason is None inside, or without a site record.
 
-    Why: on families the network never saw (held out, out of fold) zero-shot gaps come out low by
-    about half an eV and P(non-metal) is over-confident (of the calls with P ≥ 0.8, 56 % are
-    non-metals), while on its training families neither holds. The checkpoint's
-    ``new_family_gap_shift`` and ``new_family_platt`` (``a``, ``b``: P ← sigmoid(a·logit P + b)) are fitted
-    on those families by :func:`matmeta.predict.calibrate.uncertainty_entry`. The call (metal or
-    non-metal) does not change: the recalibration is monotone, and the cut on the recalibrated P is the
-    checkpoint's cut mapped the same way (:attr:`matmeta.predict.predictor.Predictor.new_family_cut`).
-    Each row gets ``gap_shift`` (the eV added: 0 or ``shift``) and ``p_recalibrated``; the interval
-    keeps its half-width.
+    One call for a whole batch, so that a prediction comes here once (:mod:`matmeta.predict.calibration`).
     """
-    from matmeta.conformal import platt as recalibrated
-
-    out = []
-    for row, structure in zip(rows, structures, strict=True):
-        new = bool((shift or platt) and family_unseen(structure, families.get("by"), families.get("train", ())))
-        applied = float(shift) if new and shift else 0.0
-        row = {**row, "gap_shift": applied, "p_recalibrated": bool(new and platt)}
-        if applied:
-            gap = row["gap_if_nonmetal"] + applied
-            if row["gap_hi"] is not None:
-                half = row["gap_hi"] - row["gap_if_nonmetal"]
-                row["gap_lo"], row["gap_hi"] = max(gap - half, 0.0), gap + half
-            row["gap_if_nonmetal"] = gap
-            if row["band_gap"] != 0.0:  # called non-metal (a metal's band gap is exactly 0)
-                row["band_gap"] = gap
-        if new and platt:
-            row["p_metal"] = 1.0 - float(recalibrated(1.0 - row["p_metal"], platt["a"], platt["b"]))
-        out.append(row)
-    return out
-
-
-def corrected_rows(predictor: Any, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
-    """``rows`` of ``predictor`` with its new-family corrections (zero-shot only: none once adapted).
-
-    Only a checkpoint calibrated with them (the perovskite one) has any; others get their rows back.
-    """
-    from matmeta.predict.intervals import adapted_role
-
-    adapted = predictor.metadata.get("adapted") or {}
-    keys = ("new_family_gap_shift", "new_family_gap_shift_adapted", "new_family_platt")
-    if not any(predictor.uncertainty.get(key) for key in keys):  # a checkpoint without new-family corrections
-        return rows
-    if predictor.fast is not None or adapted:  # the inner loop without gap labels keeps the offset
-        blind = adapted.get("kept") == "adapted" and adapted_role(adapted) != "band_gap"
-        shift = float(predictor.uncertainty.get("new_family_gap_shift_adapted", 0.0)) if blind else 0.0
-        return new_family_corrections(rows, structures, predictor.metadata["families"], shift)
-    shift = float(predictor.uncertainty.get("new_family_gap_shift", 0.0))
-    return new_family_corrections(rows, structures, predictor.metadata["families"], shift, predictor.new_family_platt)
+    by, train = families.get("by"), families.get("train", ())
+    return [(corrections and family_unseen(s, by, train), domain_flags(s, seen) if seen else None) for s in structures]

@@ -21,11 +21,14 @@ interval. Without that entry the constant widths above are used, as before.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
 import numpy as np
 
+KIND = "nearest_training_head_features"  # the σ(x) kind (built by matmeta.predict.difficulty)
+NEIGHBOURS = 1  # k of the k-nearest-neighbour mean distance (1, 5, 20 compared)
 LEGACY_ROLES = {"heat_ref": "energy", "band_gap": "band_gap"}  # adapted checkpoints written before roles
 
 
@@ -94,12 +97,9 @@ def gap_half_widths(
 
 
 def _sigma(uncertainty: dict[str, Any], features: np.ndarray) -> np.ndarray | None:
+    """σ(x) of ``features`` under the checkpoint's ``difficulty`` entry, None without one."""
     difficulty = uncertainty.get("difficulty")
-    if not difficulty:
-        return None
-    from matmeta.predict.difficulty import sigma
-
-    return sigma(difficulty, features)
+    return sigma(difficulty, features) if difficulty else None
 
 
 def energy_half_widths(
@@ -147,3 +147,53 @@ def reported_gap_half_widths(
         return np.where(called_metal, table["band_gap_reported_uncalled"], table["band_gap_reported_called"])
     q = np.where(called_metal, table["band_gap_reported_scaled_uncalled"], table["band_gap_reported_scaled_called"])
     return q * (sigma if sigma is not None else _sigma(uncertainty, features))
+
+
+def measured_half_width(uncertainty: dict[str, Any], called_metal: np.ndarray, n_support: int | None) -> np.ndarray:
+    """Per-row 90 % half-widths of the reported measured gap: zero-shot, or adapted at the nearest support size.
+
+    Shapes:
+        called_metal: (G,) bool → (G,).
+    """
+    table = uncertainty.get("zero_shot", {})
+    if n_support is not None and uncertainty.get("adapted"):
+        by_k = uncertainty["adapted"]
+        table = by_k[min(by_k, key=lambda k: abs(int(k) - n_support))]
+    return np.where(called_metal, float(table.get("uncalled", np.nan)), float(table.get("called", np.nan)))
+
+
+# ---------------------------------------------------------------------- σ(x)
+def decode_features(entry: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_features`; shape (n, H), float64."""
+    raw = np.frombuffer(base64.b64decode(entry["base64"]), dtype="<f2")
+    return raw.reshape(tuple(int(s) for s in entry["shape"])).astype(float)
+
+
+def knn_distance(features: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS, chunk: int = 1024) -> np.ndarray:
+    """Mean Euclidean distance of each row of ``features`` to its ``k`` nearest rows of ``reference``.
+
+    Shapes:
+        features: (m, H); reference: (n, H) → (m,).
+    """
+    features, reference = np.asarray(features, float), np.asarray(reference, float)
+    ref_sq = (reference * reference).sum(1)
+    out = np.empty(len(features))
+    k = min(k, len(reference))
+    for begin in range(0, len(features), chunk):
+        block = features[begin : begin + chunk]
+        d2 = (block * block).sum(1)[:, None] + ref_sq[None, :] - 2.0 * block @ reference.T
+        nearest = np.partition(np.maximum(d2, 0.0), k - 1, axis=1)[:, :k]
+        out[begin : begin + chunk] = np.sqrt(nearest).mean(1)
+    return out
+
+
+def sigma(entry: dict[str, Any], features: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """σ(x) = offset + d_k(x) / scale for head ``features`` (m, H); shape (m,).
+
+    ``reference`` may pass the already decoded reference features (to decode them once).
+    """
+    if entry.get("kind") != KIND:
+        raise ValueError(f"unknown difficulty kind {entry.get('kind')!r}")
+    reference = decode_features(entry["reference"]) if reference is None else reference
+    distance = knn_distance(features, reference, int(entry.get("neighbours", NEIGHBOURS)))
+    return float(entry["offset"]) + distance / float(entry["scale"])

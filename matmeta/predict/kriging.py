@@ -17,39 +17,16 @@ grid (type-II maximum likelihood; Rasmussen & Williams 2006, ch. 5). With fewer 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from matmeta.models.gnn import head_features  # noqa: F401 - re-exported: callers read the head's features here
+from matmeta.predict.calibration import gp_mean, sq_distances  # noqa: F401 - gp_mean re-exported
+
 LENGTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # × median pairwise feature distance of the support
 NOISE_SHARES = (0.1, 0.25, 0.5, 0.75, 0.9)  # σ² / (s² + σ²)
 MIN_POINTS = 3
-
-
-@contextlib.contextmanager
-def head_features(model: Any) -> Iterator[dict[str, Any]]:
-    """Capture the output of the head's hidden activation (``model.head[1]``) during the next forward pass.
-
-    Yields a dict whose ``"features"`` entry is the (G, H) tensor of the FIRST forward pass inside
-    the block (a Monte-Carlo pass afterwards does not overwrite it).
-    """
-    captured: dict[str, Any] = {}
-
-    def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        captured.setdefault("features", output.detach())
-
-    handle = model.head[1].register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances, shape (len(a), len(b))."""
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
 def fit_gp(features: np.ndarray, residuals: np.ndarray) -> dict[str, Any]:
@@ -66,7 +43,7 @@ def fit_gp(features: np.ndarray, residuals: np.ndarray) -> dict[str, Any]:
     empty = {"length_scale": 1.0, "signal_var": 0.0, "noise_var": 0.0, "features": x.tolist(), "alpha": [0.0] * len(r)}
     if len(r) < MIN_POINTS or total <= 1e-24:
         return empty
-    d2 = _sq_distances(x, x)
+    d2 = sq_distances(x, x)
     median = float(np.median(np.sqrt(d2[np.triu_indices(len(x), 1)])))
     if median <= 0.0:
         return empty
@@ -87,13 +64,3 @@ def fit_gp(features: np.ndarray, residuals: np.ndarray) -> dict[str, Any]:
         "length_scale": float(length), "signal_var": float((1.0 - share) * total), "noise_var": float(share * total),
         "features": x.tolist(), "alpha": [float(a) for a in alpha],
     }  # fmt: skip
-
-
-def gp_mean(gp: dict[str, Any], features: np.ndarray) -> np.ndarray:
-    """Posterior mean of the residual at query ``features`` (m, H); shape (m,)."""
-    alpha = np.asarray(gp["alpha"], float)
-    if not alpha.size or not np.any(alpha):
-        return np.zeros(len(features))
-    support = np.asarray(gp["features"], float)
-    correlation = np.exp(-_sq_distances(np.asarray(features, float), support) / (2.0 * gp["length_scale"] ** 2))
-    return gp["signal_var"] * correlation @ alpha

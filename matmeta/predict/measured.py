@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from matmeta.predict import calibration
+from matmeta.predict.calibration import measured_outputs  # noqa: F401 - re-exported for the head's callers
+
 GAP_SCALE_EV = 1.0  # the gap term of the loss is ((gap − y) / 1 eV)²
 PREFIX = "measured."  # the head's tensors in a predictor checkpoint
 POOLED_PREFIX = "measured_pooled."  # the head after pooled fitting, before meta-learning (the fine-tune baseline)
@@ -26,16 +29,13 @@ POOLED_PREFIX = "measured_pooled."  # the head after pooled fitting, before meta
 def fidelity_inputs(
     point: Tensor, features: Tensor, graph_features: Tensor, stats: Any
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The fidelity head's inputs from the PBE-level network's outputs of a batch.
+    """The fidelity head's inputs from the PBE-level network's outputs of a batch (decoded with ``stats``).
 
     Shapes:
         point: (G, 3) network outputs; features: (G, H) head features; graph_features: (G, 4) → x (G, H + 6),
         gap_pbe (G,) eV, logit_pbe (G,).
     """
-    gap_pbe = stats.decode_gap(point[:, 2])
-    logit = point[:, 1].clamp(-20.0, 20.0)
-    x = torch.cat([features, gap_pbe[:, None] / 3.0, logit[:, None] / 10.0, graph_features], dim=1)
-    return x, gap_pbe, logit
+    return calibration.fidelity_inputs(point, features, graph_features, stats.decode_gap(point[:, 2]))
 
 
 def graph_composition(atomic_numbers: Tensor, n_atoms: Tensor) -> Tensor:
@@ -75,40 +75,9 @@ def loss_fn(forward: Any, batch: Sequence[Tensor]) -> Tensor:
     return (per_row_loss(forward, batch) * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
-def measured_outputs(maml: Any, inputs: tuple[Tensor, Tensor, Tensor], fast: dict | None = None) -> np.ndarray:
-    """The head's ``[P(metal), gap eV ≥ 0]`` of every row (with fast weights when adapted).
-
-    Shapes:
-        → (n, 2).
-    """
-    with torch.no_grad():
-        out = maml(*inputs, params=fast)
-    return np.stack([torch.sigmoid(out[:, 0]).numpy(), out[:, 1].clamp(min=0.0).numpy()], axis=1).astype(float)
-
-
 def reported_gap(p_metal: np.ndarray, gap: np.ndarray, cut: float) -> np.ndarray:
     """The measured-level gap a row reports: 0 when called metal (P(non-metal) below ``cut``)."""
     return np.where(1.0 - p_metal >= cut, gap, 0.0)
-
-
-def build_head(entry: dict[str, Any]) -> Any:
-    """The engine-wrapped fidelity head described by a checkpoint's ``measured_gap`` entry (untrained weights)."""
-    from matmeta.meta.maml import MAML
-    from matmeta.models.fidelity import FidelityConfig, FidelityHead
-    from matmeta.recipes import config_from_dict
-
-    settings = entry["maml"]
-    maml = MAML(
-        FidelityHead(config_from_dict(FidelityConfig, entry["model_config"], "measured_gap model_config")),
-        inner_lr=float(settings["inner_lr"]),
-        inner_steps=int(settings.get("adapt_steps") or settings["inner_steps"]),
-        first_order=bool(settings.get("first_order", False)),
-        learn_inner_lr=bool(settings.get("learn_inner_lr", True)),
-        per_element_lr=bool(settings.get("per_element_lr", False)),
-        adapt=str(settings.get("adapt", "all")),
-    )
-    maml.eval()
-    return maml
 
 
 @dataclasses.dataclass

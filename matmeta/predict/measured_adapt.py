@@ -11,7 +11,7 @@ set, the best kept (ties: earlier in :data:`CHOICES`):
 * ``support_mean``: the support's mean gap for every structure.
 
 A measured 0 is a metal. The kept choice goes into the checkpoint's ``adapted`` entry (``role`` =
-``measured_gap``) and :func:`matmeta.predict.rows.decode_rows` applies it.
+``measured_gap``) and :func:`matmeta.predict.calibration.calibrated_rows` applies it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from matmeta.predict.data import MEASURED
 from matmeta.predict.measured import loss_fn, measured_outputs, reported_gap
 
 CHOICES = ("unadapted", "recalibrated", "adapted", "support_mean")
-ROLE = "measured_gap"
+ROLE = MEASURED  # "measured_gap"
 
 
 def support_inputs(predictor: Any, structures: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

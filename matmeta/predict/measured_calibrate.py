@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from matmeta.conformal import balanced_threshold, mondrian_quantiles
+from matmeta.predict.intervals import measured_half_width as half_width  # noqa: F401 - re-exported
 from matmeta.predict.measured import family_index, loss_fn, measured_outputs, reported_gap
 
 LEVEL = 0.9
@@ -62,16 +63,3 @@ def calibrate_measured(maml: Any, table: Any, families: Sequence[str], settings:
         "adapted": adapted,
         "calibrated_on": sorted(families),
     }
-
-
-def half_width(uncertainty: dict[str, Any], called_metal: np.ndarray, n_support: int | None) -> np.ndarray:
-    """Per-row 90 % half-widths of the reported measured gap: zero-shot, or adapted at the nearest support size.
-
-    Shapes:
-        called_metal: (G,) bool → (G,).
-    """
-    table = uncertainty.get("zero_shot", {})
-    if n_support is not None and uncertainty.get("adapted"):
-        by_k = uncertainty["adapted"]
-        table = by_k[min(by_k, key=lambda k: abs(int(k) - n_support))]
-    return np.where(called_metal, float(table.get("uncalled", np.nan)), float(table.get("called", np.nan)))

@@ -35,7 +35,7 @@ def train_pooled(
     from matmeta.predict.data import per_example_loss
 
     torch.manual_seed(seed)
-    model = CrystalGNN(model_config)
+    model = CrystalGNN(pooled_config(model_config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5, fused=True)  # one kernel per step
     steps_per_epoch = max(1, math.ceil(len(indices) / batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
@@ -59,8 +59,28 @@ def train_pooled(
 
 
 def training_fields(model_config: GNNConfig) -> dict[str, Any]:
-    """The architecture fields that training depends on (the open-shell offset is set after training)."""
-    return {k: v for k, v in dataclasses.asdict(model_config).items() if k != "open_shell_metal_offset"}
+    """The architecture fields that pooled training depends on.
+
+    The open-shell offset is set after training, and the activation's learned shape after it (a pooled network
+    always trains with SiLU, the shape a rational activation starts from: :func:`pooled_config`).
+    """
+    skip = ("open_shell_metal_offset", "activation")
+    return {k: v for k, v in dataclasses.asdict(model_config).items() if k not in skip}
+
+
+def pooled_config(model_config: GNNConfig) -> GNNConfig:
+    """The architecture pooled pretraining trains: the same, with SiLU (a learned shape starts at SiLU after it)."""
+    return dataclasses.replace(model_config, activation="silu")
+
+
+def load_pooled(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a pooled (SiLU) network's weights into ``model``; activation shapes keep their initial (SiLU) value."""
+    from matmeta.models.activations import is_shape_parameter
+
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [n for n in missing if not is_shape_parameter(n)] + list(unexpected)
+    if wrong:
+        raise RuntimeError(f"pooled weights do not fit the network: {wrong[:5]}")
 
 
 def pooled_key(

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,13 +26,12 @@ from torch import Tensor
 
 from matmeta.checkpoint import SHIPPED_DIR as CHECKPOINT_DIR
 from matmeta.checkpoint import expect, load_checkpoint, load_state_strict, save_checkpoint
-from matmeta.errors import CheckpointError, MatmetaInputError
+from matmeta.errors import CheckpointError
 from matmeta.meta.maml import MAML
 from matmeta.models.gnn import CrystalGNN, GNNConfig, GraphBatch, collate
 from matmeta.predict.config import MAMLSettings, build_maml
 from matmeta.predict.data import (
     ENERGY,
-    GAP,
     MEASURED,
     TargetNames,
     TargetStats,
@@ -45,12 +45,13 @@ from matmeta.predict.report import FinetuneReport
 SHIPPED = {
     "mp": CHECKPOINT_DIR / "CrystalGNN-MP-2026-12-07-PBE.ckpt",
     "perovskites": CHECKPOINT_DIR / "CrystalGNN-Perovskites-2026-11-29-GapDescriptors.ckpt",
+    "mp-robust": CHECKPOINT_DIR / "CrystalGNN-MP-robust-2026-12-07-PBE.ckpt",
 }
 DEFAULT_CHECKPOINT = SHIPPED["mp"]
 
 
 def resolve_model(path: str | Path | None) -> Path:
-    """A checkpoint path from ``--model``: None → the default, a shipped name (``mp``, ``perovskites``) → its file.
+    """A checkpoint path from ``--model``: None → the default, a shipped name (a key of :data:`SHIPPED`) → its file.
 
     A file of that name in the working folder wins over the shipped name.
     """
@@ -59,6 +60,26 @@ def resolve_model(path: str | Path | None) -> Path:
     if str(path) in SHIPPED and not Path(path).exists():
         return SHIPPED[str(path)]
     return Path(path)
+
+
+def build_head(entry: dict[str, Any]) -> Any:
+    """The engine-wrapped fidelity head described by a checkpoint's ``measured_gap`` entry (untrained weights)."""
+    from matmeta.meta.maml import MAML
+    from matmeta.models.fidelity import FidelityConfig, FidelityHead
+    from matmeta.recipes import config_from_dict
+
+    settings = entry["maml"]
+    maml = MAML(
+        FidelityHead(config_from_dict(FidelityConfig, entry["model_config"], "measured_gap model_config")),
+        inner_lr=float(settings["inner_lr"]),
+        inner_steps=int(settings.get("adapt_steps") or settings["inner_steps"]),
+        first_order=bool(settings.get("first_order", False)),
+        learn_inner_lr=bool(settings.get("learn_inner_lr", True)),
+        per_element_lr=bool(settings.get("per_element_lr", False)),
+        adapt=str(settings.get("adapt", "all")),
+    )
+    maml.eval()
+    return maml
 
 
 MODEL_CLASS = "CrystalGNN"
@@ -79,6 +100,8 @@ class Predictor:
         fast: dict[str, Tensor] | None = None,
         measured: MAML | None = None,
         measured_fast: dict[str, Tensor] | None = None,
+        names: TargetNames | None = None,
+        stats: TargetStats | None = None,
     ) -> None:
         from matmeta.graphs import GraphConfig
 
@@ -88,8 +111,8 @@ class Predictor:
         self.measured_fast = measured_fast  # its adapted weights after a finetune on measured gaps
         self.metadata = metadata
         self.path = path
-        self.stats = TargetStats(**metadata["targets"]["stats"])
-        self.names = TargetNames.from_metadata(metadata["targets"])
+        self.stats = stats if stats is not None else TargetStats(**metadata["targets"]["stats"])
+        self.names = names if names is not None else TargetNames.from_metadata(metadata["targets"])
         self.graph_config = GraphConfig(**metadata["graph_config"])
         self.elements_seen = {int(z) for z in metadata["elements_seen"]}
         self.uncertainty = dict(metadata.get("uncertainty", {}))
@@ -124,20 +147,20 @@ class Predictor:
             if key not in metadata:
                 raise CheckpointError(f"{path}: predictor checkpoint without {key!r} in its metadata")
         try:
-            TargetNames.from_metadata(metadata["targets"])
+            names = TargetNames.from_metadata(metadata["targets"])
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: checkpoint predicts {metadata['targets'].get('names')}: {exc}") from None
         try:
+            stats = TargetStats(**metadata["targets"]["stats"])
             model_config = config_from_dict(GNNConfig, metadata["model_config"], f"{path}: model_config")
             settings = config_from_dict(MAMLSettings, metadata["maml"], f"{path}: maml")
             GraphConfig(**metadata["graph_config"])
-            TargetStats(**metadata["targets"]["stats"])
         except Exception as exc:  # RecipeError, TypeError, ValueError: a config this code cannot build
             raise CheckpointError(f"{path}: unusable predictor configuration ({exc})") from None
         if abs(model_config.cutoff_angstrom - float(metadata["graph_config"]["cutoff_angstrom"])) > 1e-9:
             raise CheckpointError(f"{path}: model cutoff differs from the graph cutoff it was trained with")
         maml = build_maml(model_config, settings, inference=True)
-        from matmeta.predict.measured import POOLED_PREFIX, PREFIX, build_head
+        from matmeta.predict.measured import POOLED_PREFIX, PREFIX
 
         base = {k: v for k, v in tensors.items() if not k.startswith((PREFIX, POOLED_PREFIX))}
         load_state_strict(maml, base, path)
@@ -150,7 +173,7 @@ class Predictor:
                 raise CheckpointError(f"{path}: unusable measured_gap entry ({exc})") from None
             own = {k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}
             load_state_strict(measured, own, path)
-        return cls(maml, metadata, path, measured=measured)
+        return cls(maml, metadata, path, measured=measured, names=names, stats=stats)
 
     # ------------------------------------------------------------------ graphs
     def graphs(self, structures: Sequence[Any]) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[str | None]]:
@@ -166,119 +189,99 @@ class Predictor:
         self, z: Tensor, edge_index: Tensor, edge_dist: Tensor
     ) -> tuple[tuple[Tensor, Tensor, Tensor], str | None]:
         """A graph built with :attr:`graph_config` as the network takes it, and its unseen-element warning."""
-        from matmeta.predict.domain import unseen_warning
-
         identity = self.model.config.node_features == "embedding"
         unseen = sorted({int(a) for a in z.tolist()} - self.elements_seen)
         graph = (map_unknown(z, self.elements_seen) if identity else z, edge_index, edge_dist)
+        if not unseen:
+            return graph, None
+        from matmeta.predict.calibration import unseen_warning
+
         return graph, unseen_warning(unseen, identity)
 
     def out_of_domain(self, structure: Any, row: dict[str, Any] | None = None) -> str | None:
-        """Why ``structure`` lies outside the training data, or None.
+        """Why ``structure`` lies outside the training data, or None (:func:`.calibration.out_of_domain`)."""
+        from matmeta.predict.calibration import out_of_domain
 
-        An element never seen in training (or, for a checkpoint with site labels, at a new A/B/X site or
-        another structure type: :func:`matmeta.predict.domain.domain_flags`); with its prediction ``row``,
-        also a distance to the training data in the network's features beyond the farthest structure of
-        the calibration families (``difficulty.domain_limit``): its interval is then an extrapolation.
-        """
-        from matmeta.predict.domain import domain_flags, unseen_elements
-
-        reasons = [domain_flags(structure, self.sites_seen) if self.sites_seen else unseen_elements(
-            structure, self.elements_seen
-        )]  # fmt: skip
-        limit = (self.uncertainty.get("difficulty") or {}).get("domain_limit")
-        distance = (row or {}).get("feature_distance")
-        if limit is not None and distance is not None and distance > float(limit):
-            reasons.append(f"feature distance {distance:.2f} beyond the calibration's {float(limit):.2f}")
-        return "; ".join(r for r in reasons if r) or None
+        return out_of_domain(self, structure, row)
 
     # ------------------------------------------------------------------ predict
-    def predict_graphs(
+    def predict_rows(
         self,
         graphs: Sequence[tuple[Tensor, Tensor, Tensor]],
+        structures: Sequence[Any] | None = None,
         mc_samples: int | None = None,
         chunk: int = 512,
         seed: int = 0,
-    ) -> list[dict[str, float]]:
-        """Predictions for ready graphs (see :meth:`predict_structures` for the keys)."""
-        from matmeta.predict.kriging import head_features
-        from matmeta.predict.rows import decode_rows
+    ) -> list[dict[str, Any]]:
+        """Predictions for ready graphs (see :meth:`predict_structures` for the keys): one network pass per chunk.
+
+        The point and the MC-dropout samples come from one pass of the graph part, with the composition features
+        computed once and given to both the network and the measured-level head; :func:`calibrated_rows` then
+        applies all of the checkpoint's calibration. With ``structures`` (one per graph) the rows also get the
+        new-family corrections and ``out_of_domain``.
+        """
+        from matmeta.models.gnn import composition_inputs, head_features
+        from matmeta.predict.calibration import calibrated_rows
 
         samples = int(mc_samples if mc_samples is not None else self.uncertainty.get("mc_samples", 32))
+        config = self.maml.model.config
+        composition = self.measured is not None or config.node_features != "embedding"
+        composition = composition or config.composition_features or config.open_shell_metal_offset != 0
         nan_y = torch.full((3,), math.nan)
-        rows: list[dict[str, float]] = []
+        rows: list[dict[str, Any]] = []
         self.maml.eval()
         with torch.inference_mode():
             for begin in range(0, len(graphs), chunk):
                 batch = collate([(*g, nan_y) for g in graphs[begin : begin + chunk]])
-                with head_features(self.model) as captured:
+                if composition:  # once, for the network and the measured-level head (an embedding-only model has 0s)
+                    atom, graph = composition_inputs(batch.atomic_numbers, batch.batch, batch.num_graphs)
+                    batch = dataclasses.replace(batch, atom_features=atom, graph_features=graph)
+                with head_features(self.maml.model) as captured:
                     if samples > 1:  # the point and the MC samples from one pass of the graph part
-                        both = self.forward(*batch.inputs(), mc_samples=samples, mc_seed=seed, include_point=True)
+                        both = self.maml(*batch.inputs(), params=self.fast, mc_samples=samples, mc_seed=seed,
+                                         include_point=True, **batch.extra())  # fmt: skip
                         point, mc = both[0], both[1:]
                     else:
-                        point, mc = self.forward(*batch.inputs()), None
-                rows.extend(decode_rows(self, point, mc, batch, captured["features"]))
+                        point, mc = self.maml(*batch.inputs(), params=self.fast, **batch.extra()), None
+                part = None if structures is None else structures[begin : begin + chunk]
+                rows.extend(calibrated_rows(self, point, mc, batch, captured["features"], part))
         return rows
+
+    def predict_graphs(
+        self, graphs: Sequence[tuple[Tensor, Tensor, Tensor]], mc_samples: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows for graphs without their structures (no new-family corrections, no ``out_of_domain``)."""
+        return self.predict_rows(graphs, None, mc_samples)
 
     def predict_structures(self, structures: Sequence[Any], mc_samples: int | None = None) -> list[dict[str, Any]]:
         """Predict every structure.
 
         Returns:
-            One dict per structure, keyed by the checkpoint's target names (see ``rows.decode_rows``; for the
-            perovskite checkpoint): ``heat_ref`` and ``heat_ref_std`` (eV/cell), ``band_gap`` and
-            ``band_gap_std`` (eV; 0 when predicted metallic), ``p_metal``, ``gap_if_nonmetal`` (eV; with
-            ``gap_shift`` eV added for a B site never seen in training, see :meth:`new_family_rows`),
-            the 90% intervals ``heat_ref_lo``/``heat_ref_hi`` and ``gap_lo``/``gap_hi`` (gap if
-            non-metal), ``out_of_domain`` (str or None, see :mod:`matmeta.predict.domain`) and ``warning``
-            (str or None, e.g. for elements never seen in training).
+            One dict per structure, keyed by the checkpoint's target names (see
+            :func:`matmeta.predict.calibration.calibrated_rows`; for the perovskite checkpoint): ``heat_ref`` and
+            ``heat_ref_std`` (eV/cell), ``band_gap`` and ``band_gap_std`` (eV; 0 when predicted metallic),
+            ``p_metal``, ``gap_if_nonmetal`` (eV; with ``gap_shift`` eV added for a B site never seen in
+            training), the 90% intervals ``heat_ref_lo``/``heat_ref_hi`` and ``gap_lo``/``gap_hi`` (gap if
+            non-metal), ``out_of_domain`` (str or None) and ``warning`` (str or None, e.g. for elements never
+            seen in training).
         """
         graphs, warnings = self.graphs(structures)
-        rows = self.new_family_rows(self.predict_graphs(graphs, mc_samples=mc_samples), structures)
-        return [
-            {**self.with_domain(structure, row), "warning": warning}
-            for row, warning, structure in zip(rows, warnings, structures, strict=True)
-        ]
-
-    def with_domain(self, structure: Any, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` with its ``out_of_domain`` reason; an energy interval that cannot widen is dropped out of domain.
-
-        A checkpoint calibrated with distance-scaled energy widths widens the interval itself; an older one
-        (the perovskite checkpoint) states one width for every structure, which is uncalibrated for a structure
-        unlike its training data: ``E_lo`` / ``E_hi`` become None there.
-        """
-        reason = self.out_of_domain(structure, row)
-        out = {**row, "out_of_domain": reason}
-        table = (self.uncertainty.get("conformal") or {}).get("zero_shot", {})
-        if reason and "heat_ref_per_atom_scaled" not in table:
-            energy = self.names.energy
-            out[f"{energy}_lo"] = out[f"{energy}_hi"] = None
-        return out
-
-    def new_family_rows(self, rows: list[dict[str, Any]], structures: Sequence[Any]) -> list[dict[str, Any]]:
-        """``rows`` with the checkpoint's new-family corrections (:func:`matmeta.predict.domain.corrected_rows`)."""
-        from matmeta.predict.domain import corrected_rows
-
-        return corrected_rows(self, rows, structures)
-
-    @property
-    def new_family_platt(self) -> dict[str, float] | None:
-        """The checkpoint's P(non-metal) recalibration for new B sites (``a``, ``b``), or None."""
-        return self.uncertainty.get("new_family_platt")
+        rows = self.predict_rows(graphs, structures, mc_samples=mc_samples)
+        return [{**row, "warning": warning} for row, warning in zip(rows, warnings, strict=True)]
 
     @property
     def new_family_cut(self) -> float:
         """The non-metal cut on the recalibrated P of a new B site: the same calls as :attr:`nonmetal_cut` on raw P."""
-        from matmeta.conformal import platt
+        from matmeta.predict.calibration import new_family_cut
 
-        coefficients = self.new_family_platt
-        if not coefficients:
-            return self.nonmetal_cut
-        return float(platt(self.nonmetal_cut, coefficients["a"], coefficients["b"]))
+        return new_family_cut(self.uncertainty)
 
     @property
     def nonmetal_cut(self) -> float:
         """P(non-metal) at or above which a structure is called a non-metal (chosen on the calibration families)."""
-        return float(self.uncertainty.get("nonmetal_threshold", 0.5))
+        from matmeta.predict.calibration import nonmetal_cut
+
+        return nonmetal_cut(self.uncertainty)
 
     def target_values(self, outputs: Tensor, batch: GraphBatch, target: str) -> Tensor:
         """Model outputs (G, 3) → predictions of ``target`` in its public unit, shape (G,) (differentiable)."""
@@ -296,6 +299,7 @@ class Predictor:
         target: str,
         steps: int | None = None,
         names: Sequence[str] | None = None,
+        robust: bool = False,
     ) -> tuple[Predictor, FinetuneReport]:
         """Adapt to labelled structures of one family, keeping the best of five candidates by leave-one-out.
 
@@ -309,6 +313,8 @@ class Predictor:
             target: one of the checkpoint's target names (:attr:`names`).
             steps: inner steps (default: the meta-learned number).
             names: labels of the structures for error messages.
+            robust: adapt with the robust loss (drift under 0.05 Å PGD displacements penalised,
+                :mod:`matmeta.predict.robust`); best from the robust start (``--model mp-robust``).
 
         Returns:
             The adapted predictor (a copy; this one is unchanged) and the report.
@@ -317,41 +323,16 @@ class Predictor:
             CheckpointError: the checkpoint does not predict ``target``.
             MatmetaInputError: no structures, or a non-finite / negative value.
         """
-        from matmeta.predict.adaptation import finetune
+        from matmeta.predict.finetune import finetune_predictor
 
-        role = self.check_target(target)
-        names = list(names) if names is not None else [f"structure {i + 1}" for i in range(len(structures))]
-        values_arr = np.asarray(values, dtype=float)
-        if len(structures) == 0 or len(structures) != len(values_arr):
-            raise MatmetaInputError(f"support set: need ≥ 1 structure with one value each, got {len(structures)}")
-        for name, value in zip(names, values_arr, strict=True):
-            if not math.isfinite(value) or (role in (GAP, MEASURED) and value < 0):
-                raise MatmetaInputError(f"{name}: {target} value {value} is not a valid measurement")
-        if role == MEASURED:
-            from matmeta.predict.measured_adapt import finetune_measured
-
-            return finetune_measured(self, list(structures), values_arr, steps)
-        items = self.support_items(structures, values_arr, target)
-        n_atoms = np.array([item[0].shape[0] for item in items], dtype=float)
-        internal = self.names.to_cell(values_arr, n_atoms) if role == ENERGY else values_arr
-        public = 1.0 / n_atoms if role == ENERGY and self.names.energy_per_atom else 1.0  # errors in target's unit
-        steps = self.maml.inner_steps if steps is None else int(steps)
-        fast, adapted, loo = finetune(self, items, internal, role, steps, public)
-        report = FinetuneReport(
-            target, self.names.unit(target if role == ENERGY else self.names.gap), len(items), steps,
-            adapted["loo_mae"], adapted["kept"], [float(v) for v in loo["adapted"] * public],
-            {kind: [float(v) for v in p * public] for kind, p in loo.items()},
-        )  # fmt: skip
-        adapted["target"] = self.names.energy if role == ENERGY else self.names.gap
-        adapted["base_checkpoint"] = str(self.path.name if self.path else None)
-        metadata = {**self.metadata, "adapted": adapted}
-        return Predictor(self.maml, metadata, None, fast=fast, measured=self.measured), report
+        return finetune_predictor(self, structures, values, target, steps, names, robust)
 
     @property
     def measured_cut(self) -> float:
         """P(non-metal) at or above which the measured level calls a non-metal (its validation families' cut)."""
-        entry = self.metadata.get("measured_gap") or {}
-        return float((entry.get("uncertainty") or {}).get("nonmetal_threshold", 0.5))
+        from matmeta.predict.calibration import measured_cut
+
+        return measured_cut(self.metadata)
 
     def support_items(
         self, structures: Sequence[Any], values: Sequence[float], target: str

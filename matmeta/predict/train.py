@@ -37,7 +37,7 @@ from matmeta.predict.data import (
     pretrain_indices,
     split,
 )
-from matmeta.predict.pooled import _cached_pooled, pooled_key, train_pooled
+from matmeta.predict.pooled import _cached_pooled, load_pooled, pooled_key, train_pooled
 from matmeta.tasks import FamilyEpisodes
 
 
@@ -119,20 +119,7 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     metadata["uncertainty"] = {"method": "mc_dropout", "mc_samples": cfg.uncertainty.mc_samples}
     save_checkpoint(out, maml.state_dict(), metadata)  # the trained network is kept whatever calibration does
     with timed(phases, "calibration"):
-        metadata["uncertainty"] = calibrate(
-            maml,
-            table,
-            stats,
-            family_split.val,
-            cfg.uncertainty.mc_samples,
-            cfg.uncertainty.calibration_episodes,
-            trainer_cfg.seed,
-            train_families=pretrain_families(table, family_split, cfg.data),
-        )
-        if cfg.data.family_by in ("b_site", "a_site"):  # site labels exist for ABX3 perovskite stores only
-            from matmeta.predict.domain import sites_seen
-
-            metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train, cfg.data.family_by)
+        calibrate_trained(cfg, maml, table, stats, family_split, metadata)
     metadata["training"] = training_entry()
     save_checkpoint(out, maml.state_dict(), metadata)
     console.print(
@@ -142,6 +129,29 @@ def meta_train_from_recipe(recipe: dict, recipe_path: Path, out: Path | None = N
     )
     console.print(f"wall time: {format_phases(phases)}")
     return out
+
+
+def calibrate_trained(
+    cfg: PredictorRecipe, maml: Any, table: Any, stats: TargetStats, family_split: Any, metadata: dict[str, Any]
+) -> None:
+    """The calibration step of meta-training: ``metadata["uncertainty"]`` (and ``sites_seen`` for site stores).
+
+    Also run on its own for a trained checkpoint whose run stopped before it (``scripts/finish_calibration.py``).
+    """
+    metadata["uncertainty"] = calibrate(
+        maml,
+        table,
+        stats,
+        family_split.val,
+        cfg.uncertainty.mc_samples,
+        cfg.uncertainty.calibration_episodes,
+        cfg.trainer.seed,
+        train_families=pretrain_families(table, family_split, cfg.data),
+    )
+    if cfg.data.family_by in ("b_site", "a_site"):  # site labels exist for ABX3 perovskite stores only
+        from matmeta.predict.domain import sites_seen
+
+        metadata["sites_seen"] = sites_seen(ensure_store(cfg.data), family_split.train, cfg.data.family_by)
 
 
 def train_on_split(
@@ -182,16 +192,29 @@ def train_on_split(
     if cfg.pretrain.epochs > 0:
         with timed(phases, "pooled pretraining"):
             pool = pretrain_families(table, family_split, cfg.data)
-            maml.model.load_state_dict(_pooled_state(cfg, table, train_idx, pool, stats, work, seed))
+            load_pooled(maml.model, _pooled_state(cfg, table, train_idx, pool, stats, work, seed))
     train_source = FamilyEpisodes(table, family_split.train, cfg.episodes.k_support, cfg.episodes.k_query, seed)
     val_source = FamilyEpisodes(table, family_split.val, cfg.episodes.k_support, cfg.episodes.k_query, seed + 1)
     metadata = predictor_metadata(cfg, graph_config, stats, family_split, elements)
     metadata["recipe"] = recipe
+    train_loss: Any = loss_fn
+    stacker = maml.stacker
+    if cfg.robust.enabled:  # perturbed-structure tasks, drift-penalised loss
+        from matmeta.predict.robust import EdgeVectors, RobustEpisodes, robust_loss_fn
+        from matmeta.recipes import config_to_dict
+
+        vectors = EdgeVectors(ensure_store(cfg.data))
+        train_source = RobustEpisodes(train_source, vectors, cfg.robust)
+        val_source = RobustEpisodes(val_source, vectors, cfg.robust)
+        train_loss = robust_loss_fn(cfg.robust)
+        maml.stacker = None  # perturbed tasks run in the engine's loop (the padded path knows no edge vectors)
+        metadata["robust"] = config_to_dict(cfg.robust)
     trainer = MetaTrainer(
-        maml, loss_fn, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
+        maml, train_loss, train_source, trainer_cfg, val_source, work / "meta_train.ckpt", metadata=metadata
     )
     with timed(phases, "meta-training"):
         result = trainer.fit()
+    maml.stacker = stacker
     if cfg.maml.adapt_steps is not None:  # inference-time steps (calibration, finetune, benchmark)
         maml.inner_steps = int(cfg.maml.adapt_steps)
     maml.model.set_unknown_embedding(elements)  # type: ignore[operator]
