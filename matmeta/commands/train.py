@@ -8,7 +8,7 @@ import typer
 
 
 def meta_train(
-    recipe: Path = typer.Argument(..., help="Recipe TOML with a [meta_train] section."),
+    recipe: Path = typer.Argument(..., help="Recipe TOML with a \\[meta_train] section."),
     out: Path = typer.Option(None, "--out", help="Checkpoint path (default: the recipe's)."),
     steps: int = typer.Option(None, "--steps", help="Override the number of outer steps."),
 ) -> None:

@@ -231,7 +231,7 @@ def _measured_level(metadata: dict[str, Any], out: np.ndarray, adapted: dict[str
     """
     own = adapted.get("role") == MEASURED
     if own:
-        out = _measured_choice(out, adapted.get("choice") or {})
+        out = measured_choice(out, adapted.get("choice") or {})
     cut = measured_cut(metadata)
     loo = adapted.get("loo_half_width") if own else None
     return {
@@ -251,7 +251,7 @@ def _measured_row(measured: dict[str, Any], i: int) -> dict[str, Any]:
             "p_metal_measured": float(measured["p_metal"][i])}  # fmt: skip
 
 
-def _measured_choice(out: np.ndarray, choice: dict[str, Any]) -> np.ndarray:
+def measured_choice(out: np.ndarray, choice: dict[str, Any]) -> np.ndarray:
     """``[P(metal), gap]`` rows under a fitted ``recalibrated`` / ``support_mean`` choice (others: unchanged)."""
     kind = choice.get("kind")
     out = np.array(out, dtype=float)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from matmeta.predict.calibration import measured_choice as apply  # noqa: F401 - the kept choice, one definition
 from matmeta.predict.data import MEASURED
 from matmeta.predict.measured import loss_fn, measured_outputs, reported_gap
 
@@ -41,20 +42,6 @@ def support_inputs(predictor: Any, structures: list[Any]) -> tuple[torch.Tensor,
         point = predictor.forward(*batch.inputs())
     return fidelity_inputs(point, captured["features"], graph_composition(batch.atomic_numbers, batch.n_atoms),
                            predictor.stats)  # fmt: skip
-
-
-def apply(out: np.ndarray, choice: dict[str, Any]) -> np.ndarray:
-    """``[P(metal), gap]`` rows under a fitted ``recalibrated`` / ``support_mean`` choice (others: unchanged)."""
-    kind = choice.get("kind")
-    out = np.array(out, dtype=float)
-    if kind == "recalibrated":
-        logit = np.log(np.clip(out[:, 0], 1e-12, 1 - 1e-12) / np.clip(1 - out[:, 0], 1e-12, 1))
-        out[:, 0] = 1.0 / (1.0 + np.exp(-(logit + choice["metal_logit_shift"])))
-        out[:, 1] = np.clip(choice["scale"] * out[:, 1] + choice["shift"], 0.0, None)
-    elif kind == "support_mean":
-        out[:, 0] = 0.0 if choice["mean"] > 0 else 1.0
-        out[:, 1] = choice["mean"]
-    return out
 
 
 def fit(kind: str, out: np.ndarray, values: np.ndarray) -> dict[str, Any]:
