@@ -19,6 +19,9 @@ step keyed by that data (a checkpoint without an entry gets the step's identity)
 
 The interval rules are :mod:`matmeta.predict.intervals`' (with σ(x)); this module applies them.
 
+Reason for the size (~430 lines): it is the one module a prediction's numbers pass through after the network
+(issue 32); splitting it again puts a seventh ``predict/`` file on every prediction's path.
+
 """
 
 from __future__ import annotations
