@@ -12,10 +12,10 @@ from typing import Any
 from matmeta.errors import RecipeError
 from matmeta.recipes import load_recipe
 
-TRAINERS = ("predictor", "generator", "jmak", "measured_gap")
+TRAINERS = ("predictor", "generator", "family_generator", "jmak", "measured_gap")
 BENCHMARKS = (
-    "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "jmak_real", "generate", "explain",
-    "federated", "robust",
+    "ingest", "engine", "fewshot", "fewshot_mp", "fewshot_expt_gap", "jmak", "jmak_real", "generate",
+    "generate_families", "explain", "federated", "robust",
 )  # fmt: skip
 
 
@@ -24,6 +24,8 @@ def _trainer(app_name: str) -> Callable[..., Path]:
         from matmeta.predict.train import meta_train_from_recipe
     elif app_name == "generator":
         from matmeta.design.train import meta_train_from_recipe
+    elif app_name == "family_generator":
+        from matmeta.design.family_train import meta_train_from_recipe
     elif app_name == "measured_gap":
         from matmeta.predict.measured_train import meta_train_measured as meta_train_from_recipe
     else:
@@ -48,6 +50,8 @@ def _benchmark(name: str) -> Callable[..., None]:
         from matmeta.bench.jmak_real import run
     elif name == "generate":
         from matmeta.bench.generate import run
+    elif name == "generate_families":
+        from matmeta.bench.generate_families import run
     elif name == "federated":
         from matmeta.bench.federated import run
     elif name == "robust":

@@ -48,6 +48,14 @@ matmeta generate --band-gap 2.0 --gap-half-width 0.3 -n 20 --max-draws 10000 --s
   "${STORE_ARGS[@]}"
 
 echo
+echo "== 5b. inverse design in a real family: adapt the family decoder to 5 rock-salt examples, 4 eV, judged on the mp36k hull"
+if [ -f "$SHARED/mp/mp36k.csv" ]; then
+  matmeta generate --family-examples data/family_examples/rocksalt --band-gap 4.0 -n 5 --seed 0 --out out/demo/rocksalt
+else
+  echo "(no $SHARED/mp/mp36k.csv: skipping; the known hull is built from it)"
+fi
+
+echo
 echo "== 6. JMAK kinetics from sparse points with the meta-learned prior (plot: out/demo/jmak.png)"
 matmeta jmak fit data/jmak_points.csv --plot out/demo/jmak.png --out out/demo/jmak_fits.csv
 

@@ -1,4 +1,9 @@
-"""``matmeta generate``: ABX3 crystals meeting a band-gap request - filled, screened, relaxed and ranked."""
+"""``matmeta generate``: crystals meeting a band-gap request - filled, screened, relaxed and ranked.
+
+Two decoders: ``--prototype NAME`` (or ``--family-examples`` of any structure type other than the 5-atom
+cubic ABX3 cell) designs in a real prototype family with the family decoder (:mod:`matmeta.design.family_run`);
+otherwise the cubic ABX3 decoder runs (:mod:`matmeta.design.deliver`).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,15 @@ def generate_cmd(
     gap_half_width: float = typer.Option(
         None, "--gap-half-width", help="Half-width (eV) of the window around a single --band-gap value [default: 0.3]."
     ),
-    n: int = typer.Option(200, "-n", "--n", help="Candidates wanted (all meeting the request)."),
+    n: int = typer.Option(
+        None, "-n", "--n", help="Candidates wanted (all meeting the request) [default: 200; 20 in a family]."
+    ),
+    prototype: str = typer.Option(
+        None, "--prototype", help="Design in this prototype family of the Materials Project store (e.g. ABC3_62_bccd)."
+    ),
+    fidelity: str = typer.Option(
+        "measured", "--fidelity", help="Family decoder: the gap the window is on: measured (measured-level) or pbe."
+    ),
     out: Path = typer.Option(None, "--out", help="Folder for CIFs and candidates.csv (default: print only)."),
     family_examples: Path = typer.Option(
         None, "--family-examples", help="Folder of 3-10 CIFs of a chemistry to adapt the decoder to first."
@@ -88,6 +101,21 @@ def generate_cmd(
         examples, bad = read_family_examples(family_examples)
         for message in bad:
             report_error(message)
+    if prototype is not None or (examples and not _cubic_abx3([s for _, s in examples])):
+        from matmeta.commands.design_family import generate_in_family
+        from matmeta.errors import MatmetaInputError
+
+        if elements or exclude_elements or guidance:
+            raise MatmetaInputError(
+                "--elements / --exclude-elements / --guidance: cubic ABX3 decoder only, not in a family"
+            )
+
+        generate_in_family(band_gap, gap_half_width, n or 20, prototype, examples, fidelity, seed, temperature, relax,
+                           max_draws, max_predictor_calls, generator, model, out, top)  # fmt: skip
+        if bad:
+            raise typer.Exit(1)
+        return
+    n = 200 if n is None else n
     request = DesignRequest(
         band_gap=band_gap,
         gap_half_width=gap_half_width,
@@ -116,6 +144,13 @@ def generate_cmd(
         typer.echo(f"wrote {path}, {sum(1 for r in result.rows if r['cif'])} relaxed CIFs and the generated ones")
     if bad:
         raise typer.Exit(1)
+
+
+def _cubic_abx3(structures: list) -> bool:
+    """All 5-atom cubic ABX3 cells (the cubic decoder's domain)."""
+    from matmeta.prototypes import prototype
+
+    return all(len(s) == 5 and prototype(s).startswith("ABC3_221") for s in structures)
 
 
 def _render(result, seed: int, top: int) -> None:  # noqa: ANN001 - a DesignResult, imported lazily
