@@ -102,7 +102,7 @@ def generate_cmd(
         for message in bad:
             report_error(message)
     if prototype is not None or (examples and not _cubic_abx3([s for _, s in examples])):
-        from matmeta.commands.design_family import generate_in_family
+        from matmeta.design.family_command import generate_in_family
         from matmeta.errors import MatmetaInputError
 
         if elements or exclude_elements or guidance:

@@ -1,4 +1,4 @@
-"""``matmeta generate --prototype NAME`` / ``--family-examples DIR``: the family branch of ``generate``."""
+"""The family branch of ``matmeta generate`` (``--prototype NAME`` / ``--family-examples DIR``): parse, run, render."""
 
 from __future__ import annotations
 
