@@ -70,10 +70,6 @@ class Family:
         ]
         return np.asarray(rows, dtype=np.float32)
 
-    def known(self) -> set[tuple[int, ...]]:
-        """The slot assignments of the known members."""
-        return {m.slots for m in self.members}
-
 
 SLOT_FEATURES = 4
 
